@@ -1,0 +1,27 @@
+# grindvakt: `make demo` runs a virtual site, `make test` runs every test. Both set up what is missing.
+PY := .venv/bin/python
+BOARD ?= boards/esp32-devkitc-i2c.json
+JOBS ?= 2
+
+.PHONY: setup test test-fast bench demo build deploy clean
+
+setup:
+	@tools/setup.sh
+
+test: setup
+	$(PY) -m pytest -n $(JOBS) -q
+
+bench: setup
+	$(PY) -m tools.bench
+
+demo: setup
+	$(PY) -m tools.demo $(DEMO_ARGS)
+
+build: setup
+	$(PY) -m tools.build --board $(BOARD)
+
+deploy: setup
+	$(PY) -m tools.deploy --port $(PORT) --board $(BOARD) --reader $(READER)
+
+clean:
+	rm -rf build .pytest_cache

