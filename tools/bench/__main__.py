@@ -15,10 +15,6 @@ import tools.bench as pkg
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def metric(value: float, unit: str, target: str = "") -> dict:
-    return {"value": value, "unit": unit, "target": target}
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__)
     ap.add_argument("only", nargs="*", help="run only these benchmark modules (e.g. allowlist pn532)")

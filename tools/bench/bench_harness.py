@@ -1,6 +1,6 @@
 """Baseline figures of the stand-ins themselves: the heap the unix port gives a reader."""
 from tools import mpy
-from tools.bench.__main__ import metric
+from tools.bench import metric
 
 
 def run() -> dict:
