@@ -1,0 +1,91 @@
+# Virtual-board link (MicroPython side): the line to the launcher that carries what the
+# hardware does (outputs, watchdog) out and what the world does (cards, keys) in.
+# Part of the board-support shim; never deployed to a real board.
+import json
+import os
+import socket
+import time
+
+BOARD = {}
+CHIP = "esp32"
+_sock = None
+_buf = b""
+_last_poll = 0
+_handlers = []  # callables taking one command line (str)
+POLL_MS = 10
+
+
+def _load_board():
+    global BOARD, CHIP
+    path = os.getenv("GV_VB_BOARD")
+    if path:
+        with open(path) as f:
+            BOARD = json.load(f)
+        CHIP = BOARD.get("chip", "esp32")
+
+
+def _connect():
+    global _sock
+    port = os.getenv("GV_VB_HW")
+    if not port:
+        return
+    s = socket.socket()
+    s.connect(socket.getaddrinfo("127.0.0.1", int(port))[0][-1])
+    s.setblocking(False)
+    _sock = s
+
+
+def send(obj):
+    """Report one hardware event to the launcher (a JSON line); silent when run standalone."""
+    if _sock is None:
+        return
+    data = (json.dumps(obj) + "\n").encode()
+    while data:
+        try:
+            n = _sock.send(data)
+        except OSError:
+            time.sleep_ms(1)
+            continue
+        data = data[n:]
+
+
+def on_command(fn):
+    _handlers.append(fn)
+
+
+def poll(force=False):
+    """Take in commands from the launcher; rate-limited because drivers call it on every access."""
+    global _buf, _last_poll
+    if _sock is None:
+        return
+    now = time.ticks_ms()
+    if not force and time.ticks_diff(now, _last_poll) < POLL_MS:
+        return
+    _last_poll = now
+    try:
+        chunk = _sock.recv(512)
+    except OSError:
+        return
+    if not chunk:
+        return
+    _buf += chunk
+    while b"\n" in _buf:
+        line, _buf = _buf.split(b"\n", 1)
+        line = line.decode().strip()
+        for fn in _handlers:
+            fn(line)
+
+
+def reset_cause():
+    return os.getenv("GV_VB_RESET") or "power-on"
+
+
+def reboot(cause):
+    """End this interpreter; the launcher starts a new one, as a board reboots."""
+    send({"event": "reset-request", "cause": cause})
+    import sys
+    sys.exit(3 if cause == "wdt" else 2)
+
+
+_load_board()
+_connect()
