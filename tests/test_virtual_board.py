@@ -1,5 +1,6 @@
 """The virtual board boots the firmware into its main loop and the real mpremote works on it."""
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,8 @@ def test_key_matrix_reads_the_pressed_key(vb):
             "rows = [machine.Pin(p, machine.Pin.OUT, value=1) for p in (13, 12, 14, 27)]\n"
             "cols = [machine.Pin(p, machine.Pin.IN, machine.Pin.PULL_UP) for p in (26, 25, 33)]\n"
             "seen = ''\n"
-            "for _ in range(300):\n"
+            "print('SCAN')\n"
+            "for _ in range(400):\n"
             "  for r, rp in enumerate(rows):\n"
             "    rp.value(0)\n"
             "    for c, cp in enumerate(cols):\n"
@@ -79,8 +81,12 @@ def test_key_matrix_reads_the_pressed_key(vb):
             "    rp.value(1)\n"
             "  time.sleep_ms(5)\n"
             "print('KEYS', seen)\n")
-    vb.send("key 5")
-    out = vb.mpremote("exec", code)
+    vb.mark()
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(vb.mpremote, "exec", code)
+        vb.wait_for(lambda e: e.get("log", "").endswith("SCAN"))
+        vb.send("key 5")
+        out = run.result()
     assert "KEYS 5" in out.stdout, out.stdout + out.stderr
 
 
