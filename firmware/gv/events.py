@@ -1,0 +1,315 @@
+# The reader's access-event log: fixed-size binary events in a ring of segment files on
+# LittleFS. An event is appended and synced before the door opens; it leaves the flash only
+# after the host acknowledges it (pending/ack). Format: docs/events-format.md. The codec part
+# (pack/unpack/constants) runs under CPython too, so the host decodes with this same module.
+import os
+import struct
+
+from gv.compat import const
+
+try:
+    from binascii import crc32
+except ImportError:  # a port without binascii.crc32: same polynomial, bitwise
+    def crc32(data, crc=0):
+        crc ^= 0xFFFFFFFF
+        for b in data:
+            crc ^= b
+            for _ in range(8):
+                crc = (crc >> 1) ^ (0xEDB88320 if crc & 1 else 0)
+        return crc ^ 0xFFFFFFFF
+
+SIZE = const(32)  # bytes per event
+MAGIC = const(0xE1)  # format version 1
+UID_MAX = const(10)
+_FMT = "<BBBBIIBB10sI"  # magic kind result reason seq t flags uid_len uid aux (+ crc32 u32)
+
+# kind: what happened
+K_DECISION = const(1)  # a card decision (grant or refusal)
+K_LOCKOUT = const(2)  # a card or the reader became locked
+K_ALARM = const(3)  # duress PIN: the door opened, silent alarm
+K_DROPPED = const(4)  # events were lost to overflow; aux = how many
+K_BOOT = const(5)  # the reader started; aux = lockout seconds restored
+K_CLEARED = const(6)  # the host cleared lockouts
+K_FAULT = const(7)  # an error in the decision path (door kept shut)
+K_REMOTE_OPEN = const(8)  # the host opened the door once
+
+# result
+R_INFO = const(0)
+R_GRANT = const(1)
+R_REFUSE = const(2)
+
+# reason
+OK = const(0)
+UNKNOWN = const(1)  # not in the allowlist
+INACTIVE = const(2)  # never activated
+BLOCKED = const(3)
+TERMINATED = const(4)
+SUSPENDED = const(5)  # card fee unpaid
+NOT_YET_VALID = const(6)
+EXPIRED = const(7)
+PIN_WRONG = const(8)
+PIN_TIMEOUT = const(9)
+LOCKED_CARD = const(10)  # this card is locked (wrong PINs)
+LOCKED_READER = const(11)  # reader locked after a burst of refused cards
+LOCKED_WAVE = const(12)  # reader locked after waving
+MANY_CARDS = const(13)  # two or more cards in the field
+DURESS = const(14)
+ERROR = const(15)  # exception in the decision path
+BAD_RECORD = const(16)  # record with an unknown status
+PIN_CANCELLED = const(17)  # card taken away / keypad unusable during PIN entry
+NO_PIN = const(18)  # PIN required but no PIN verifier in the record
+
+F_CLOCK_SET = const(1)  # t is seconds since 2020-01-01 UTC; else seconds since boot
+
+REASONS = {
+    OK: "ok", UNKNOWN: "unknown card", INACTIVE: "not activated", BLOCKED: "blocked",
+    TERMINATED: "terminated", SUSPENDED: "suspended (fee unpaid)", NOT_YET_VALID: "not yet valid",
+    EXPIRED: "expired", PIN_WRONG: "wrong PIN", PIN_TIMEOUT: "PIN timeout",
+    LOCKED_CARD: "card locked (wrong PINs)", LOCKED_READER: "reader locked (refused cards)",
+    LOCKED_WAVE: "reader locked (card waved)", MANY_CARDS: "more than one card",
+    DURESS: "duress PIN", ERROR: "error", BAD_RECORD: "bad record", PIN_CANCELLED: "PIN cancelled",
+    NO_PIN: "no PIN on record",
+}
+KINDS = {
+    K_DECISION: "decision", K_LOCKOUT: "lockout", K_ALARM: "alarm", K_DROPPED: "events dropped",
+    K_BOOT: "boot", K_CLEARED: "lockout cleared", K_FAULT: "fault", K_REMOTE_OPEN: "remote open",
+}
+RESULTS = {R_INFO: "info", R_GRANT: "grant", R_REFUSE: "refuse"}
+
+
+class EventError(ValueError):
+    pass
+
+
+def pack_into(buf, seq, kind, result, reason, uid, uid_len, t, flags=0, aux=0):
+    """Encode one event into buf (32 bytes). uid is any buffer; only uid_len bytes are kept."""
+    if uid_len < 0 or uid_len > UID_MAX:
+        raise EventError("uid_len")
+    struct.pack_into(_FMT, buf, 0, MAGIC, kind, result, reason, seq & 0xFFFFFFFF,
+                     t & 0xFFFFFFFF, flags, uid_len, b"", aux & 0xFFFFFFFF)
+    for i in range(uid_len):
+        buf[14 + i] = uid[i]
+    struct.pack_into("<I", buf, 28, crc32(memoryview(buf)[:28]) & 0xFFFFFFFF)
+
+
+def pack(seq, kind, result, reason, uid, uid_len, t, flags=0, aux=0):
+    buf = bytearray(SIZE)
+    pack_into(buf, seq, kind, result, reason, uid, uid_len, t, flags, aux)
+    return bytes(buf)
+
+
+def valid(ev):
+    return (len(ev) == SIZE and ev[0] == MAGIC
+            and struct.unpack_from("<I", ev, 28)[0] == crc32(memoryview(ev)[:28]) & 0xFFFFFFFF)
+
+
+def unpack(ev):
+    """dict of an event's fields; raises EventError on a bad length, version or CRC."""
+    if not valid(ev):
+        raise EventError("bad event")
+    _, kind, result, reason, seq, t, flags, uid_len, uid, aux = struct.unpack_from(_FMT, ev, 0)
+    if uid_len > UID_MAX:
+        raise EventError("uid_len")
+    return {"seq": seq, "kind": kind, "result": result, "reason": reason, "t": t,
+            "clock_set": bool(flags & F_CLOCK_SET), "uid": bytes(uid[:uid_len]), "aux": aux}
+
+
+def describe(ev):
+    """One line for logs and the CLI (no secrets in an event: the UID is the card's public id)."""
+    d = unpack(ev)
+    return "#%d %s %s: %s uid=%s t=%d%s aux=%d" % (
+        d["seq"], KINDS.get(d["kind"], "kind%d" % d["kind"]), RESULTS.get(d["result"], "?"),
+        REASONS.get(d["reason"], "reason%d" % d["reason"]), d["uid"].hex() if d["uid"] else "-",
+        d["t"], "" if d["clock_set"] else " (clock not set)", d["aux"])
+
+
+# ---- the flash ring ----
+# 4 events = 128 bytes per segment: small enough that LittleFS keeps the file inline in its
+# directory's metadata log, so an append is one small metadata commit (about 3 block programs
+# and 0.1 erases per event measured) instead of copying a 4 KiB data block (17 programs and one
+# erase per event with 128-event segments). See docs/events-format.md.
+SEG_EVENTS = const(4)
+MAX_SEGMENTS = const(512)  # 2048 events (64 KiB of payload) before the oldest are dropped
+_ACK = "ack"
+
+
+def _seg_name(first_seq):
+    return "%08x.ev" % first_seq
+
+
+class EventLog:
+    """A ring of segment files in `path`, each named for the sequence number of its first event.
+    Appends go to the newest segment (open, write 32 bytes, close: LittleFS commits it atomically);
+    a full segment starts the next; past `max_segments` the oldest segment is deleted, unacked
+    events in it are counted in `dropped` and an 'events dropped: N' event is appended.
+    `ack(upto)` persists the acknowledged sequence number (temp file + rename) and deletes
+    segments that are wholly acknowledged. Sequence numbers start at 1 and never repeat."""
+
+    def __init__(self, path, seg_events=SEG_EVENTS, max_segments=MAX_SEGMENTS):
+        if max_segments < 2 or seg_events < 1:
+            raise ValueError("event ring too small")
+        self.path = path
+        self.seg_events = seg_events
+        self.max_segments = max_segments
+        self.capacity = seg_events * max_segments
+        self.dropped = 0
+        self.corrupt = 0  # records that failed their CRC when read (skipped)
+        self._buf = bytearray(SIZE)
+        self._rd = bytearray(SIZE)
+        try:
+            os.mkdir(path)
+        except OSError:
+            pass
+        self.acked = self._load_ack()
+        self._segs = self._scan()  # first seq of each segment, oldest first
+        self.next_seq = max(self.acked + 1, self._recover_next())
+        self._cur_count = self._count(self._segs[-1]) if self._segs else 0
+
+    # -- opening --
+    def _p(self, name):
+        return self.path + "/" + name
+
+    def _load_ack(self):
+        try:
+            with open(self._p(_ACK), "rb") as f:
+                b = f.read()
+        except OSError:
+            return 0
+        if len(b) != 8 or struct.unpack_from("<I", b, 4)[0] != crc32(b[:4]) & 0xFFFFFFFF:
+            return 0  # unreadable: uploading again is safe (the host dedupes by seq)
+        return struct.unpack_from("<I", b, 0)[0]
+
+    def _scan(self):
+        segs = []
+        for name in os.listdir(self.path):
+            if name.endswith(".ev") and len(name) == 11:
+                try:
+                    segs.append(int(name[:8], 16))
+                except ValueError:
+                    pass
+            elif name.endswith(".tmp"):
+                try:
+                    os.remove(self._p(name))  # a temp file a power cut left behind
+                except OSError:
+                    pass
+        segs.sort()
+        return segs
+
+    def _count(self, first):
+        try:
+            return os.stat(self._p(_seg_name(first)))[6] // SIZE
+        except OSError:
+            return 0
+
+    def _recover_next(self):
+        # The newest valid event in the newest segment gives the next sequence number.
+        for first in reversed(self._segs):
+            n = self._count(first)
+            if n:
+                return first + n
+        return self._segs[-1] if self._segs else 1
+
+    # -- writing --
+    def append(self, kind, result, reason, uid_mv, uid_len, t, clock_set=False, aux=0):
+        """Write one event and sync it to flash; returns its sequence number. Raises OSError if
+        the flash refuses it (the caller keeps the door shut)."""
+        if not self._segs or self._cur_count >= self.seg_events:
+            self._new_segment()
+        try:
+            seq = self._write(kind, result, reason, uid_mv, uid_len, t, clock_set, aux)
+        except OSError as e:
+            if e.args[0] != 28 or len(self._segs) < 2:  # only a full flash is worth a retry
+                raise
+            self._drop_oldest()  # ENOSPC: make room by giving up the oldest events
+            if self._cur_count >= self.seg_events:
+                self._new_segment()
+            seq = self._write(kind, result, reason, uid_mv, uid_len, t, clock_set, aux)
+        if self._lost:
+            lost, self._lost = self._lost, 0
+            if self._cur_count >= self.seg_events:
+                self._new_segment()
+            self._write(K_DROPPED, R_INFO, OK, b"", 0, t, clock_set, lost)
+        return seq
+
+    _lost = 0
+
+    def _write(self, kind, result, reason, uid, uid_len, t, clock_set, aux):
+        seq = self.next_seq
+        pack_into(self._buf, seq, kind, result, reason, uid, uid_len, t,
+                  F_CLOCK_SET if clock_set else 0, aux)
+        with open(self._p(_seg_name(self._segs[-1])), "ab") as f:
+            f.write(self._buf)
+        self.next_seq = seq + 1
+        self._cur_count += 1
+        return seq
+
+    def _new_segment(self):
+        while len(self._segs) >= self.max_segments:
+            self._drop_oldest()
+        self._segs.append(self.next_seq)
+        self._cur_count = 0
+
+    def _drop_oldest(self):
+        first = self._segs[0]
+        last = first + self._count(first) - 1
+        if last > self.acked:  # events nobody acknowledged: lost, say so
+            n = last - max(first, self.acked + 1) + 1
+            self.dropped += n
+            self._lost += n
+        self._remove(first)
+
+    def _remove(self, first):
+        try:
+            os.remove(self._p(_seg_name(first)))
+        except OSError:
+            pass
+        self._segs.remove(first)
+
+    # -- reading and acknowledging --
+    def pending(self, max_n):
+        """Up to max_n (seq, event_bytes) not yet acknowledged, oldest first."""
+        out = []
+        for first in self._segs:
+            n = self._count(first)
+            if first + n - 1 <= self.acked or n == 0:
+                continue
+            with open(self._p(_seg_name(first)), "rb") as f:
+                skip = self.acked + 1 - first
+                if skip > 0:
+                    f.seek(skip * SIZE)
+                while len(out) < max_n:
+                    if f.readinto(self._rd) != SIZE:
+                        break
+                    if not valid(self._rd):
+                        self.corrupt += 1
+                        continue
+                    seq = struct.unpack_from("<I", self._rd, 4)[0]
+                    if seq > self.acked:
+                        out.append((seq, bytes(self._rd)))
+            if len(out) >= max_n:
+                break
+        return out
+
+    def ack(self, upto_seq):
+        """The host has every event up to and including upto_seq; they may leave the flash."""
+        upto = min(upto_seq, self.next_seq - 1)
+        if upto <= self.acked:
+            return
+        b = bytearray(8)
+        struct.pack_into("<II", b, 0, upto, crc32(struct.pack("<I", upto)) & 0xFFFFFFFF)
+        tmp = self._p(_ACK + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(b)
+        os.rename(tmp, self._p(_ACK))
+        self.acked = upto
+        # Delete whole segments that are acknowledged; the newest stays to append to.
+        while len(self._segs) > 1:
+            first = self._segs[0]
+            if first + self._count(first) - 1 > upto:
+                break
+            self._remove(first)
+
+    def pending_count(self):
+        """Events on flash not yet acknowledged."""
+        oldest = self._segs[0] if self._segs else self.next_seq
+        return self.next_seq - max(self.acked + 1, oldest)

@@ -1,0 +1,138 @@
+# The event ring (gv.events): codec vectors, pending/ack, reboot recovery, overflow with an
+# 'events dropped' event, and a power cut at every block write of appends and acks.
+import json
+import os
+import mpt
+from flashdev import FlashDev, format_and_mount, mount, umount
+from gv import events as E
+
+TIMEOUT = 300
+
+
+def _vectors():
+    with open("docs/vectors/events.json") as f:
+        return json.load(f)
+
+
+def test_vectors_pack_and_unpack():
+    v = _vectors()
+    for c in v["events"]:
+        uid = bytes.fromhex(c["uid"])
+        flags = E.F_CLOCK_SET if c["clock_set"] else 0
+        got = E.pack(c["seq"], c["kind"], c["result"], c["reason"], uid, len(uid), c["t"], flags, c["aux"])
+        mpt.eq(got.hex(), c["hex"], "seq %d" % c["seq"])
+        d = E.unpack(bytes.fromhex(c["hex"]))
+        for k in ("seq", "kind", "result", "reason", "t", "clock_set", "aux"):
+            mpt.eq(d[k], c[k], k)
+        mpt.eq(d["uid"], uid)  # leading zero bytes are kept
+        E.describe(got)
+    for c in v["invalid"]:
+        mpt.raises(E.EventError, E.unpack, bytes.fromhex(c["hex"]))
+    mpt.raises(E.EventError, E.pack, 1, 1, 1, 0, bytes(11), 11, 0)
+
+
+def _log(dev, **kw):
+    return E.EventLog("/flash/ev", **kw)
+
+
+def test_pending_ack_and_reboot():
+    dev = FlashDev(blocks=64)
+    format_and_mount(dev)
+    log = _log(dev, seg_events=4, max_segments=8)
+    uid = memoryview(bytearray(b"\x00\x07\x08\x09"))
+    for i in range(10):
+        mpt.eq(log.append(E.K_DECISION, E.R_GRANT, E.OK, uid, 4, 1000 + i, True), i + 1)
+    p = log.pending(3)
+    mpt.eq([s for s, _ in p], [1, 2, 3])
+    d = E.unpack(p[0][1])
+    mpt.eq((d["uid"], d["t"], d["clock_set"]), (b"\x00\x07\x08\x09", 1000, True))
+    log.ack(6)
+    mpt.eq([s for s, _ in log.pending(100)], [7, 8, 9, 10])
+    mpt.eq(log.pending_count(), 4)
+    umount()
+    mount(dev)  # reboot: acknowledged stays acknowledged, numbering goes on
+    log = _log(dev, seg_events=4, max_segments=8)
+    mpt.eq(log.next_seq, 11)
+    mpt.eq([s for s, _ in log.pending(100)], [7, 8, 9, 10])
+    log.ack(10)
+    mpt.eq(log.pending(100), [])
+    umount()
+    mount(dev)
+    log = _log(dev, seg_events=4, max_segments=8)
+    mpt.eq(log.next_seq, 11)  # even with every event acknowledged (and its segment gone)
+    mpt.eq(log.append(E.K_BOOT, E.R_INFO, E.OK, b"", 0, 0), 11)
+    log.ack(10 ** 6)  # an ack past the end acknowledges only what exists
+    mpt.eq(log.acked, 11)
+    umount()
+
+
+def test_overflow_drops_oldest_and_says_so():
+    dev = FlashDev(blocks=64)
+    format_and_mount(dev)
+    log = _log(dev, seg_events=4, max_segments=3)
+    mpt.eq(log.capacity, 12)
+    for i in range(20):
+        log.append(E.K_DECISION, E.R_REFUSE, E.UNKNOWN, b"\x01\x02\x03\x04", 4, i)
+    assert log.dropped > 0
+    evs = [E.unpack(b) for _, b in log.pending(100)]
+    drops = [d for d in evs if d["kind"] == E.K_DROPPED]
+    assert drops, evs
+    seqs = [d["seq"] for d in evs]
+    mpt.eq(seqs, sorted(seqs))
+    assert len(evs) <= 12
+    # Every event lost is counted exactly once.
+    total = log.next_seq - 1
+    mpt.eq(len(evs) + log.dropped, total)
+    mpt.eq(sum(d["aux"] for d in drops) <= log.dropped, True)
+    umount()
+
+
+def _scenario(log):
+    """Appends and acks; returns the seqs that append() returned and the last ack done."""
+    done, acked = [], 0
+    for i in range(9):
+        done.append(log.append(E.K_DECISION, E.R_GRANT, E.OK, b"\xaa\xbb\xcc\xdd", 4, i))
+        if i == 5:
+            log.ack(4)
+            acked = 4
+    return done, acked
+
+
+def test_power_cut_at_every_write():
+    dev = FlashDev(blocks=32)
+    format_and_mount(dev)
+    log = _log(dev, seg_events=4, max_segments=4)
+    log.append(E.K_BOOT, E.R_INFO, E.OK, b"", 0, 0)
+    umount()
+    image = mpt.tmpdir() + "/ev.img"
+    dev.save(image)
+    mount(dev)
+    start = dev.writes
+    _scenario(_log(dev, seg_events=4, max_segments=4))
+    total = dev.writes - start
+    umount()
+    assert total > 10, total
+    for n in range(total + 1):
+        dev.restore()
+        dev.load(image)
+        mount(dev)
+        dev.cut_power_after(n)
+        done, acked = [], 0
+        try:
+            log = _log(dev, seg_events=4, max_segments=4)
+            done, acked = _scenario(log)
+        except OSError:
+            pass
+        umount()
+        dev.restore()
+        mount(dev)
+        log = _log(dev, seg_events=4, max_segments=4)
+        got = [s for s, _ in log.pending(100)]
+        mpt.eq(got, sorted(got), "order at cut %d" % n)
+        for s in done:  # every event append() returned is on flash unless acknowledged
+            assert s in got or s <= log.acked, (n, s, got, log.acked)
+        assert log.acked >= acked, (n, log.acked, acked)
+        mpt.eq(log.corrupt, 0)
+        # Numbering never goes back: the next event gets a fresh number.
+        assert log.next_seq > max(got + [log.acked]), (n, log.next_seq, got)
+        umount()
