@@ -1,0 +1,1 @@
+# The on-flash allowlist: record codec (record.py, shared with the host) and store (store.py).
