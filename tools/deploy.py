@@ -1,0 +1,473 @@
+"""Deploy a build and one reader's config onto a board over its serial REPL, with the real mpremote.
+
+    python -m tools.deploy --port /dev/ttyUSB0 --board boards/esp32-devkitc-i2c.json --reader gate-01
+    make deploy PORT=/dev/ttyUSB0 BOARD=boards/esp32-devkitc-i2c.json READER=gate-01
+
+Steps: build (tools.build) -> reach the raw REPL (a board without MicroPython is recognised and the
+esptool command to run is printed) -> check the chip, the MicroPython version and .mpy compatibility
+-> hash every file on the device (sha256 in the device's hashlib) -> mark the deploy as in progress
+(/deploy.json) -> copy only the files whose hash differs (each through a .part file renamed into
+place) -> remove stale code -> write /config.json -> re-hash and verify every file -> mark the
+deploy complete (written last, so a cut anywhere before is detected and said) -> reset -> wait for
+the reader's first authenticated HELLO on its MQTT hello topic (docs/protocol.md).
+
+A rerun after a pulled cable finishes the job: files already on the device with the right hash are
+not copied again. Exit codes: 0 done, 1 refused (wrong chip, incompatible MicroPython, bad board or
+config), 2 no MicroPython on the board, 3 connection lost (rerun), 4 verification failed,
+5 no hello from the reader in time.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import contextlib
+import io
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mpremote.transport import TransportError
+from mpremote.transport_serial import SerialTransport
+
+from tools import boards, build, provision
+
+STATE_PATH = "deploy.json"
+CONFIG_PATH = "config.json"
+MIN_MICROPYTHON = (1, 23, 0)  # the `vfs` module and .mpy v6.3
+CHUNK = 2048  # bytes per raw-REPL write: raw-paste mode flow-controls it
+
+# What the esptool command needs per chip: MicroPython's download page names the images
+# <BOARD>-<date>-v<version>.bin; the ESP32 bootloader sits at 0x1000, the S3's at 0.
+ESPTOOL = {
+    "esp32": {"offset": "0x1000", "image": "ESP32_GENERIC"},
+    "esp32s3": {"offset": "0", "image": "ESP32_GENERIC_S3"},
+}
+ROM_BANNERS = (b"ets ", b"ESP-ROM", b"rst:0x", b"waiting for download", b"boot:0x")
+
+
+class DeployError(Exception):
+    code = 1
+
+
+class NoMicroPython(DeployError):
+    code = 2
+
+
+class ConnectionLost(DeployError):
+    code = 3
+
+
+class VerifyFailed(DeployError):
+    code = 4
+
+
+class NoHello(DeployError):
+    code = 5
+
+
+def esptool_commands(chip: str, port: str, flash_mb: int | None = None) -> list[str]:
+    e = ESPTOOL[chip]
+    image = e["image"]
+    if chip == "esp32s3" and flash_mb == 4:
+        image += "-FLASH_4M"  # the default S3 image expects 8 MiB
+    fw = f"{image}-<date>-v{'.'.join(map(str, MIN_MICROPYTHON[:2]))}+.bin"
+    return [f"esptool.py --chip {chip} --port {port} erase_flash",
+            f"esptool.py --chip {chip} --port {port} --baud 460800 write_flash -z {e['offset']} {fw}"]
+
+
+# ---- on the device (sent over the raw REPL; plain MicroPython) ----
+_INFO = """
+import sys, os
+_m = os.uname().machine if hasattr(os, 'uname') else getattr(sys.implementation, '_machine', sys.platform)
+if sys.platform == 'esp32':
+    _c = _m.split(' with ')[-1].strip().lower().replace('-', '')
+else:
+    try:
+        import vboard
+        _c = vboard.CHIP
+    except ImportError:
+        _c = sys.platform
+print(repr({'chip': _c, 'version': tuple(sys.implementation.version[:3]), 'mpy': getattr(sys.implementation, '_mpy', 0), 'machine': _m}))
+"""
+
+_HASH = """
+import os, hashlib, binascii
+_b = bytearray(1024)
+_v = memoryview(_b)
+def _h(p):
+    try:
+        f = open(p, 'rb')
+    except OSError:
+        return None
+    h = hashlib.sha256()
+    while True:
+        n = f.readinto(_b)
+        if not n:
+            break
+        h.update(_v[:n])
+    f.close()
+    return binascii.hexlify(h.digest()).decode()
+def _walk(d, out):
+    for e in os.ilistdir(d):
+        p = d.rstrip('/') + '/' + e[0]
+        if e[1] == 0x4000:
+            _walk(p, out)
+        elif p.endswith('.py') or p.endswith('.mpy') or p.endswith('.part'):
+            out.append(p.lstrip('/'))
+    return out
+print(repr(({p: _h(p) for p in %r}, _walk('/', []) if %r else [])))
+"""
+
+
+@dataclass
+class Report:
+    copied: list[str] = field(default_factory=list)
+    bytes_copied: int = 0
+    removed: list[str] = field(default_factory=list)
+    verified: int = 0
+    resumed: bool = False
+    config_written: bool = False
+    up_to_date: bool = False
+    device: dict = field(default_factory=dict)
+    hello: dict | None = None
+
+    def as_dict(self) -> dict:
+        return {"copied": self.copied, "files_copied": len(self.copied), "bytes_copied": self.bytes_copied,
+                "removed": self.removed, "verified": self.verified, "resumed": self.resumed,
+                "config_written": self.config_written, "up_to_date": self.up_to_date,
+                "device": self.device, "hello": self.hello}
+
+
+class Device:
+    """One board's raw REPL through mpremote's SerialTransport."""
+
+    def __init__(self, port: str, repl_timeout: float = 10):
+        self.port = port
+        self.repl_timeout = repl_timeout
+        try:
+            # a read timeout so a pulled cable ends in an error, not a hang
+            self.t = SerialTransport(port, baudrate=115200, timeout=5)
+        except TransportError as e:
+            raise DeployError(f"can't open {port}: {e}") from None
+
+    def enter(self) -> None:
+        seen = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(seen):  # mpremote prints what it got on failure
+                self.t.enter_raw_repl(soft_reset=False, timeout_overall=self.repl_timeout)
+        except TransportError:
+            data = self.t.read_until(1, b"\x00", timeout=0.5, timeout_overall=1)
+            raise NoMicroPython(seen.getvalue().encode() + data) from None
+
+    def run(self, code: str) -> str:
+        try:
+            return self.t.exec(code).decode()
+        except TransportError as e:
+            if getattr(e, "error_output", None):
+                raise DeployError(f"device error: {e.error_output.strip().splitlines()[-1]}") from None
+            raise ConnectionLost(str(e)) from None
+
+    def eval(self, code: str):
+        return ast.literal_eval(self.run(code).strip().splitlines()[-1])
+
+    def info(self) -> dict:
+        return self.eval(_INFO)
+
+    def hashes(self, paths: list[str], walk: bool = False) -> tuple[dict[str, str | None], list[str]]:
+        return self.eval(_HASH % (paths, walk))
+
+    def read_text(self, path: str) -> str | None:
+        r = self.eval(f"try:\n f=open({path!r})\n print(repr(f.read()))\n f.close()\n"
+                      f"except OSError:\n print(None)\n")
+        return r
+
+    def makedirs(self, path: str) -> None:
+        parts = path.split("/")[:-1]
+        if parts:
+            self.run("import os\nfor _d in %r:\n try:\n  os.mkdir(_d)\n except OSError:\n  pass\n"
+                     % ["/".join(parts[: i + 1]) for i in range(len(parts))])
+
+    def write(self, path: str, data: bytes, progress=None) -> None:
+        """Write through path.part then rename: a cut never leaves a truncated module in place."""
+        tmp = path + ".part"
+        try:
+            self.t.fs_writefile(tmp, data, chunk_size=CHUNK, progress_callback=progress)
+        except TransportError as e:
+            if getattr(e, "error_output", None):
+                raise DeployError(f"device refused {path}: {e.error_output.strip().splitlines()[-1]}") from None
+            raise ConnectionLost(str(e)) from None
+        except OSError as e:
+            raise DeployError(f"device refused {path}: {e}") from None
+        self.run(f"import os\nos.rename({tmp!r}, {path!r})")
+
+    def remove(self, path: str) -> None:
+        self.run(f"import os\nos.remove({path!r})")
+
+    def reset(self) -> None:
+        try:
+            self.t.exec_raw_no_follow("import machine\nmachine.reset()")
+        except TransportError:
+            pass  # the board may be gone before it answers
+
+    def close(self) -> None:
+        try:
+            self.t.close()
+        except OSError:
+            pass
+
+
+def bare_board_message(data: bytes, board: boards.Board, port: str) -> str:
+    what = ("the ESP32 ROM bootloader answered" if any(b in data for b in ROM_BANNERS)
+            else "nothing answered" if not data.strip() else "something that is not a MicroPython REPL answered")
+    cmds = "\n  ".join(esptool_commands(board.chip, port, board.data.get("flash_mb")))
+    return (f"no MicroPython on {port} ({what}). Put MicroPython on this {board.chip} first "
+            f"(image from micropython.org/download/{ESPTOOL[board.chip]['image']}/), then rerun:\n  {cmds}")
+
+
+def check_device(info: dict, board: boards.Board, manifest: dict) -> None:
+    if info["chip"] != board.chip:
+        raise DeployError(f"the board file is for {board.chip} but the device is {info['chip']} "
+                          f"({info['machine']}): pick the board file for this hardware")
+    v = tuple(info["version"])
+    if v < MIN_MICROPYTHON:
+        raise DeployError(f"MicroPython {'.'.join(map(str, v))} on the device is older than "
+                          f"{'.'.join(map(str, MIN_MICROPYTHON))}: flash a current image "
+                          f"({esptool_commands(board.chip, '<port>')[1]})")
+    mpy = info["mpy"]
+    if manifest["mpy_version"] is not None and (mpy & 0xFF) != manifest["mpy_version"]:
+        raise DeployError(f"the build is .mpy v{manifest['mpy_version']} but the device loads "
+                          f"v{mpy & 0xFF}: use the mpy-cross matching the device's MicroPython")
+    if manifest.get("mpy_native_arch") and ((mpy >> 10) != manifest["mpy_native_arch"]
+                                            or ((mpy >> 8) & 3) != manifest["mpy_sub_version"]):
+        raise DeployError("the build has native code for another architecture or ABI than the device's")
+
+
+class Progress:
+    def __init__(self, out=sys.stdout, quiet: bool = False):
+        self.out, self.quiet = out, quiet
+
+    def say(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"deploy: {msg}", file=self.out, flush=True)
+
+
+def deploy(port: str, board_path: str | Path, reader: str | None = None, *, config: dict | None = None,
+           reset: bool = True, hello_timeout: float | None = 60.0, mqtt: str | None = None,
+           repl_timeout: float = 10, progress: Progress | None = None,
+           build_root: Path | None = None, src: Path | None = None) -> Report:
+    p = progress or Progress()
+    board = boards.load(board_path)
+    if config is None:
+        if reader is None:
+            raise DeployError("which reader? give --reader <id or config file>")
+        config = provision.load_config(reader)
+    else:
+        provision.validate(config)
+    manifest = build.build(board_path, build_root or build.BUILD, src or build.FIRMWARE)
+    out_dir = (build_root or build.BUILD) / manifest["board"]
+    cfg_bytes = provision.encode(config)
+    cfg_sha = build.hashlib.sha256(cfg_bytes).hexdigest()
+    p.say(f"built {len(manifest['files'])} files for {board.name}: {manifest['footprint_bytes']} bytes")
+    rep = Report()
+    dev = Device(port, repl_timeout)
+    try:
+        try:
+            dev.enter()
+        except NoMicroPython as e:
+            raise NoMicroPython(bare_board_message(e.args[0], board, port)) from None
+        info = dev.info()
+        rep.device = info
+        p.say(f"device: {info['machine']}, MicroPython {'.'.join(map(str, info['version']))}, "
+              f"chip {info['chip']}, mpy v{info['mpy'] & 0xFF}")
+        check_device(info, board, manifest)
+        state_txt = dev.read_text(STATE_PATH)
+        state = json.loads(state_txt) if state_txt else {}
+        if state.get("state") == "in-progress":
+            rep.resumed = True
+            p.say(f"the last deploy to this board (build {state.get('build')}) was cut off before it "
+                  f"finished: finishing it now")
+        want = {f["path"]: f for f in manifest["files"]}
+        have, code_on_device = dev.hashes(sorted(want) + [CONFIG_PATH], walk=True)
+        todo = [f for f in manifest["files"] if have.get(f["path"]) != f["sha256"]]
+        stale = sorted(c for c in code_on_device if c not in want)
+        cfg_todo = have.get(CONFIG_PATH) != cfg_sha
+        complete = (state.get("state") == "complete" and state.get("build") == manifest["build_id"]
+                    and state.get("config") == cfg_sha)
+        if not todo and not stale and not cfg_todo and complete:
+            rep.up_to_date = True
+            rep.verified = len(want) + 1
+            p.say(f"up to date: all {len(want)} files and the config already match (build "
+                  f"{manifest['build_id']}); nothing copied")
+        else:
+            dev.write(STATE_PATH, (json.dumps({"state": "in-progress", "build": manifest["build_id"],
+                                               "board": manifest["board"]}) + "\n").encode())
+            total = sum(f["size"] for f in todo)
+            p.say(f"copying {len(todo)} of {len(want)} files ({total} bytes); "
+                  f"{len(want) - len(todo)} already match")
+            made: set[str] = set()
+            for i, f in enumerate(todo, 1):
+                d = f["path"].rsplit("/", 1)[0] if "/" in f["path"] else ""
+                if d and d not in made:
+                    dev.makedirs(f["path"])
+                    made.add(d)
+                p.say(f"[{i}/{len(todo)}] {f['path']} ({f['size']} bytes)")
+                dev.write(f["path"], (out_dir / f["path"]).read_bytes())
+                rep.copied.append(f["path"])
+                rep.bytes_copied += f["size"]
+            for s in stale:
+                p.say(f"removing stale {s}")
+                dev.remove(s)
+                rep.removed.append(s)
+            if cfg_todo:
+                p.say(f"writing the config of reader {config['reader_id']} (site {config['site']})")
+                dev.write(CONFIG_PATH, cfg_bytes)
+                rep.config_written = True
+            have, _ = dev.hashes(sorted(want) + [CONFIG_PATH])
+            bad = [f["path"] for f in manifest["files"] if have.get(f["path"]) != f["sha256"]]
+            if have.get(CONFIG_PATH) != cfg_sha:
+                bad.append(CONFIG_PATH)
+            if bad:
+                raise VerifyFailed(f"after copying, {len(bad)} file(s) differ on the device: {', '.join(bad)}; "
+                                   f"the board is marked as half deployed, rerun to retry")
+            rep.verified = len(want) + 1
+            dev.write(STATE_PATH, (json.dumps({"state": "complete", "build": manifest["build_id"],
+                                               "board": manifest["board"], "config": cfg_sha,
+                                               "files": len(want)}) + "\n").encode())
+            p.say(f"verified {rep.verified} files on the device by sha256; deploy marked complete")
+        waiter = None
+        if reset and hello_timeout:
+            waiter = HelloWaiter(config, mqtt)
+            waiter.start()
+        if reset:
+            p.say("resetting the board")
+            dev.reset()
+    except (OSError, TransportError) as e:  # serial errors: the cable, the board's power
+        raise ConnectionLost(f"{type(e).__name__}: {e}") from None
+    finally:
+        dev.close()
+    if waiter is not None:
+        p.say(f"waiting up to {hello_timeout:g} s for {config['reader_id']}'s hello on {waiter.topic}")
+        try:
+            rep.hello = waiter.wait(hello_timeout)
+        finally:
+            waiter.stop()
+        p.say(f"hello from {config['reader_id']}: firmware {rep.hello.get('fw')!r}, "
+              f"allowlist v{rep.hello.get('al_version')}")
+    return rep
+
+
+class HelloWaiter:
+    """Subscribes (before the reset) to the reader's retained hello topic and waits for a live,
+    authenticated HELLO: one sealed with the secret just deployed, from a session not seen before."""
+
+    def __init__(self, config: dict, mqtt: str | None = None):
+        from gv.sync import protocol  # firmware/ is on sys.path via tools.provision
+        import paho.mqtt.client as paho
+
+        self.protocol = protocol
+        self.cfg = config
+        b = config.get("broker") or {}
+        host, port = b.get("host"), b.get("port")
+        if mqtt:
+            host, _, port = mqtt.rpartition(":")
+            port = int(port)
+        self.host, self.port = host, int(port)
+        self.topic = protocol.topic(config["site"], config["reader_id"], "hello")
+        self.key = protocol.Key(bytes.fromhex(config["secret"]), config["reader_id"])
+        self.result: dict | None = None
+        self.old_nonces: set[bytes] = set()
+        self.errors: list[str] = []
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"gv-deploy-{os.getpid()}")
+        user = os.environ.get("GV_MQTT_USER")
+        if user:
+            self.client.username_pw_set(user, os.environ.get("GV_MQTT_PASSWORD"))
+        if b.get("tls") and not mqtt:
+            import ssl
+            ctx = ssl.create_default_context(cadata=b.get("ca"))
+            ctx.check_hostname = False  # readers pin the site CA; the broker may be addressed by IP
+            self.client.tls_set_context(ctx)
+        self.client.on_message = self._on_message
+        self.subscribed = False
+
+    def _on_message(self, client, userdata, msg) -> None:
+        p = self.protocol
+        try:
+            typ, nonce, _, body = p.unseal(self.key, p.DIR_READER, msg.payload)
+        except p.ProtoError as e:
+            self.errors.append(f"unauthentic message on {msg.topic}: {e}")
+            return
+        if typ != p.T_HELLO:
+            return
+        if msg.retain:  # the previous session's hello, kept by the broker
+            self.old_nonces.add(nonce)
+            return
+        if nonce in self.old_nonces:
+            return
+        self.result = dict(p.parse_hello(body), nonce=nonce.hex())
+
+    def start(self) -> None:
+        try:
+            self.client.connect(self.host, self.port, keepalive=30)
+        except OSError as e:
+            raise NoHello(f"can't reach the broker at {self.host}:{self.port} to watch for the hello: {e} "
+                          f"(use --mqtt HOST:PORT, or --no-hello)") from None
+        self.client.subscribe(self.topic, qos=1)
+        self.client.loop_start()
+
+    def wait(self, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.result is not None:
+                return self.result
+            time.sleep(0.05)
+        why = ("; " + "; ".join(self.errors[-3:])) if self.errors else ""
+        raise NoHello(f"no hello from {self.cfg['reader_id']} on {self.topic} within {timeout:g} s{why}: "
+                      f"the files are deployed and verified; check Wi-Fi and the broker settings")
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tools.deploy", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--port", required=True, help="the board's serial port (e.g. /dev/ttyUSB0)")
+    ap.add_argument("--board", required=True, help="board file (boards/*.json) matching the hardware")
+    ap.add_argument("--reader", required=True, help="reader id (config from GV_READERS_DIR) or config file")
+    ap.add_argument("--no-reset", action="store_true", help="leave the board at the REPL (no reset, no hello)")
+    ap.add_argument("--no-hello", action="store_true", help="don't wait for the reader's hello")
+    ap.add_argument("--hello-timeout", type=float, default=60, help="seconds to wait for the hello (60)")
+    ap.add_argument("--mqtt", help="HOST:PORT of the broker as seen from here (default: the config's); "
+                                   "account from GV_MQTT_USER / GV_MQTT_PASSWORD")
+    ap.add_argument("--repl-timeout", type=float, default=10, help="seconds to wait for the REPL (10)")
+    ap.add_argument("--build-dir", help="build root (default build/)")
+    ap.add_argument("--report", help="write the deploy report (JSON, no secrets) to this file")
+    args = ap.parse_args(argv)
+    try:
+        rep = deploy(args.port, args.board, args.reader, reset=not args.no_reset,
+                     hello_timeout=None if args.no_hello else args.hello_timeout, mqtt=args.mqtt,
+                     repl_timeout=args.repl_timeout,
+                     build_root=Path(args.build_dir) if args.build_dir else None)
+    except (DeployError, boards.BoardError, build.BuildError, provision.ProvisionError) as e:
+        code = getattr(e, "code", 1)
+        if isinstance(e, ConnectionLost):
+            msg = (f"connection to {args.port} lost ({e}). The board may be half deployed: it says so "
+                   f"in /deploy.json. Reconnect and rerun the same command to finish.")
+        else:
+            msg = str(e)
+        print(f"deploy: {msg}", file=sys.stderr)
+        return code
+    if args.report:
+        Path(args.report).write_text(json.dumps(rep.as_dict(), indent=1) + "\n")
+    print(f"deploy: done: copied {len(rep.copied)} files ({rep.bytes_copied} bytes), removed "
+          f"{len(rep.removed)}, config {'written' if rep.config_written else 'unchanged'}, "
+          f"verified {rep.verified}{', resumed a cut deploy' if rep.resumed else ''}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
