@@ -1,0 +1,811 @@
+"""`host-sync`: the operators' command line for the card registry, the readers, the staff
+ledger and the sync service. Exit codes (scripts may rely on them):
+
+  0  done
+  1  unexpected error (a bug: please report it with the log)
+  2  the command line was wrong (see --help)
+  3  refused: a card rule, a bad value or a bad CSV row (nothing was changed)
+  4  not found: no such card, site, reader or change
+  5  pending: some readers have not applied the change yet (status, readers list --check)
+  6  the database cannot be opened or migrated
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import getpass
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import host_sync  # noqa: F401 - puts firmware/ on sys.path for the shared codecs
+
+from host_sync import ids, rules
+from host_sync.db import Db, DbError, open_db, redact, resolve_url
+from host_sync.ids import InvalidInput
+from host_sync.registry import CardInput, NotFound, Registry
+from host_sync.timeutil import UTC, now, parse_iso
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_NOT_FOUND, EXIT_PENDING, EXIT_DB = range(7)
+DEFAULT_TZ = "Europe/Stockholm"
+DEFAULT_LAG_LIMIT_S = 60.0
+
+log = logging.getLogger("host_sync")
+
+
+class Ctx:
+    """What every command gets: the open registry and where to write."""
+
+    def __init__(self, args: argparse.Namespace, out: Any, err: Any):
+        self.args, self.out, self.err = args, out, err
+        self._db: Db | None = None
+        self._reg: Registry | None = None
+
+    @property
+    def db(self) -> Db:
+        if self._db is None:
+            self._db = open_db(self.args.db, self.args.data_dir)
+        return self._db
+
+    @property
+    def reg(self) -> Registry:
+        if self._reg is None:
+            self._reg = Registry(self.db, actor=self.args.actor)
+        return self._reg
+
+    def say(self, *lines: str) -> None:
+        for line in lines:
+            print(line, file=self.out)
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+
+
+def _tz(name: str) -> dt.tzinfo:
+    if name.upper() == "UTC":
+        return UTC
+    from zoneinfo import ZoneInfo
+    try:
+        return ZoneInfo(name)
+    except Exception:
+        raise InvalidInput("unknown time zone %r (e.g. Europe/Stockholm or UTC)" % name)
+
+
+def _ago(ts: str | None) -> str:
+    if not ts:
+        return "never"
+    s = (now() - parse_iso(ts)).total_seconds()
+    if s < 120:
+        return "%d s ago" % s
+    if s < 7200:
+        return "%d min ago" % (s // 60)
+    if s < 172800:
+        return "%.1f h ago" % (s / 3600)
+    return "%d days ago" % (s // 86400)
+
+
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> list[str]:
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    w = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip() for r in cells]
+
+
+def _versions_line(ctx: Ctx, versions: dict[str, int]) -> list[str]:
+    out = []
+    for site, v in sorted(versions.items()):
+        n = len(ctx.reg.readers(site))
+        out.append("  site %s now at version %d (%d reader(s)); follow it: host-sync status %s:%d"
+                   % (site, v, n, site, v))
+    return out
+
+
+# -- sites ------------------------------------------------------------------------------------
+def cmd_sites_add(ctx: Ctx) -> int:
+    a = ctx.args
+    s = ctx.reg.add_site(a.site, a.name or a.site, a.tax_id, a.pin_policy)
+    ctx.say("site %s added (tax agency site ID %s, PIN policy %s)"
+            % (s["id"], s["tax_site_id"], s["pin_policy"]))
+    return EXIT_OK
+
+
+def cmd_sites_list(ctx: Ctx) -> int:
+    rows = ctx.reg.sites()
+    if ctx.args.json:
+        ctx.say(json.dumps(rows, indent=1))
+        return EXIT_OK
+    ctx.say(*_table([(s["id"], s["name"], s["tax_site_id"], s["pin_policy"], s["version"],
+                      s["cards"], s["readers"]) for s in rows],
+                    ("SITE", "NAME", "SITE-ID-NUMBER", "PIN", "VERSION", "CARDS", "READERS")))
+    return EXIT_OK
+
+
+# -- cards ------------------------------------------------------------------------------------
+def cmd_cards_add(ctx: Ctx) -> int:
+    a = ctx.args
+    no = ids.card_no(a.card_number)
+    if a.visitor:
+        raise InvalidInput("card %s refused: %s" % (no, rules.VISITOR_REFUSED))
+    if not a.uid:
+        raise InvalidInput("card %s: give the card's UID with --uid HEX (read it at the enrolment "
+                           "desk with tools/enroll.py)" % no)
+    sites = tuple(dict.fromkeys(ids.site_id(s) for s in (a.site or [])))
+    c = CardInput(card_no=no, uid=ids.uid_hex(a.uid), holder=a.holder or "",
+                  pnr=ids.pnr(a.pnr or ""), employer=a.employer or "",
+                  employer_org=ids.org_no(a.org_no or ""), status=rules.INACTIVE,
+                  pin_required=a.pin_required,
+                  valid_from=dt.date.fromisoformat(a.valid_from) if a.valid_from else None,
+                  valid_until=dt.date.fromisoformat(a.valid_until) if a.valid_until else None,
+                  sites=sites)
+    versions = ctx.reg.add_card(c)
+    card = ctx.reg.card(no)
+    ctx.say("card %s added (UID %s), inactive until activated ('host-sync cards activate %s'); "
+            "valid %s to %s" % (no, c.uid, no, card["valid_from"], card["valid_until"]))
+    ctx.say(*_versions_line(ctx, versions))
+    return EXIT_OK
+
+
+def _cmd_status(command: str) -> Callable[[Ctx], int]:
+    def run(ctx: Ctx) -> int:
+        old, new, versions = ctx.reg.change_status(ctx.args.card_number, command,
+                                                   ctx.args.note or "")
+        ctx.say("card %s %s (%s -> %s)" % (ids.card_no(ctx.args.card_number), rules.past(command),
+                                           old, new))
+        if not versions:
+            ctx.say("  the card is on no site, so no reader is affected")
+        ctx.say(*_versions_line(ctx, versions))
+        return EXIT_OK
+    return run
+
+
+def cmd_cards_add_site(ctx: Ctx) -> int:
+    versions = ctx.reg.add_to_site(ctx.args.card_number, ids.site_id(ctx.args.site))
+    ctx.say("card %s added to site %s" % (ids.card_no(ctx.args.card_number), ctx.args.site))
+    ctx.say(*_versions_line(ctx, versions))
+    return EXIT_OK
+
+
+def cmd_cards_show(ctx: Ctx) -> int:
+    c = ctx.reg.card(ctx.args.card_number)
+    if ctx.args.json:
+        ctx.say(json.dumps(c, indent=1, default=str))
+        return EXIT_OK
+    status = c["status"] + (" (EXPIRED %s)" % c["valid_until"] if c["expired"] else "")
+    ctx.say("card number   %s" % c["card_no"], "UID           %s" % c["uid"],
+            "status        %s" % status,
+            "holder        %s" % (c["holder"] or "-"),
+            "personal id   %s" % (c["pnr"] or "-"),
+            "employer      %s %s" % (c["employer"] or "-", c["employer_org"]),
+            "valid         %s to %s" % (c["valid_from"], c["valid_until"]),
+            "PIN           %s; set at: %s" % ("required" if c["pin_required"] else "not required",
+                                              ", ".join(s for s, ok in c["pin_set"].items() if ok)
+                                              or "no site"),
+            "sites         %s" % (", ".join(c["sites"]) or "none"),
+            "changed       %s" % c["updated_at"])
+    hist = ctx.reg.audit_log(subject=c["card_no"], limit=10)
+    if hist:
+        ctx.say("history (latest first):")
+        ctx.say(*("  %s %s: %s %s" % (h["at"], h["actor"], h["action"], h["detail"]) for h in hist))
+    return EXIT_OK
+
+
+def cmd_cards_list(ctx: Ctx) -> int:
+    a = ctx.args
+    if a.status and a.status not in rules.STATUSES:
+        raise InvalidInput("status must be one of %s" % ", ".join(rules.STATUSES))
+    rows = ctx.reg.cards(site=a.site, status=a.status, search=a.search)
+    if a.json:
+        ctx.say(json.dumps(rows, indent=1, default=str))
+        return EXIT_OK
+    ctx.say(*_table([(c["card_no"], c["status"], c["holder"], c["employer"], c["valid_until"],
+                      "yes" if c["pin_required"] else "") for c in rows],
+                    ("CARD", "STATUS", "HOLDER", "EMPLOYER", "VALID-UNTIL", "PIN")))
+    ctx.say("%d card(s)" % len(rows))
+    return EXIT_OK
+
+
+def cmd_cards_set_pin(ctx: Ctx) -> int:
+    a = ctx.args
+    if a.pin_stdin:
+        pin = sys.stdin.readline().strip()
+    else:
+        pin = getpass.getpass("New PIN for %s (4-6 digits): " % a.card_number)
+        again = getpass.getpass("Repeat the PIN: ")
+        if pin != again:
+            raise InvalidInput("the two PINs differ; nothing was changed")
+    versions = ctx.reg.set_pin(a.card_number, pin, a.site)
+    ctx.say("PIN set for %s (only its verifier is kept)" % ids.card_no(a.card_number))
+    ctx.say(*_versions_line(ctx, versions))
+    return EXIT_OK
+
+
+def cmd_cards_import(ctx: Ctx) -> int:
+    from host_sync import importer
+    from host_sync.progress import Progress
+    a = ctx.args
+    try:
+        text = Path(a.file).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidInput("cannot read %s: %s" % (a.file, e))
+    n = max(0, text.count("\n") - 1)
+    prog = Progress("checking %s" % Path(a.file).name, n, ctx.err, quiet=a.quiet)
+    try:
+        plan = importer.plan(ctx.reg, text, site=a.site, progress=prog)
+    except importer.BadRows as e:
+        for line, msg in e.errors[:50]:
+            print("%s line %d: %s" % (a.file, line, msg), file=ctx.err)
+        if len(e.errors) > 50:
+            print("... and %d more bad rows" % (len(e.errors) - 50), file=ctx.err)
+        print("%d bad row(s); nothing was applied" % len(e.errors), file=ctx.err)
+        return EXIT_REFUSED
+    prog.done()
+    ctx.say(*importer.describe(plan, limit=1_000_000 if a.verbose else 20))
+    if not a.apply:
+        if not plan.empty:
+            ctx.say("dry run: nothing changed. Run again with --apply to make these changes.")
+        return EXIT_OK
+    if plan.empty:
+        ctx.say("nothing to apply")
+        return EXIT_OK
+    prog = Progress("importing", len(plan.new), ctx.err, quiet=a.quiet)
+    versions = importer.apply(ctx.reg, plan, Path(a.file).name, progress=prog)
+    prog.done()
+    ctx.say("applied.")
+    ctx.say(*_versions_line(ctx, versions))
+    return EXIT_OK
+
+
+# -- readers ----------------------------------------------------------------------------------
+def _write_reader_config(ctx: Ctx, reader_id: str, path: str) -> None:
+    a = ctx.args
+    r = ctx.reg.reader(reader_id)
+    site = ctx.reg.site(r["site_id"])
+    secret, broker_pw = ctx.reg.reader_credentials(reader_id)
+    card_key, pin_key = ctx.reg.site_keys(r["site_id"])
+    ca = ""
+    if a.ca:
+        try:
+            ca = Path(a.ca).read_text()
+        except OSError as e:
+            raise InvalidInput("cannot read the CA certificate %s: %s" % (a.ca, e))
+    cfg = {"reader_id": reader_id, "site": r["site_id"],
+           "wifi": {"ssid": a.wifi_ssid or "", "password": os.environ.get("GV_WIFI_PASSWORD", "")},
+           "broker": {"host": a.broker_host, "port": a.broker_port, "tls": not a.no_tls, "ca": ca,
+                      "user": reader_id, "password": broker_pw},
+           "secret": secret.hex(),
+           "site_keys": {"card": card_key.hex(), "pin": pin_key.hex()},
+           "gate": {"hold_ms": a.hold_ms, "open_ms": a.open_ms, "pin_policy": site["pin_policy"]}}
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(cfg, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, p)
+    ctx.reg.audit("reader config written", reader_id, "to %s" % p)
+
+
+def cmd_readers_add(ctx: Ctx) -> int:
+    a = ctx.args
+    r = ctx.reg.add_reader(a.reader_id, ids.site_id(a.site))
+    ctx.say("reader %s added to site %s; its secret and broker account are issued"
+            % (r["id"], r["site_id"]))
+    if a.config_out:
+        _write_reader_config(ctx, r["id"], a.config_out)
+        ctx.say("config written to %s (mode 0600; it holds secrets: provision it, then delete it)"
+                % a.config_out)
+    else:
+        ctx.say("write its config with: host-sync readers config %s --config-out FILE" % r["id"])
+    ctx.say("the broker needs the new account: host-sync broker config --out DIR, then reload "
+            "mosquitto (SIGHUP)")
+    return EXIT_OK
+
+
+def cmd_readers_config(ctx: Ctx) -> int:
+    _write_reader_config(ctx, ctx.args.reader_id, ctx.args.config_out)
+    ctx.say("config for %s written to %s (mode 0600)" % (ctx.args.reader_id, ctx.args.config_out))
+    return EXIT_OK
+
+
+def reader_rows(reg: Registry, site: str | None, lag_limit_s: float) -> list[dict]:
+    rows = []
+    versions = {s["id"]: s["version"] for s in reg.sites()}
+    for r in reg.readers(site):
+        head = versions.get(r["site_id"], 0)
+        lag = max(0, head - r["applied_version"])
+        block_since = reg.oldest_unapplied_block(r["site_id"], r["applied_version"]) if lag else None
+        late = bool(block_since and (now() - parse_iso(block_since)).total_seconds() > lag_limit_s)
+        rows.append(dict(r, head=head, lag=lag, block_pending_since=block_since,
+                         lagging_block=late))
+    return rows
+
+
+def cmd_readers_list(ctx: Ctx) -> int:
+    a = ctx.args
+    rows = reader_rows(ctx.reg, a.site, a.lag_limit)
+    if a.json:
+        ctx.say(json.dumps(rows, indent=1, default=str))
+    else:
+        def health(r: dict) -> str:
+            h = r["health"] or {}
+            bits = ["%s=%s" % (k, h[k]) for k in sorted(h) if k not in ("firmware",)][:4]
+            return " ".join(bits) or "-"
+        ctx.say(*_table([(r["id"], r["site_id"], "online" if r["online"] else "OFFLINE",
+                          "%d/%d" % (r["applied_version"], r["head"]),
+                          ("%d" % r["lag"]) + (" LAGGING A BLOCK since %s" % r["block_pending_since"]
+                                               if r["lagging_block"] else ""),
+                          _ago(r["last_seen"]), r["firmware"] or "-", health(r)) for r in rows],
+                        ("READER", "SITE", "ONLINE", "APPLIED", "LAG", "LAST-SEEN", "FIRMWARE",
+                         "HEALTH")))
+    if a.check and any(r["lagging_block"] or r["lag"] for r in rows):
+        return EXIT_PENDING
+    return EXIT_OK
+
+
+# -- status of a change -----------------------------------------------------------------------
+def _parse_change(ctx: Ctx, ref: str) -> tuple[str, int]:
+    if ":" in ref:
+        site, v = ref.rsplit(":", 1)
+    else:
+        site, v = ctx.args.site, ref
+        if not site:
+            try:  # a card number: its latest change
+                no = ids.card_no(ref)
+            except InvalidInput:
+                raise InvalidInput("say which change: SITE:VERSION, or VERSION with --site, or a "
+                                   "card number for its latest change")
+            ch = ctx.reg.changes(subject=no, limit=1)
+            if not ch:
+                raise NotFound("no change recorded for card %s" % no)
+            return ch[0]["site"], ch[0]["version"]
+    try:
+        return site, int(v)
+    except ValueError:
+        raise InvalidInput("version %r is not a number" % v)
+
+
+def cmd_status(ctx: Ctx) -> int:
+    site, version = _parse_change(ctx, ctx.args.change)
+    ch = ctx.reg.change(site, version)
+    readers = ctx.reg.readers(site)
+    done = [r for r in readers if r["applied_version"] >= version]
+    todo = [r for r in readers if r["applied_version"] < version]
+    if ctx.args.json:
+        ctx.say(json.dumps({"change": ch, "applied": [r["id"] for r in done],
+                            "pending": [{"reader": r["id"], "applied_version": r["applied_version"],
+                                         "since": ch["at"], "online": r["online"],
+                                         "last_seen": r["last_seen"]} for r in todo]},
+                           indent=1, default=str))
+        return EXIT_PENDING if todo else EXIT_OK
+    ctx.say("change %s:%d  %s %s  by %s at %s" % (site, version, ch["action"], ch["subject"],
+                                                  ch["actor"], ch["at"]))
+    ctx.say("applied by %d of %d reader(s)" % (len(done), len(readers)))
+    for r in done:
+        ctx.say("  ok       %s (at version %d, %s)" % (r["id"], r["applied_version"],
+                                                      _ago(r["applied_at"])))
+    for r in todo:
+        ctx.say("  PENDING  %s (at version %d) since %s (%s); %s, last seen %s"
+                % (r["id"], r["applied_version"], ch["at"], _ago(ch["at"]).replace(" ago", ""),
+                   "online" if r["online"] else "OFFLINE", _ago(r["last_seen"])))
+    return EXIT_PENDING if todo else EXIT_OK
+
+
+# -- events and ledger ------------------------------------------------------------------------
+def _span(a: argparse.Namespace, tz: dt.tzinfo) -> tuple[dt.datetime, dt.datetime]:
+    try:
+        f = dt.date.fromisoformat(a.from_) if a.from_ else now().date()
+        t = dt.date.fromisoformat(a.to) if a.to else f
+    except ValueError as e:
+        raise InvalidInput("dates are YYYY-MM-DD: %s" % e)
+    if t < f:
+        raise InvalidInput("--to is before --from")
+    start = dt.datetime(f.year, f.month, f.day, tzinfo=tz)
+    end = dt.datetime(t.year, t.month, t.day, tzinfo=tz) + dt.timedelta(days=1)
+    return start, end
+
+
+def _emit(ctx: Ctx, text: str) -> None:
+    if ctx.args.out and ctx.args.out != "-":
+        Path(ctx.args.out).write_text(text, encoding="utf-8")
+        print("written to %s" % ctx.args.out, file=ctx.err)
+    else:
+        ctx.out.write(text)
+
+
+def cmd_events_export(ctx: Ctx) -> int:
+    from host_sync import ledger
+    a = ctx.args
+    tz = _tz(a.tz)
+    ctx.reg.site(a.site)
+    start, end = _span(a, tz)
+    rows = ledger.event_rows(ctx.db, a.site, start, end, tz)
+    _emit(ctx, ledger.to_csv(ledger.EVENT_HEADER, rows))
+    return EXIT_OK
+
+
+def cmd_ledger_show(ctx: Ctx) -> int:
+    from host_sync import ledger
+    a = ctx.args
+    tz = _tz(a.tz)
+    site = ctx.reg.site(a.site)
+    try:
+        day = dt.date.fromisoformat(a.day) if a.day and a.day != "today" else now().astimezone(tz).date()
+    except ValueError:
+        raise InvalidInput("--day is YYYY-MM-DD")
+    start = dt.datetime(day.year, day.month, day.day, tzinfo=tz)
+    rows = ledger.shifts(ctx.db, a.site, start, start + dt.timedelta(days=1))
+    ctx.say("Staff ledger (personalliggare), site %s (%s), site ID number %s, %s (%s)"
+            % (site["id"], site["name"], site["tax_site_id"], day.isoformat(), a.tz))
+    table = ledger.shift_rows(rows, tz)
+    ctx.say(*_table([[r[3], r[4], r[1], r[2], r[6][11:16] if r[6] else "",
+                      r[7][11:16] if r[7] and r[7][0].isdigit() else r[7], r[8],
+                      "corrected" if r[9] else ""] for r in table],
+                    ("NAME", "PERSONAL-ID", "CONTRACTOR", "ORG-NO", "START", "END", "READERS", "")))
+    ctx.say("%d shift(s); %d person(s) on site now" % (len(rows), sum(1 for r in rows if r["end"] is None)))
+    return EXIT_OK
+
+
+def cmd_ledger_export(ctx: Ctx) -> int:
+    from host_sync import ledger
+    a = ctx.args
+    tz = _tz(a.tz)
+    site = ctx.reg.site(a.site)
+    start, end = _span(a, tz)
+    rows = ledger.shift_rows(ledger.shifts(ctx.db, a.site, start, end), tz)
+    if a.format == "csv":
+        _emit(ctx, ledger.to_csv(ledger.SHIFT_HEADER, rows))
+    else:
+        title = "Personalliggare: %s (%s)" % (site["name"], site["id"])
+        sub = "Site ID number %s. Shifts from %s to %s (%s)." % (
+            site["tax_site_id"], start.date().isoformat(),
+            (end - dt.timedelta(days=1)).date().isoformat(), a.tz)
+        _emit(ctx, ledger.to_html(title, sub, ledger.SHIFT_HEADER[:-1], [r[:-1] for r in rows]))
+    return EXIT_OK
+
+
+def cmd_ledger_correct(ctx: Ctx) -> int:
+    from host_sync import ledger
+    a = ctx.args
+    tz = _tz(a.tz)
+
+    def t(s: str | None) -> dt.datetime | None:
+        if not s:
+            return None
+        try:
+            v = dt.datetime.fromisoformat(s)
+        except ValueError:
+            raise InvalidInput("times are 'YYYY-MM-DD HH:MM'")
+        return v if v.tzinfo else v.replace(tzinfo=tz)
+    try:
+        ledger.correct(ctx.db, a.shift, t(a.start), t(a.end), a.note or "", ctx.args.actor)
+    except LookupError as e:
+        raise NotFound(str(e))
+    ctx.say("correction entered for shift %s (the original entries stay as they were)" % a.shift)
+    return EXIT_OK
+
+
+def cmd_ledger_purge(ctx: Ctx) -> int:
+    from host_sync import ledger
+    try:
+        before = dt.date.fromisoformat(ctx.args.before)
+    except ValueError:
+        raise InvalidInput("--before is YYYY-MM-DD")
+    res = ledger.purge(ctx.db, before, ctx.args.actor, ctx.args.apply)
+    verb = "purged" if res["applied"] else "would purge (dry run; add --apply)"
+    ctx.say("%s %d ledger entr%s and %d event(s) from before %s"
+            % (verb, res["ledger"], "y" if res["ledger"] == 1 else "ies", res["events"], before))
+    return EXIT_OK
+
+
+def cmd_audit(ctx: Ctx) -> int:
+    rows = ctx.reg.audit_log(subject=ctx.args.subject, limit=ctx.args.limit)
+    ctx.say(*_table([(r["at"], r["actor"], r["action"], r["subject"], r["detail"]) for r in rows],
+                    ("WHEN", "WHO", "WHAT", "SUBJECT", "DETAIL")))
+    return EXIT_OK
+
+
+# -- broker and serve -------------------------------------------------------------------------
+def host_broker_account(reg: Registry) -> tuple[str, str]:
+    """The host service's own broker account (created once, kept in the database)."""
+    import secrets as _secrets
+    with reg.db.tx():
+        pw = reg.db.scalar("SELECT value FROM settings WHERE name = 'broker_host_password'")
+        if pw is None:
+            pw = _secrets.token_urlsafe(24)
+            reg.db.execute("INSERT INTO settings (name, value) VALUES ('broker_host_password', ?)",
+                           (pw,))
+    return "host", pw
+
+
+def cmd_broker_config(ctx: Ctx) -> int:
+    from host_sync import broker
+    a = ctx.args
+    user, pw = host_broker_account(ctx.reg)
+    accounts = [broker.ReaderAccount(rid, site, bpw) for rid, site, bpw in ctx.reg.broker_accounts()]
+    tls = None
+    if a.cafile or a.certfile or a.keyfile:
+        if not (a.cafile and a.certfile and a.keyfile):
+            raise InvalidInput("TLS needs --cafile, --certfile and --keyfile together")
+        tls = broker.TlsFiles(a.cafile, a.certfile, a.keyfile)
+    try:
+        files = broker.write_config(a.out, accounts, [broker.HostAccount(user, pw)], port=a.port,
+                                    tls=tls, plain_port=a.plain_port)
+    except broker.BrokerConfigError as e:
+        raise InvalidInput(str(e))
+    ctx.reg.audit("broker config written", a.out, "%d reader account(s)" % len(accounts))
+    ctx.say("mosquitto config for %d reader(s) and the host written to %s" % (len(accounts), a.out),
+            "run: mosquitto -c %s   (send it SIGHUP after adding readers)" % files.conf)
+    return EXIT_OK
+
+
+def cmd_serve(ctx: Ctx) -> int:
+    try:
+        from host_sync import serve
+    except ImportError as e:
+        print("serve is not available: %s" % e, file=ctx.err)
+        return EXIT_ERROR
+    return serve.run(ctx)
+
+
+# -- parser -----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="host-sync",
+        description="grindvakt host: the card registry, the gate readers, the staff ledger and "
+                    "the sync service that pushes card changes to every reader.",
+        epilog="Exit codes: 0 done, 1 unexpected error, 2 bad command line, 3 refused (card rule "
+               "or bad input; nothing changed), 4 not found, 5 readers still pending, "
+               "6 database unavailable. The database is a SQLite file in --data-dir (default "
+               "./data, env GV_DATA) or PostgreSQL given by --db postgresql://... (env GV_DB).",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--db", help="database URL: postgresql://user@host/db or sqlite:///path "
+                                "(env GV_DB)")
+    p.add_argument("--data-dir", help="folder for the SQLite database (env GV_DATA; default ./data)")
+    p.add_argument("--as", dest="actor", default=os.environ.get("GV_OPERATOR") or _user(),
+                   help="who is making the change, for the audit log (env GV_OPERATOR; default "
+                        "your login name)")
+    p.add_argument("-v", "--verbose", action="store_true", help="more detail and debug logs")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    top = p.add_subparsers(dest="area", metavar="AREA", required=True)
+
+    # sites
+    sp = top.add_parser("sites", help="construction sites").add_subparsers(dest="cmd", required=True)
+    x = sp.add_parser("add", help="add a site; its card and PIN keys are generated")
+    x.add_argument("site", help="short site id used everywhere, e.g. site-a")
+    x.add_argument("--name", help="the site's name as people say it")
+    x.add_argument("--tax-id", required=True,
+                   help="the site's ID number from the tax agency (byggarbetsplats-ID); the "
+                        "staff ledger is kept under it")
+    x.add_argument("--pin-policy", default="card", choices=("never", "card", "always"),
+                   help="when gates ask for a PIN: never, when the card says so (default), always")
+    x.set_defaults(fn=cmd_sites_add)
+    x = sp.add_parser("list", help="list sites")
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(fn=cmd_sites_list)
+
+    # cards
+    cp = top.add_parser("cards", help="staff cards: add, import, activate, block, ...")
+    cs = cp.add_subparsers(dest="cmd", required=True)
+    x = cs.add_parser("add", help="add one card (inactive until activated)")
+    x.add_argument("card_number", help="BB-YYMM-NNNNNN as printed on the card")
+    x.add_argument("--uid", help="the card's UID in hex as the reader sees it (leading zeros kept)")
+    x.add_argument("--holder", help="the holder's name")
+    x.add_argument("--pnr", help="the holder's personal identity number YYYYMMDD-NNNN")
+    x.add_argument("--employer", help="the employer (contractor) name")
+    x.add_argument("--org-no", help="the employer's organisation number NNNNNN-NNNN")
+    x.add_argument("--site", action="append", help="a site the card may enter (repeatable)")
+    x.add_argument("--pin-required", action="store_true", help="gates ask this card for its PIN")
+    x.add_argument("--valid-from", help="YYYY-MM-DD (default today)")
+    x.add_argument("--valid-until", help="YYYY-MM-DD (default five years after valid-from)")
+    x.add_argument("--visitor", action="store_true",
+                   help="a visitor card (refused: visitor cards carry no RFID)")
+    x.set_defaults(fn=cmd_cards_add)
+    for cmd, text in (("activate", "activate a new (inactive) card"),
+                      ("block", "block an active card (it can be unblocked later)"),
+                      ("unblock", "reactivate a blocked card"),
+                      ("terminate", "terminate a card for good (it never comes back)"),
+                      ("suspend", "suspend an active card while its card fee is unpaid"),
+                      ("resume", "reactivate a suspended card once the fee is paid")):
+        x = cs.add_parser(cmd, help=text, description=text + ". The change is pushed to every "
+                          "reader of the card's sites; follow it with 'host-sync status'.")
+        x.add_argument("card_number", help="BB-YYMM-NNNNNN")
+        x.add_argument("--note", help="why (kept in the audit log)")
+        x.set_defaults(fn=_cmd_status(cmd))
+    x = cs.add_parser("add-site", help="let a card enter one more site")
+    x.add_argument("card_number")
+    x.add_argument("site")
+    x.set_defaults(fn=cmd_cards_add_site)
+    x = cs.add_parser("show", help="one card, its sites and its history")
+    x.add_argument("card_number")
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(fn=cmd_cards_show)
+    x = cs.add_parser("list", help="list cards")
+    x.add_argument("--site")
+    x.add_argument("--status", help="only cards with this status")
+    x.add_argument("--search", help="part of a name, employer or card number")
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(fn=cmd_cards_list)
+    x = cs.add_parser("set-pin", help="set a card's PIN (asked without echo; only a verifier is kept)")
+    x.add_argument("card_number")
+    x.add_argument("--site", help="only at this site (default: all the card's sites)")
+    x.add_argument("--pin-stdin", action="store_true", help="read the PIN from standard input "
+                   "(for scripts; never put a PIN on the command line)")
+    x.set_defaults(fn=cmd_cards_set_pin)
+    x = cs.add_parser("import", help="import a card-portal export (CSV); a dry run unless --apply",
+                      description="Compare a CSV card list with the registry and show the "
+                                  "difference; --apply makes it in one go. A bad row is "
+                                  "reported with its line number and nothing is applied.",
+                      epilog=_import_columns(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    x.add_argument("file", help="the CSV file")
+    x.add_argument("--site", help="add every card in the file to this site")
+    x.add_argument("--apply", action="store_true", help="make the changes (default: dry run)")
+    x.set_defaults(fn=cmd_cards_import)
+
+    # readers
+    rp = top.add_parser("readers", help="gate readers").add_subparsers(dest="cmd", required=True)
+
+    def config_opts(x: argparse.ArgumentParser) -> None:
+        x.add_argument("--broker-host", default="127.0.0.1", help="broker address the reader uses")
+        x.add_argument("--broker-port", type=int, default=8883)
+        x.add_argument("--no-tls", action="store_true", help="plain MQTT (test benches only)")
+        x.add_argument("--ca", help="the broker's CA certificate (PEM) the reader pins")
+        x.add_argument("--wifi-ssid", help="Wi-Fi network (password from env GV_WIFI_PASSWORD)")
+        x.add_argument("--hold-ms", type=int, default=500, help="how long a card must be held")
+        x.add_argument("--open-ms", type=int, default=3000, help="how long the door stays open")
+
+    x = rp.add_parser("add", help="add a reader: issues its secret and broker account")
+    x.add_argument("reader_id", help="e.g. gate-01")
+    x.add_argument("--site", required=True)
+    x.add_argument("--config-out", help="write the reader's config.json here (mode 0600)")
+    config_opts(x)
+    x.set_defaults(fn=cmd_readers_add)
+    x = rp.add_parser("config", help="(re)write a reader's config.json")
+    x.add_argument("reader_id")
+    x.add_argument("--config-out", required=True)
+    config_opts(x)
+    x.set_defaults(fn=cmd_readers_config)
+    x = rp.add_parser("list", help="readers: online, applied version, lag, last seen, health")
+    x.add_argument("--site")
+    x.add_argument("--lag-limit", type=float, default=DEFAULT_LAG_LIMIT_S,
+                   help="seconds a reader may lag a block before it is flagged (default 60)")
+    x.add_argument("--check", action="store_true", help="exit 5 when any reader lags")
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(fn=cmd_readers_list)
+
+    x = top.add_parser("status", help="which readers applied a change, which not and since when")
+    x.add_argument("change", help="SITE:VERSION (printed by every change), VERSION with --site, "
+                                  "or a card number for its latest change")
+    x.add_argument("--site")
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(fn=cmd_status)
+
+    ep = top.add_parser("events", help="the readers' access events").add_subparsers(dest="cmd",
+                                                                                      required=True)
+    x = ep.add_parser("export", help="export events as CSV")
+    x.add_argument("--site", required=True)
+    x.add_argument("--from", dest="from_", help="first day YYYY-MM-DD (default today)")
+    x.add_argument("--to", help="last day YYYY-MM-DD (default = --from)")
+    x.add_argument("--format", default="csv", choices=("csv",))
+    x.add_argument("--tz", default=DEFAULT_TZ, help="time zone for days and times (default %s)"
+                   % DEFAULT_TZ)
+    x.add_argument("--out", help="file to write (default: standard output)")
+    x.set_defaults(fn=cmd_events_export)
+
+    lp = top.add_parser("ledger", help="the staff ledger (personalliggare)").add_subparsers(
+        dest="cmd", required=True)
+    x = lp.add_parser("show", help="one day's shifts on screen (for an inspection)")
+    x.add_argument("--site", required=True)
+    x.add_argument("--day", default="today", help="YYYY-MM-DD (default today)")
+    x.add_argument("--tz", default=DEFAULT_TZ)
+    x.set_defaults(fn=cmd_ledger_show)
+    x = lp.add_parser("export", help="shifts as CSV or a printable HTML page")
+    x.add_argument("--site", required=True)
+    x.add_argument("--from", dest="from_", help="first day YYYY-MM-DD (default today)")
+    x.add_argument("--to", help="last day YYYY-MM-DD (default = --from)")
+    x.add_argument("--format", default="csv", choices=("csv", "html"))
+    x.add_argument("--tz", default=DEFAULT_TZ)
+    x.add_argument("--out", help="file to write (default: standard output)")
+    x.set_defaults(fn=cmd_ledger_export)
+    x = lp.add_parser("correct", help="correct a shift's start or end (a new entry; nothing is "
+                                      "edited)")
+    x.add_argument("shift", help="the shift id (last column of 'ledger export')")
+    x.add_argument("--start", help="'YYYY-MM-DD HH:MM' local time")
+    x.add_argument("--end", help="'YYYY-MM-DD HH:MM' local time")
+    x.add_argument("--note", required=True, help="why")
+    x.add_argument("--tz", default=DEFAULT_TZ)
+    x.set_defaults(fn=cmd_ledger_correct)
+    x = lp.add_parser("purge", help="delete ledger entries and events older than the retention "
+                                    "period (two years after the end of the calendar year)")
+    x.add_argument("--before", required=True, help="YYYY-MM-DD; refused if rows still must be kept")
+    x.add_argument("--apply", action="store_true", help="delete (default: count only)")
+    x.set_defaults(fn=cmd_ledger_purge)
+
+    x = top.add_parser("audit", help="the audit log: who changed what, when")
+    x.add_argument("--subject", help="a card number, reader or site")
+    x.add_argument("--limit", type=int, default=50)
+    x.set_defaults(fn=cmd_audit)
+
+    bp = top.add_parser("broker", help="the MQTT broker").add_subparsers(dest="cmd", required=True)
+    x = bp.add_parser("config", help="write mosquitto.conf, passwd and acl for every reader")
+    x.add_argument("--out", required=True, help="folder for the files")
+    x.add_argument("--port", type=int, default=8883)
+    x.add_argument("--plain-port", type=int, help="an extra plain listener (loopback host only)")
+    x.add_argument("--cafile")
+    x.add_argument("--certfile")
+    x.add_argument("--keyfile")
+    x.set_defaults(fn=cmd_broker_config)
+
+    x = top.add_parser("serve", help="run the sync service: push changes, collect events")
+    x.add_argument("--broker-host", default="127.0.0.1")
+    x.add_argument("--broker-port", type=int, default=8883)
+    x.add_argument("--tls-ca", help="CA certificate of the broker (TLS); plain MQTT without it")
+    x.add_argument("--broker-user", default="host")
+    x.add_argument("--broker-password-env", default="GV_BROKER_PASSWORD",
+                   help="environment variable holding the broker password (default: "
+                        "GV_BROKER_PASSWORD, else the one 'broker config' generated)")
+    x.add_argument("--group", default="grindvakt",
+                   help="shared-subscription group: instances in one group split the work")
+    x.add_argument("--instance", help="this instance's name (default host name + pid)")
+    x.add_argument("--lag-limit", type=float, default=DEFAULT_LAG_LIMIT_S,
+                   help="seconds a reader may lag a block before it is flagged (default 60)")
+    x.add_argument("--poll", type=float, default=0.1,
+                   help="seconds between looks for new registry versions (default 0.1)")
+    x.set_defaults(fn=cmd_serve)
+    return p
+
+
+def _import_columns() -> str:
+    from host_sync import importer
+    return "CSV columns:\n" + importer.__doc__.split("Columns", 1)[1].split("\n", 1)[1]
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "operator"
+
+
+def main(argv: Sequence[str] | None = None, out: Any = None, err: Any = None) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=err,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    ctx = Ctx(args, out, err)
+    try:
+        return int(args.fn(ctx))
+    except NotFound as e:
+        print("not found: %s" % e, file=err)
+        return EXIT_NOT_FOUND
+    except InvalidInput as e:
+        print("refused: %s" % e, file=err)
+        return EXIT_REFUSED
+    except DbError as e:
+        print("database: %s" % e, file=err)
+        return EXIT_DB
+    except KeyboardInterrupt:
+        print("interrupted", file=err)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as e:  # a bug: say so plainly, with the traceback in the log
+        log.exception("unexpected error")
+        print("error: %s: %s (database %s)" % (type(e).__name__, e,
+                                                redact(resolve_url(args.db, args.data_dir))),
+              file=err)
+        return EXIT_ERROR
+    finally:
+        ctx.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Events from the readers and the staff ledger (personalliggare) built from them.
+
+Events are stored once per (reader, sequence number): a re-sent batch changes nothing. A
+granted passage of a registered card becomes a ledger entry at once, with the site's ID number
+(from the tax agency), the contractor's name and organisation number and the person's name and
+personal identity number as they are at that moment. Entries are never edited (the database
+refuses an UPDATE); a correction is a new entry. A work shift is the entries sharing a shift id:
+a passage opens a shift ("in"), the next passage within MAX_SHIFT closes it ("out"), and a
+later one opens the next shift. Passages within DEBOUNCE of the previous entry (the same person
+presenting the card again) are kept as events but add no entry.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import html
+import io
+import uuid
+from typing import Any, Iterable, Sequence
+
+from gv import events as evc
+
+from host_sync.db import Db
+from host_sync.ids import InvalidInput
+from host_sync.timeutil import UTC, from_reader_seconds, iso, now, now_iso, parse_iso
+
+MAX_SHIFT = dt.timedelta(hours=16)
+DEBOUNCE = dt.timedelta(seconds=60)
+RETENTION_YEARS = 2  # kept at least two years after the end of the calendar year
+LEDGER_COLS = ("id", "shift_id", "kind", "site_id", "tax_site_id", "employer", "employer_org",
+               "person_name", "pnr", "card_no", "at", "reader_id", "entered_at", "note")
+
+
+def ingest(db: Db, reader_id: str, site_id: str, batch: Iterable[tuple[int, bytes]]) -> dict:
+    """Store a reader's events; idempotent by (reader, seq). Returns counts
+    {"stored", "duplicate", "rejected", "ledger"} and "rejected_seqs" (undecodable events,
+    which are logged by the caller and acknowledged so they do not block the queue)."""
+    out = {"stored": 0, "duplicate": 0, "rejected": 0, "ledger": 0, "rejected_seqs": []}
+    received = now()
+    with db.tx():
+        for seq, raw in batch:
+            try:
+                d = evc.unpack(raw)
+            except (ValueError, TypeError) as e:
+                out["rejected"] += 1
+                out["rejected_seqs"].append(seq)
+                continue
+            if d["seq"] != seq:
+                out["rejected"] += 1
+                out["rejected_seqs"].append(seq)
+                continue
+            at = from_reader_seconds(d["t"]) if d["clock_set"] else received
+            uid = d["uid"].hex()
+            card_no = db.scalar("SELECT card_no FROM cards WHERE uid = ?", (uid,)) if uid else None
+            cur = db.execute(
+                "INSERT INTO events (reader_id, seq, site_id, at, received_at, kind, result, reason,"
+                " uid, card_no, aux, clock_set, raw) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (reader_id, seq) DO NOTHING",
+                (reader_id, seq, site_id, iso(at), iso(received), d["kind"], d["result"],
+                 d["reason"], uid, card_no, d["aux"], 1 if d["clock_set"] else 0, raw.hex()))
+            if cur.rowcount == 0:
+                out["duplicate"] += 1
+                continue
+            out["stored"] += 1
+            if (card_no and d["result"] == evc.R_GRANT
+                    and d["kind"] in (evc.K_DECISION, evc.K_ALARM)):
+                out["ledger"] += _passage(db, site_id, card_no, at, reader_id)
+    return out
+
+
+def _passage(db: Db, site_id: str, card_no: str, at: dt.datetime, reader_id: str) -> int:
+    site = db.one("SELECT tax_site_id FROM sites WHERE id = ?", (site_id,))
+    card = db.one("SELECT holder, pnr, employer, employer_org FROM cards WHERE card_no = ?",
+                  (card_no,))
+    if not site or not card:
+        return 0
+    last = db.one("SELECT shift_id, kind, at FROM ledger WHERE card_no = ? AND site_id = ?"
+                  " AND kind IN ('in', 'out') AND at <= ? ORDER BY at DESC, id DESC LIMIT 1",
+                  (card_no, site_id, iso(at)))
+    if last and at - parse_iso(last[2]) < DEBOUNCE:
+        return 0
+    if last and last[1] == "in" and at - parse_iso(last[2]) <= MAX_SHIFT:
+        shift_id, kind = last[0], "out"
+    else:
+        shift_id, kind = uuid.uuid4().hex[:12], "in"
+    _entry(db, shift_id, kind, site_id, site[0], card, card_no, at, reader_id, "")
+    return 1
+
+
+def _entry(db: Db, shift_id: str, kind: str, site_id: str, tax_site_id: str,
+           card: Sequence[str], card_no: str, at: dt.datetime, reader_id: str, note: str) -> None:
+    holder, pnr, employer, employer_org = card
+    db.execute("INSERT INTO ledger (shift_id, kind, site_id, tax_site_id, employer, employer_org,"
+               " person_name, pnr, card_no, at, reader_id, entered_at, note)"
+               " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+               (shift_id, kind, site_id, tax_site_id, employer, employer_org, holder, pnr,
+                card_no, iso(at), reader_id, now_iso(), note))
+
+
+def correct(db: Db, shift_id: str, start: dt.datetime | None, end: dt.datetime | None,
+            note: str, actor: str) -> None:
+    """A correction is a new entry ("correct-start"/"correct-end") that the shift view prefers
+    over the readers' entries; nothing already entered changes."""
+    if not note.strip():
+        raise InvalidInput("a correction needs a note saying why")
+    if start is None and end is None:
+        raise InvalidInput("give --start and/or --end")
+    with db.tx():
+        row = db.one("SELECT site_id, tax_site_id, person_name, pnr, employer, employer_org,"
+                     " card_no FROM ledger WHERE shift_id = ? AND kind = 'in'", (shift_id,))
+        if not row:
+            raise LookupError("no shift %r in the ledger" % shift_id)
+        site_id, tax, name, pnr, emp, org, card_no = row
+        for kind, t in (("correct-start", start), ("correct-end", end)):
+            if t is not None:
+                _entry(db, shift_id, kind, site_id, tax, (name, pnr, emp, org), card_no, t,
+                       "-", "%s (by %s)" % (note.strip(), actor))
+        db.execute("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?,?,?,?,?)",
+                   (now_iso(), actor, "ledger corrected", shift_id, note.strip()))
+
+
+def shifts(db: Db, site_id: str, t_from: dt.datetime, t_to: dt.datetime) -> list[dict]:
+    """One row per person and work shift overlapping [t_from, t_to)."""
+    ids = [r[0] for r in db.all(
+        "SELECT DISTINCT shift_id FROM ledger WHERE site_id = ? AND at >= ? AND at < ?",
+        (site_id, iso(t_from - MAX_SHIFT), iso(t_to + MAX_SHIFT)))]
+    out = []
+    for chunk in range(0, len(ids), 500):
+        part = ids[chunk:chunk + 500]
+        rows = db.all("SELECT %s FROM ledger WHERE shift_id IN (%s) ORDER BY id"
+                      % (", ".join(LEDGER_COLS), ",".join("?" * len(part))), part)
+        by: dict[str, list[dict]] = {}
+        for r in rows:
+            d = dict(zip(LEDGER_COLS, r))
+            by.setdefault(d["shift_id"], []).append(d)
+        for sid, entries in by.items():
+            s = _shift(entries)
+            if s and s["start"] < t_to and (s["end"] is None or s["end"] >= t_from):
+                out.append(s)
+    out.sort(key=lambda s: (s["start"], s["person_name"]))
+    return out
+
+
+def _shift(entries: list[dict]) -> dict | None:
+    first = next((e for e in entries if e["kind"] == "in"), None)
+    if first is None:
+        return None
+    start = parse_iso(first["at"])
+    outs = [parse_iso(e["at"]) for e in entries if e["kind"] == "out"]
+    end = max(outs) if outs else None
+    corrections = [e for e in entries if e["kind"].startswith("correct-")]
+    for e in corrections:  # in entry order: the latest correction wins
+        if e["kind"] == "correct-start":
+            start = parse_iso(e["at"])
+        else:
+            end = parse_iso(e["at"])
+    readers = sorted({e["reader_id"] for e in entries if e["reader_id"] != "-"})
+    return {"shift": first["shift_id"], "site_id": first["site_id"],
+            "tax_site_id": first["tax_site_id"], "employer": first["employer"],
+            "employer_org": first["employer_org"], "person_name": first["person_name"],
+            "pnr": first["pnr"], "card_no": first["card_no"], "start": start, "end": end,
+            "readers": readers, "corrected": bool(corrections),
+            "notes": "; ".join(e["note"] for e in corrections)}
+
+
+SHIFT_HEADER = ("site_id_number", "contractor", "contractor_org_no", "name",
+                "personal_identity_number", "card_number", "shift_start", "shift_end", "readers",
+                "corrected", "shift")
+
+
+def _fmt_t(t: dt.datetime | None, tz: dt.tzinfo) -> str:
+    return t.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S") if t else ""
+
+
+def shift_rows(rows: list[dict], tz: dt.tzinfo) -> list[list[str]]:
+    return [[s["tax_site_id"], s["employer"], s["employer_org"], s["person_name"], s["pnr"],
+             s["card_no"], _fmt_t(s["start"], tz), _fmt_t(s["end"], tz) or "(on site)",
+             " ".join(s["readers"]), ("yes: " + s["notes"]) if s["corrected"] else "", s["shift"]]
+            for s in rows]
+
+
+def to_csv(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def to_html(title: str, subtitle: str, header: Sequence[str], rows: list[list[str]]) -> str:
+    """A printable page (A4 landscape); print to PDF from any browser."""
+    th = "".join("<th>%s</th>" % html.escape(h.replace("_", " ")) for h in header)
+    body = "\n".join("<tr>%s</tr>" % "".join("<td>%s</td>" % html.escape(str(c)) for c in r)
+                     for r in rows)
+    return ("<!doctype html>\n<html lang=\"sv\"><head><meta charset=\"utf-8\"><title>%s</title>\n"
+            "<style>@page{size:A4 landscape;margin:12mm}body{font:10pt sans-serif}"
+            "table{border-collapse:collapse;width:100%%}th,td{border:1px solid #888;padding:2px 4px;"
+            "text-align:left}th{background:#eee}tr{page-break-inside:avoid}</style></head>\n"
+            "<body><h1>%s</h1><p>%s</p>\n<table><thead><tr>%s</tr></thead><tbody>\n%s\n"
+            "</tbody></table><p>%d row(s). Printed %s.</p></body></html>\n"
+            % (html.escape(title), html.escape(title), html.escape(subtitle), th, body, len(rows),
+               html.escape(now().strftime("%Y-%m-%d %H:%M UTC"))))
+
+
+def earliest_purge_cutoff(today: dt.date | None = None) -> dt.date:
+    """The latest --before a purge may use: rows of year Y are kept to the end of Y+2."""
+    today = today or now().date()
+    return dt.date(today.year - RETENTION_YEARS, 1, 1)
+
+
+def purge(db: Db, before: dt.date, actor: str, apply: bool) -> dict:
+    limit = earliest_purge_cutoff()
+    if before > limit:
+        raise InvalidInput("refused: the staff ledger is kept for at least %d years after the end "
+                           "of the calendar year; the latest allowed --before today is %s"
+                           % (RETENTION_YEARS, limit.isoformat()))
+    cut = iso(dt.datetime(before.year, before.month, before.day, tzinfo=UTC))
+    n_ledger = int(db.scalar("SELECT COUNT(*) FROM ledger WHERE at < ?", (cut,)) or 0)
+    n_events = int(db.scalar("SELECT COUNT(*) FROM events WHERE at < ?", (cut,)) or 0)
+    if apply:
+        with db.tx():
+            db.execute("DELETE FROM ledger WHERE at < ?", (cut,))
+            db.execute("DELETE FROM events WHERE at < ?", (cut,))
+            db.execute("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?,?,?,?,?)",
+                       (now_iso(), actor, "ledger purged", "before %s" % before.isoformat(),
+                        "ledger=%d events=%d" % (n_ledger, n_events)))
+    return {"ledger": n_ledger, "events": n_events, "applied": apply}
+
+
+EVENT_HEADER = ("at", "reader", "seq", "kind", "result", "reason", "card_number", "holder",
+                "uid", "aux", "clock_set", "received_at")
+
+
+def event_rows(db: Db, site_id: str, t_from: dt.datetime, t_to: dt.datetime,
+               tz: dt.tzinfo) -> list[list[Any]]:
+    rows = db.all("SELECT e.at, e.reader_id, e.seq, e.kind, e.result, e.reason, e.card_no,"
+                  " c.holder, e.uid, e.aux, e.clock_set, e.received_at FROM events e"
+                  " LEFT JOIN cards c ON c.card_no = e.card_no"
+                  " WHERE e.site_id = ? AND e.at >= ? AND e.at < ? ORDER BY e.at, e.reader_id, e.seq",
+                  (site_id, iso(t_from), iso(t_to)))
+    return [[_fmt_t(parse_iso(r[0]), tz), r[1], r[2], evc.KINDS.get(r[3], r[3]),
+             evc.RESULTS.get(r[4], r[4]), evc.REASONS.get(r[5], r[5]), r[6] or "", r[7] or "",
+             r[8], r[9], "yes" if r[10] else "no", _fmt_t(parse_iso(r[11]), tz)] for r in rows]

@@ -1,0 +1,131 @@
+"""Schema migrations, in order, never edited once released: a change is a new migration.
+
+`{serial}` becomes the dialect's auto-increment key. A statement given as a dict is
+dialect-specific ({"sqlite": ..., "postgresql": ...}); everything else is shared SQL.
+Binary values (keys, verifiers, records) are stored as hex TEXT so the SQL stays portable.
+"""
+
+_V1 = [
+    """CREATE TABLE sites (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        tax_site_id TEXT NOT NULL,
+        pin_policy TEXT NOT NULL DEFAULT 'card',
+        card_key TEXT NOT NULL,
+        pin_key TEXT NOT NULL,
+        version BIGINT NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL)""",
+    """CREATE TABLE cards (
+        card_no TEXT PRIMARY KEY,
+        uid TEXT NOT NULL UNIQUE,
+        holder TEXT NOT NULL DEFAULT '',
+        pnr TEXT NOT NULL DEFAULT '',
+        employer TEXT NOT NULL DEFAULT '',
+        employer_org TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL,
+        pin_required INTEGER NOT NULL DEFAULT 0,
+        valid_from TEXT NOT NULL,
+        valid_until TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL)""",
+    # A card's sites; the PIN verifier is per site because each site has its own PIN key.
+    """CREATE TABLE card_sites (
+        card_no TEXT NOT NULL REFERENCES cards(card_no),
+        site_id TEXT NOT NULL REFERENCES sites(id),
+        pin_verifier TEXT,
+        PRIMARY KEY (card_no, site_id))""",
+    """CREATE TABLE readers (
+        id TEXT PRIMARY KEY,
+        site_id TEXT NOT NULL REFERENCES sites(id),
+        secret TEXT NOT NULL,
+        broker_password TEXT NOT NULL,
+        firmware TEXT NOT NULL DEFAULT '',
+        applied_version BIGINT NOT NULL DEFAULT 0,
+        applied_at TEXT,
+        last_seen TEXT,
+        online INTEGER NOT NULL DEFAULT 0,
+        health TEXT NOT NULL DEFAULT '',
+        lag_since TEXT,
+        created_at TEXT NOT NULL)""",
+    """CREATE TABLE audit (
+        id {serial},
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '')""",
+    # One row per allowlist version of a site; its records are in change_records.
+    """CREATE TABLE changes (
+        site_id TEXT NOT NULL REFERENCES sites(id),
+        version BIGINT NOT NULL,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        blocking INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (site_id, version))""",
+    """CREATE TABLE change_records (
+        site_id TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        key8 TEXT NOT NULL,
+        rec TEXT,
+        PRIMARY KEY (site_id, version, key8))""",
+    # The site's current allowlist, one record per card key (what a rebuild sends).
+    """CREATE TABLE allowlist (
+        site_id TEXT NOT NULL REFERENCES sites(id),
+        key8 TEXT NOT NULL,
+        card_no TEXT NOT NULL,
+        rec TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        PRIMARY KEY (site_id, key8))""",
+    """CREATE TABLE events (
+        reader_id TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        site_id TEXT NOT NULL,
+        at TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        kind INTEGER NOT NULL,
+        result INTEGER NOT NULL,
+        reason INTEGER NOT NULL,
+        uid TEXT NOT NULL DEFAULT '',
+        card_no TEXT,
+        aux BIGINT NOT NULL DEFAULT 0,
+        clock_set INTEGER NOT NULL DEFAULT 1,
+        raw TEXT NOT NULL,
+        PRIMARY KEY (reader_id, seq))""",
+    "CREATE INDEX events_site_at ON events (site_id, at)",
+    # The staff ledger: append-only entries; a shift is the entries sharing a shift_id.
+    """CREATE TABLE ledger (
+        id {serial},
+        shift_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        site_id TEXT NOT NULL,
+        tax_site_id TEXT NOT NULL,
+        employer TEXT NOT NULL,
+        employer_org TEXT NOT NULL,
+        person_name TEXT NOT NULL,
+        pnr TEXT NOT NULL,
+        card_no TEXT NOT NULL,
+        at TEXT NOT NULL,
+        reader_id TEXT NOT NULL,
+        entered_at TEXT NOT NULL,
+        note TEXT NOT NULL DEFAULT '')""",
+    "CREATE INDEX ledger_site_at ON ledger (site_id, at)",
+    "CREATE INDEX ledger_shift ON ledger (shift_id)",
+    "CREATE INDEX ledger_card ON ledger (card_no, site_id, at)",
+    """CREATE TABLE settings (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL)""",
+    # Ledger rows are never edited: the database itself refuses an UPDATE.
+    {"sqlite": """CREATE TRIGGER ledger_never_edited BEFORE UPDATE ON ledger
+        BEGIN SELECT RAISE(ABORT, 'ledger entries are never edited; add a correction'); END""",
+     "postgresql": """CREATE FUNCTION gv_ledger_never_edited() RETURNS trigger AS $$
+        BEGIN RAISE EXCEPTION 'ledger entries are never edited; add a correction'; END
+        $$ LANGUAGE plpgsql"""},
+    {"postgresql": """CREATE TRIGGER ledger_never_edited BEFORE UPDATE ON ledger
+        FOR EACH ROW EXECUTE FUNCTION gv_ledger_never_edited()"""},
+]
+
+MIGRATIONS = [
+    (1, "registry, allowlist versions, events, staff ledger", _V1),
+]

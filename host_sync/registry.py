@@ -1,0 +1,424 @@
+"""The operators' card registry: sites, cards, readers, the audit log and the versioned
+allowlist of every site.
+
+Every change that alters what a gate should decide (a card added to a site, a status change,
+a new PIN) bumps the site's allowlist version in the same transaction that changes the card,
+and stores the delta: the 16-byte records (gv.allowlist.record, the one codec the readers use)
+of the cards that changed. Records carry only the keyed hash of the UID, the status, flags,
+validity dates and the PIN verifier: no name or personal identity number ever reaches a reader.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from gv.allowlist import record as rec_codec
+
+from host_sync import ids, rules
+from host_sync.db import Db
+from host_sync.ids import InvalidInput
+from host_sync.timeutil import add_years, days_since_2020, now, now_iso
+
+STATUS_CODE = {rules.ACTIVE: rec_codec.ACTIVE, rules.INACTIVE: rec_codec.INACTIVE,
+               rules.BLOCKED: rec_codec.BLOCKED, rules.TERMINATED: rec_codec.TERMINATED,
+               rules.SUSPENDED: rec_codec.SUSPENDED}
+# Changes that take access away: a reader still behind one of these is flagged when it lags.
+BLOCKING = {"block", "terminate", "suspend"}
+PIN_POLICIES = ("never", "card", "always")
+
+CARD_COLS = ("card_no", "uid", "holder", "pnr", "employer", "employer_org", "status",
+             "pin_required", "valid_from", "valid_until", "created_at", "updated_at")
+READER_COLS = ("id", "site_id", "firmware", "applied_version", "applied_at", "last_seen",
+               "online", "health", "lag_since", "created_at")
+
+
+class NotFound(LookupError):
+    """No such card, site, reader or change (CLI exit code 4)."""
+
+
+@dataclass
+class CardInput:
+    """One card as an operator or a card-portal export gives it (already validated)."""
+    card_no: str
+    uid: str
+    holder: str = ""
+    pnr: str = ""
+    employer: str = ""
+    employer_org: str = ""
+    status: str = rules.INACTIVE
+    pin_required: bool = False
+    valid_from: dt.date | None = None
+    valid_until: dt.date | None = None
+    sites: tuple[str, ...] = ()
+
+
+class Registry:
+    def __init__(self, db: Db, actor: str = "operator"):
+        self.db = db
+        self.actor = actor
+        self._keyers: dict[str, rec_codec.Keyer] = {}
+
+    # -- audit ------------------------------------------------------------------------------
+    def audit(self, action: str, subject: str, detail: str = "") -> None:
+        """Append-only: who, when, what. Never holds a PIN or a secret."""
+        self.db.execute("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?,?,?,?,?)",
+                        (now_iso(), self.actor, action, subject, detail))
+
+    def audit_log(self, subject: str | None = None, limit: int = 100) -> list[dict]:
+        sql = "SELECT at, actor, action, subject, detail FROM audit"
+        args: tuple = ()
+        if subject:
+            sql += " WHERE subject = ?"
+            args = (subject,)
+        rows = self.db.all(sql + " ORDER BY id DESC LIMIT %d" % int(limit), args)
+        return [dict(zip(("at", "actor", "action", "subject", "detail"), r)) for r in rows]
+
+    # -- sites ------------------------------------------------------------------------------
+    def add_site(self, site_id: str, name: str, tax_site_id: str, pin_policy: str = "card") -> dict:
+        site_id = ids.site_id(site_id)
+        if pin_policy not in PIN_POLICIES:
+            raise InvalidInput("PIN policy must be one of %s" % ", ".join(PIN_POLICIES))
+        if not tax_site_id.strip():
+            raise InvalidInput("a site needs the ID number the tax agency issued for it "
+                               "(the staff ledger is kept under it)")
+        with self.db.tx():
+            if self.db.scalar("SELECT 1 FROM sites WHERE id = ?", (site_id,)):
+                raise InvalidInput("site %s already exists" % site_id)
+            self.db.execute(
+                "INSERT INTO sites (id, name, tax_site_id, pin_policy, card_key, pin_key, version,"
+                " created_at) VALUES (?,?,?,?,?,?,0,?)",
+                (site_id, name or site_id, tax_site_id.strip(), pin_policy,
+                 secrets.token_hex(16), secrets.token_hex(16), now_iso()))
+            self.audit("site added", site_id, "name=%s tax_site_id=%s pin_policy=%s"
+                       % (name, tax_site_id.strip(), pin_policy))
+        return self.site(site_id)
+
+    def site(self, site_id: str) -> dict:
+        row = self.db.one("SELECT id, name, tax_site_id, pin_policy, version, created_at FROM sites"
+                          " WHERE id = ?", (site_id,))
+        if not row:
+            raise NotFound("no site %r (see 'host-sync sites list')" % site_id)
+        return dict(zip(("id", "name", "tax_site_id", "pin_policy", "version", "created_at"), row))
+
+    def sites(self) -> list[dict]:
+        rows = self.db.all("SELECT id, name, tax_site_id, pin_policy, version FROM sites ORDER BY id")
+        out = []
+        for r in rows:
+            d = dict(zip(("id", "name", "tax_site_id", "pin_policy", "version"), r))
+            d["cards"] = self.db.scalar("SELECT COUNT(*) FROM card_sites WHERE site_id = ?", (r[0],))
+            d["readers"] = self.db.scalar("SELECT COUNT(*) FROM readers WHERE site_id = ?", (r[0],))
+            out.append(d)
+        return out
+
+    def site_keys(self, site_id: str) -> tuple[bytes, bytes]:
+        row = self.db.one("SELECT card_key, pin_key FROM sites WHERE id = ?", (site_id,))
+        if not row:
+            raise NotFound("no site %r" % site_id)
+        return bytes.fromhex(row[0]), bytes.fromhex(row[1])
+
+    def keyer(self, site_id: str) -> rec_codec.Keyer:
+        k = self._keyers.get(site_id)
+        if k is None:
+            k = self._keyers[site_id] = rec_codec.Keyer(*self.site_keys(site_id))
+        return k
+
+    def current_version(self, site_id: str) -> int:
+        v = self.db.scalar("SELECT version FROM sites WHERE id = ?", (site_id,))
+        if v is None:
+            raise NotFound("no site %r" % site_id)
+        return int(v)
+
+    # -- records ----------------------------------------------------------------------------
+    def key8(self, site_id: str, uid_hex: str) -> bytes:
+        uid = bytes.fromhex(uid_hex)
+        out = bytearray(8)
+        self.keyer(site_id).uid_key(uid, len(uid), out)
+        return bytes(out)
+
+    def _record(self, site_id: str, card: dict, verifier_hex: str | None) -> tuple[str, str]:
+        key8 = self.key8(site_id, card["uid"])
+        flags = rec_codec.F_PIN if card["pin_required"] else 0
+        vf = days_since_2020(_day(card["valid_from"]))
+        vu = days_since_2020(_day(card["valid_until"]))
+        ver = bytes.fromhex(verifier_hex) if verifier_hex else None
+        rec = rec_codec.pack(key8, STATUS_CODE[card["status"]], flags, vf, vu, ver)
+        return key8.hex(), rec.hex()
+
+    def _publish(self, site_id: str, action: str, subject: str,
+                 records: Sequence[tuple[str, str, str]]) -> int:
+        """Bump the site's version and store the delta (key8 hex, record hex, card number).
+        Must run inside a transaction; the UPDATE's row lock serialises concurrent writers."""
+        version = int(self.db.one("UPDATE sites SET version = version + 1 WHERE id = ?"
+                                  " RETURNING version", (site_id,))[0])
+        self.db.execute("INSERT INTO changes (site_id, version, at, actor, action, subject, blocking)"
+                        " VALUES (?,?,?,?,?,?,?)",
+                        (site_id, version, now_iso(), self.actor, action, subject,
+                         1 if action in BLOCKING else 0))
+        self.db.executemany("INSERT INTO change_records (site_id, version, key8, rec) VALUES (?,?,?,?)",
+                            [(site_id, version, k, r) for k, r, _ in records])
+        self.db.executemany(
+            "INSERT INTO allowlist (site_id, key8, card_no, rec, version) VALUES (?,?,?,?,?)"
+            " ON CONFLICT (site_id, key8) DO UPDATE SET rec = excluded.rec,"
+            " card_no = excluded.card_no, version = excluded.version",
+            [(site_id, k, c, r, version) for k, r, c in records])
+        return version
+
+    def changes_since(self, site_id: str, from_version: int,
+                      limit: int | None = None) -> list[tuple[int, list[tuple[bytes, bytes | None]]]]:
+        """[(version, [(key8, rec16)])] for every version after from_version, in order."""
+        sql = ("SELECT version, key8, rec FROM change_records WHERE site_id = ? AND version > ?"
+               " ORDER BY version, key8")
+        out: list[tuple[int, list]] = []
+        for v, k, r in self.db.all(sql, (site_id, int(from_version))):
+            if not out or out[-1][0] != v:
+                if limit is not None and len(out) >= limit:
+                    break
+                out.append((int(v), []))
+            out[-1][1].append((bytes.fromhex(k), bytes.fromhex(r) if r else None))
+        return out
+
+    def snapshot(self, site_id: str) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """(version, every record of the site sorted by key8), read in one transaction."""
+        with self.db.tx():
+            version = self.current_version(site_id)
+            rows = self.db.all("SELECT key8, rec FROM allowlist WHERE site_id = ? ORDER BY key8",
+                               (site_id,))
+        return version, [(bytes.fromhex(k), bytes.fromhex(r)) for k, r in rows]
+
+    # -- cards ------------------------------------------------------------------------------
+    def card(self, card_no: str) -> dict:
+        card_no = ids.card_no(card_no)
+        row = self.db.one("SELECT %s FROM cards WHERE card_no = ?" % ", ".join(CARD_COLS), (card_no,))
+        if not row:
+            raise NotFound("no card %s in the registry" % card_no)
+        c = dict(zip(CARD_COLS, row))
+        c["pin_required"] = bool(c["pin_required"])
+        sites = self.db.all("SELECT site_id, pin_verifier FROM card_sites WHERE card_no = ?"
+                            " ORDER BY site_id", (card_no,))
+        c["sites"] = [s for s, _ in sites]
+        c["pin_set"] = {s: bool(v) for s, v in sites}
+        c["expired"] = now().date() > _day(c["valid_until"])
+        return c
+
+    def cards(self, site: str | None = None, status: str | None = None,
+              search: str | None = None) -> list[dict]:
+        sql = "SELECT %s FROM cards c" % ", ".join("c." + x for x in CARD_COLS)
+        where, args = [], []
+        if site:
+            sql += " JOIN card_sites s ON s.card_no = c.card_no"
+            where.append("s.site_id = ?")
+            args.append(site)
+        if status:
+            where.append("c.status = ?")
+            args.append(status)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self.db.all(sql + " ORDER BY c.card_no", args)
+        out = [dict(zip(CARD_COLS, r)) for r in rows]
+        if search:
+            s = search.lower()
+            out = [c for c in out if s in c["holder"].lower() or s in c["employer"].lower()
+                   or s in c["card_no"].lower()]
+        return out
+
+    def find_uid(self, uid_hex: str) -> str | None:
+        return self.db.scalar("SELECT card_no FROM cards WHERE uid = ?", (uid_hex,))
+
+    def add_cards(self, cards: Sequence[CardInput], action: str = "card added",
+                  progress: Any = None) -> dict[str, int]:
+        """Insert new cards and add them to their sites, all in one transaction, one allowlist
+        version per site touched. Returns {site: new version}."""
+        ts = now_iso()
+        today = now().date()
+        for c in cards:
+            for s in c.sites:
+                self.site(s)
+        with self.db.tx():
+            rows, links, per_site = [], [], {}
+            for i, c in enumerate(cards):
+                vf = c.valid_from or today
+                vu = c.valid_until or add_years(vf, rules.DEFAULT_VALIDITY_YEARS)
+                if vu < vf:
+                    raise InvalidInput("card %s: valid until %s is before valid from %s"
+                                       % (c.card_no, vu, vf))
+                rows.append((c.card_no, c.uid, c.holder, c.pnr, c.employer, c.employer_org,
+                             c.status, 1 if c.pin_required else 0, vf.isoformat(), vu.isoformat(),
+                             ts, ts))
+                card = dict(uid=c.uid, status=c.status, pin_required=c.pin_required,
+                            valid_from=vf.isoformat(), valid_until=vu.isoformat())
+                for s in c.sites:
+                    links.append((c.card_no, s))
+                    k, r = self._record(s, card, None)
+                    per_site.setdefault(s, []).append((k, r, c.card_no))
+                if progress and i % 500 == 0:
+                    progress(i)
+            self.db.executemany("INSERT INTO cards (%s) VALUES (%s)"
+                                % (", ".join(CARD_COLS), ",".join("?" * len(CARD_COLS))), rows)
+            self.db.executemany("INSERT INTO card_sites (card_no, site_id) VALUES (?,?)", links)
+            if len(cards) == 1:
+                c = cards[0]
+                self.audit(action, c.card_no, "uid=%s status=%s sites=%s pin_required=%s"
+                           % (c.uid, c.status, ",".join(c.sites) or "-", c.pin_required))
+            else:
+                self.audit(action, "%d cards" % len(cards),
+                           "first=%s last=%s" % (cards[0].card_no, cards[-1].card_no))
+            subject = cards[0].card_no if len(cards) == 1 else "%d cards" % len(cards)
+            return {s: self._publish(s, action, subject, recs) for s, recs in per_site.items()}
+
+    def add_card(self, c: CardInput) -> dict[str, int]:
+        if self.db.scalar("SELECT 1 FROM cards WHERE card_no = ?", (c.card_no,)):
+            raise InvalidInput("card %s is already in the registry" % c.card_no)
+        other = self.find_uid(c.uid)
+        if other:
+            raise InvalidInput("UID %s already belongs to card %s" % (c.uid, other))
+        return self.add_cards([c])
+
+    def _republish(self, card_no: str, action: str, detail: str) -> dict[str, int]:
+        """Push the card's current record to each of its sites (inside a transaction)."""
+        card = self.card(card_no)
+        versions = {}
+        for s, ver in self.db.all("SELECT site_id, pin_verifier FROM card_sites WHERE card_no = ?"
+                                  " ORDER BY site_id", (card_no,)):
+            k, r = self._record(s, card, ver)
+            versions[s] = self._publish(s, action, card_no, [(k, r, card_no)])
+        self.audit(action, card_no, detail)
+        return versions
+
+    def change_status(self, card_no: str, command: str, note: str = "") -> tuple[str, str, dict]:
+        """Apply a card-rule command (activate, block, ...). Returns (old, new, {site: version})."""
+        card_no = ids.card_no(card_no)
+        with self.db.tx():
+            card = self.card(card_no)
+            new = rules.next_status(command, card["status"])
+            if new == rules.ACTIVE and card["expired"]:
+                raise rules.RuleRefused("card %s expired on %s; order a new card"
+                                        % (card_no, card["valid_until"]))
+            self.db.execute("UPDATE cards SET status = ?, updated_at = ? WHERE card_no = ?",
+                            (new, now_iso(), card_no))
+            detail = "%s -> %s" % (card["status"], new) + (" (%s)" % note if note else "")
+            versions = self._republish(card_no, command, detail)
+        return card["status"], new, versions
+
+    def add_to_site(self, card_no: str, site_id: str) -> dict[str, int]:
+        card_no = ids.card_no(card_no)
+        with self.db.tx():
+            card = self.card(card_no)
+            self.site(site_id)
+            if site_id in card["sites"]:
+                raise InvalidInput("card %s is already on site %s" % (card_no, site_id))
+            self.db.execute("INSERT INTO card_sites (card_no, site_id) VALUES (?,?)",
+                            (card_no, site_id))
+            k, r = self._record(site_id, card, None)
+            v = self._publish(site_id, "card added to site", card_no, [(k, r, card_no)])
+            self.audit("card added to site", card_no, "site=%s" % site_id)
+        return {site_id: v}
+
+    def set_pin(self, card_no: str, pin: str, site: str | None = None) -> dict[str, int]:
+        """Store only the PIN verifier (per site: each site has its own PIN key)."""
+        card_no = ids.card_no(card_no)
+        pin = ids.pin_digits(pin)
+        with self.db.tx():
+            card = self.card(card_no)
+            if card["status"] == rules.TERMINATED:
+                raise rules.RuleRefused("card %s is terminated" % card_no)
+            targets = [site] if site else card["sites"]
+            if not targets:
+                raise InvalidInput("card %s is on no site; add it to a site first" % card_no)
+            uid = bytes.fromhex(card["uid"])
+            versions = {}
+            for s in targets:
+                if s not in card["sites"]:
+                    raise InvalidInput("card %s is not on site %s" % (card_no, s))
+                ver = self.keyer(s).pin_verifier(uid, len(uid), pin).hex()
+                self.db.execute("UPDATE card_sites SET pin_verifier = ? WHERE card_no = ? AND"
+                                " site_id = ?", (ver, card_no, s))
+                k, r = self._record(s, card, ver)
+                versions[s] = self._publish(s, "PIN set", card_no, [(k, r, card_no)])
+            self.audit("PIN set", card_no, "sites=%s" % ",".join(targets))
+        return versions
+
+    # -- readers ----------------------------------------------------------------------------
+    def add_reader(self, reader_id: str, site_id: str) -> dict:
+        reader_id = ids.reader_id(reader_id)
+        with self.db.tx():
+            self.site(site_id)
+            if self.db.scalar("SELECT 1 FROM readers WHERE id = ?", (reader_id,)):
+                raise InvalidInput("reader %s already exists" % reader_id)
+            self.db.execute(
+                "INSERT INTO readers (id, site_id, secret, broker_password, created_at)"
+                " VALUES (?,?,?,?,?)",
+                (reader_id, site_id, secrets.token_hex(32), secrets.token_urlsafe(24), now_iso()))
+            self.audit("reader added", reader_id, "site=%s (secret and broker account issued)"
+                       % site_id)
+        return self.reader(reader_id)
+
+    def reader(self, reader_id: str) -> dict:
+        row = self.db.one("SELECT %s FROM readers WHERE id = ?" % ", ".join(READER_COLS),
+                          (reader_id,))
+        if not row:
+            raise NotFound("no reader %r (see 'host-sync readers list')" % reader_id)
+        return _reader_dict(row)
+
+    def reader_credentials(self, reader_id: str) -> tuple[bytes, str]:
+        """(32-byte HMAC secret, broker password): for config files and the broker only."""
+        row = self.db.one("SELECT secret, broker_password FROM readers WHERE id = ?", (reader_id,))
+        if not row:
+            raise NotFound("no reader %r" % reader_id)
+        return bytes.fromhex(row[0]), row[1]
+
+    def readers(self, site: str | None = None) -> list[dict]:
+        sql = "SELECT %s FROM readers" % ", ".join(READER_COLS)
+        rows = self.db.all(sql + (" WHERE site_id = ?" if site else "") + " ORDER BY id",
+                           (site,) if site else ())
+        return [_reader_dict(r) for r in rows]
+
+    def broker_accounts(self) -> list[tuple[str, str, str]]:
+        """[(reader id, site, broker password)] for the broker configuration."""
+        return [tuple(r) for r in self.db.all(
+            "SELECT id, site_id, broker_password FROM readers ORDER BY id")]
+
+    # -- changes ----------------------------------------------------------------------------
+    def change(self, site_id: str, version: int) -> dict:
+        row = self.db.one("SELECT site_id, version, at, actor, action, subject, blocking FROM changes"
+                          " WHERE site_id = ? AND version = ?", (site_id, int(version)))
+        if not row:
+            raise NotFound("no change %s:%s" % (site_id, version))
+        return dict(zip(("site", "version", "at", "actor", "action", "subject", "blocking"), row))
+
+    def changes(self, site_id: str | None = None, subject: str | None = None,
+                limit: int = 20) -> list[dict]:
+        where, args = [], []
+        if site_id:
+            where.append("site_id = ?")
+            args.append(site_id)
+        if subject:
+            where.append("subject = ?")
+            args.append(subject)
+        sql = "SELECT site_id, version, at, actor, action, subject, blocking FROM changes"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self.db.all(sql + " ORDER BY at DESC, version DESC LIMIT %d" % int(limit), args)
+        return [dict(zip(("site", "version", "at", "actor", "action", "subject", "blocking"), r))
+                for r in rows]
+
+    def oldest_unapplied_block(self, site_id: str, applied_version: int) -> str | None:
+        """When the oldest blocking change this reader has not applied was made (or None)."""
+        return self.db.scalar("SELECT MIN(at) FROM changes WHERE site_id = ? AND version > ?"
+                              " AND blocking = 1", (site_id, int(applied_version)))
+
+
+def _reader_dict(row: Iterable) -> dict:
+    d = dict(zip(READER_COLS, row))
+    d["online"] = bool(d["online"])
+    try:
+        d["health"] = json.loads(d["health"]) if d["health"] else {}
+    except ValueError:
+        d["health"] = {"raw": d["health"]}
+    return d
+
+
+def _day(s: str | dt.date) -> dt.date:
+    return s if isinstance(s, dt.date) else dt.date.fromisoformat(s)
