@@ -256,6 +256,7 @@ class Progress:
 
 def deploy(port: str, board_path: str | Path, reader: str | None = None, *, config: dict | None = None,
            reset: bool = True, hello_timeout: float | None = 60.0, mqtt: str | None = None,
+           mqtt_user: str | None = None, mqtt_password: str | None = None,
            repl_timeout: float = 10, progress: Progress | None = None,
            build_root: Path | None = None, src: Path | None = None) -> Report:
     p = progress or Progress()
@@ -339,7 +340,7 @@ def deploy(port: str, board_path: str | Path, reader: str | None = None, *, conf
             p.say(f"verified {rep.verified} files on the device by sha256; deploy marked complete")
         waiter = None
         if reset and hello_timeout:
-            waiter = HelloWaiter(config, mqtt)
+            waiter = HelloWaiter(config, mqtt, mqtt_user, mqtt_password)
             waiter.start()
         if reset:
             p.say("resetting the board")
@@ -363,7 +364,8 @@ class HelloWaiter:
     """Subscribes (before the reset) to the reader's retained hello topic and waits for a live,
     authenticated HELLO: one sealed with the secret just deployed, from a session not seen before."""
 
-    def __init__(self, config: dict, mqtt: str | None = None):
+    def __init__(self, config: dict, mqtt: str | None = None, user: str | None = None,
+                 password: str | None = None):
         from gv.sync import protocol  # firmware/ is on sys.path via tools.provision
         import paho.mqtt.client as paho
 
@@ -381,9 +383,8 @@ class HelloWaiter:
         self.old_nonces: set[bytes] = set()
         self.errors: list[str] = []
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"gv-deploy-{os.getpid()}")
-        user = os.environ.get("GV_MQTT_USER")
         if user:
-            self.client.username_pw_set(user, os.environ.get("GV_MQTT_PASSWORD"))
+            self.client.username_pw_set(user, password)
         if b.get("tls") and not mqtt:
             import ssl
             ctx = ssl.create_default_context(cadata=b.get("ca"))
@@ -450,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rep = deploy(args.port, args.board, args.reader, reset=not args.no_reset,
                      hello_timeout=None if args.no_hello else args.hello_timeout, mqtt=args.mqtt,
+                     mqtt_user=os.environ.get("GV_MQTT_USER"), mqtt_password=os.environ.get("GV_MQTT_PASSWORD"),
                      repl_timeout=args.repl_timeout,
                      build_root=Path(args.build_dir) if args.build_dir else None)
     except (DeployError, boards.BoardError, build.BuildError, provision.ProvisionError) as e:

@@ -1,0 +1,157 @@
+"""Deploy with the real mpremote onto the virtual board (the firmware on the unix port behind a pty)."""
+import json
+import os
+import pty
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from tools import build, deploy, provision
+from tools.virtual_board.client import VirtualBoard
+
+ROOT = Path(__file__).resolve().parent.parent
+BOARD = ROOT / "boards" / "esp32-devkitc-i2c.json"
+QUIET = deploy.Progress(quiet=True)
+
+
+def reader_config(reader_id="gate-01", broker=None):
+    return provision.make_config(
+        reader_id, "site-a", wifi_ssid="site-a", wifi_password="wifi-secret", broker_host="127.0.0.1",
+        broker_port=(broker or {}).get("port", 1883), broker_password=(broker or {}).get("password", "p" * 20),
+        secret_hex=os.urandom(32).hex(), card_key_hex=os.urandom(16).hex(), pin_key_hex=os.urandom(16).hex(),
+        tls=False)
+
+
+@pytest.fixture
+def vb(tmp_path):
+    with VirtualBoard(BOARD, tmp_path / "flash.img") as b:
+        b.wait_for(lambda e: e.get("event") == "wdt-start", 30)  # the firmware it came with is running
+        yield b
+
+
+def mpremote_cat(vb, path):
+    out = vb.mpremote("fs", "cat", ":" + path)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_first_deploy_then_nothing_then_one_changed_file(vb, tmp_path):
+    src = tmp_path / "fw"
+    shutil.copytree(build.FIRMWARE, src, ignore=shutil.ignore_patterns("__pycache__"))
+    cfg = reader_config()
+    kw = dict(config=cfg, hello_timeout=None, progress=QUIET, build_root=tmp_path / "build", src=src)
+    # a board file for another chip is refused before anything is written
+    with pytest.raises(deploy.DeployError, match="esp32s3 but the device is esp32"):
+        deploy.deploy(vb.pty, ROOT / "boards" / "esp32s3-uart.json", **kw)
+
+    vb.mark()
+    first = deploy.deploy(vb.pty, BOARD, **kw)
+    manifest = json.loads((tmp_path / "build" / "esp32-devkitc-i2c" / "manifest.json").read_text())
+    n = len(manifest["files"])
+    # the image came with boot.py/main.py as they are; everything else differed or was missing
+    assert len(first.copied) == n - 2 and first.config_written and first.verified == n + 1
+    assert "gv/app.py" in first.removed  # a stale source would shadow the new .mpy
+    state = json.loads(mpremote_cat(vb, "deploy.json"))  # checked with the mpremote CLI itself
+    assert state["state"] == "complete" and state["build"] == manifest["build_id"]
+    assert json.loads(mpremote_cat(vb, "config.json"))["reader_id"] == "gate-01"
+    # the reset happened and the deployed firmware (compiled .mpy) came up into its main loop
+    assert vb.wait_for(lambda e: e.get("event") == "boot")["cause"] == "hard"
+    vb.wait_for(lambda e: e.get("event") == "wdt-start", 30)
+
+    second = deploy.deploy(vb.pty, BOARD, **kw)
+    assert second.copied == [] and second.up_to_date and not second.config_written and second.removed == []
+
+    app = src / "gv" / "app.py"
+    app.write_text(app.read_text() + "\n_DEPLOY_TEST = 1\n")
+    third = deploy.deploy(vb.pty, BOARD, **kw)
+    assert third.copied == ["gv/app.mpy"] and not third.config_written and third.verified == n + 1
+    out = vb.mpremote("exec", "import gv.app; print(gv.app._DEPLOY_TEST)")
+    assert out.stdout.strip().endswith("1"), out.stdout + out.stderr
+
+
+def _cli(vb, tmp_path, cfg_path, *extra):
+    return [sys.executable, "-m", "tools.deploy", "--port", vb.pty, "--board", str(BOARD), "--reader",
+            str(cfg_path), "--no-hello", "--build-dir", str(tmp_path / "build"), *extra]
+
+
+def test_a_cut_mid_copy_is_detected_and_a_rerun_finishes(vb, tmp_path):
+    cfg = reader_config()
+    cfg_path = provision.write_config(cfg, tmp_path / "gate-01.json")
+    proc = subprocess.Popen(_cli(vb, tmp_path, cfg_path), cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "[4/" in line:  # three files are in place, the fourth is on its way: pull the cable
+            vb.send("reset")
+            proc.kill()
+            break
+    proc.wait()
+    assert any("[4/" in x for x in lines), "".join(lines)
+    state = json.loads(mpremote_cat(vb, "deploy.json"))
+    assert state["state"] == "in-progress"  # the board itself says it is half deployed
+
+    report = tmp_path / "report.json"
+    rerun = subprocess.run(_cli(vb, tmp_path, cfg_path, "--report", str(report)), cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "was cut off before it finished: finishing it now" in rerun.stdout
+    shown = "".join(lines) + rerun.stdout + rerun.stderr + report.read_text()
+    assert cfg["secret"] not in shown and cfg["broker"]["password"] not in shown
+    r = json.loads(report.read_text())
+    total = len(json.loads((tmp_path / "build" / "esp32-devkitc-i2c" / "manifest.json").read_text())["files"])
+    assert r["resumed"] and 0 < r["files_copied"] <= total - 2 - 3  # the three done are not copied again
+    assert json.loads(mpremote_cat(vb, "deploy.json"))["state"] == "complete"
+    again = subprocess.run(_cli(vb, tmp_path, cfg_path), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "copied 0 files" in again.stdout, again.stdout + again.stderr
+
+
+ROM_BANNER = (b"ets Jun  8 2016 00:22:57\r\n\r\nrst:0x1 (POWERON_RESET),boot:0x3 (DOWNLOAD_BOOT(UART0/UART1/SDIO_REI_REO_V2))\r\n"
+              b"waiting for download\r\n")
+
+
+def test_a_board_without_micropython_gets_the_esptool_command(tmp_path):
+    # The ESP32 ROM can't run here: a pty that answers like the ROM's download mode stands in for it.
+    master, slave = pty.openpty()
+    link = tmp_path / "rom.pty"
+    link.symlink_to(os.ttyname(slave))
+    stop = threading.Event()
+
+    def rom():
+        while not stop.is_set():
+            try:
+                if os.read(master, 64):
+                    os.write(master, ROM_BANNER)
+            except OSError:
+                return
+
+    t = threading.Thread(target=rom, daemon=True)
+    t.start()
+    cfg_path = provision.write_config(reader_config(), tmp_path / "gate-01.json")
+    out = subprocess.run([sys.executable, "-m", "tools.deploy", "--port", str(link), "--board",
+                          str(ROOT / "boards" / "esp32s3-uart.json"), "--reader", str(cfg_path), "--no-hello",
+                          "--repl-timeout", "2", "--build-dir", str(tmp_path / "build")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    stop.set()
+    os.close(master)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "ROM bootloader" in out.stderr
+    assert "esptool.py --chip esp32s3 --port" in out.stderr and "write_flash -z 0 ESP32_GENERIC_S3" in out.stderr
+
+
+@pytest.mark.parametrize("dev_mpy,native,msg", [
+    (0x0B05, 0, "device loads v5"),       # an older MicroPython's .mpy version
+    (0x0B06 & 0xFF | (2 << 10), 10, "native code"),  # native xtensawin build on an x64 device
+])
+def test_mpy_incompatibility_is_refused(dev_mpy, native, msg):
+    board = deploy.boards.load(BOARD)
+    manifest = {"mpy_version": 6, "mpy_sub_version": 3, "mpy_native_arch": native}
+    info = {"chip": "esp32", "version": (1, 29, 0), "mpy": dev_mpy, "machine": "x"}
+    with pytest.raises(deploy.DeployError, match=msg):
+        deploy.check_device(info, board, manifest)
+    old = dict(info, version=(1, 20, 0), mpy=0x0306)
+    with pytest.raises(deploy.DeployError, match="older than 1.23.0"):
+        deploy.check_device(old, board, dict(manifest, mpy_native_arch=0))
