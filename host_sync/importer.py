@@ -91,7 +91,14 @@ def read_rows(text: str) -> tuple[list[str], list[tuple[int, dict]]]:
         text = text[1:]
     first = text.split("\n", 1)[0]
     delim = ";" if first.count(";") > first.count(",") else ","
-    reader = csv.DictReader(io.StringIO(text), delimiter=delim)
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
+    try:
+        return _read(reader)
+    except csv.Error as e:
+        raise InvalidInput("line %d: not readable as CSV: %s" % (reader.line_num or 1, e))
+
+
+def _read(reader: csv.DictReader) -> tuple[list[str], list[tuple[int, dict]]]:
     header = [h.strip().lower().replace(" ", "_") for h in (reader.fieldnames or [])]
     if not header:
         raise InvalidInput("the file is empty; expected a header row with " + ", ".join(COLUMNS))
