@@ -495,9 +495,10 @@ def cmd_ledger_purge(ctx: Ctx) -> int:
     except ValueError:
         raise InvalidInput("--before is YYYY-MM-DD")
     res = ledger.purge(ctx.db, before, ctx.args.actor, ctx.args.apply)
-    verb = "purged" if res["applied"] else "would purge (dry run; add --apply)"
-    ctx.say("%s %d ledger entr%s and %d event(s) from before %s"
-            % (verb, res["ledger"], "y" if res["ledger"] == 1 else "ies", res["events"], before))
+    verb = "purged" if res["applied"] else "would purge"
+    ctx.say("%s %d ledger entr%s and %d event(s) from before %s%s"
+            % (verb, res["ledger"], "y" if res["ledger"] == 1 else "ies", res["events"], before,
+               "" if res["applied"] else " (dry run: add --apply to delete them)"))
     return EXIT_OK
 
 

@@ -1,0 +1,130 @@
+"""Events from readers and the staff ledger: idempotent ingest, one row per person and shift,
+entries never edited (corrections are new entries), retention before purge, exports."""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+
+import pytest
+
+import host_sync  # noqa: F401
+from gv import events as E
+from host_sync import ledger
+from host_sync.db import Db
+from tests.host_kit import Operator, database, org_for, pnr_for
+
+UID1, UID2 = bytes.fromhex("04a1b2c3d4e5f6"), bytes.fromhex("0badcafe")
+T0 = dt.datetime(2026, 3, 2, 6, 55, tzinfo=dt.timezone.utc)  # 07:55 in Stockholm
+
+
+def t(at: dt.datetime) -> int:
+    return int((at - ledger.from_reader_seconds(0)).total_seconds())
+
+
+def ev(seq: int, at: dt.datetime, uid: bytes, result: int = E.R_GRANT,
+       reason: int = E.OK) -> bytes:
+    return E.pack(seq, E.K_DECISION, result, reason, uid, len(uid), t(at), E.F_CLOCK_SET)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def site(request, tmp_path):
+    with database(request.param, tmp_path) as url:
+        o = Operator(url)
+        o.ok("sites", "add", "site-a", "--name", "Kv. Hammaren", "--tax-id", "PL1234-5678")
+        o.ok("cards", "add", "BB-2401-000001", "--uid", UID1.hex(), "--holder", "Anna Svensson",
+             "--pnr", pnr_for(1), "--employer", "Bygg AB", "--org-no", org_for(1),
+             "--site", "site-a")
+        o.ok("cards", "add", "BB-2401-000002", "--uid", UID2.hex(), "--holder", "Bo Ek",
+             "--pnr", pnr_for(2), "--employer", "El & Rör HB", "--org-no", org_for(2),
+             "--site", "site-a")
+        for r in ("gate-01", "gate-02"):
+            o.ok("readers", "add", r, "--site", "site-a")
+        db = Db(url)
+        try:
+            yield o, db
+        finally:
+            db.close()
+
+
+def test_events_become_shifts_once(site):
+    op, db = site
+    h = dt.timedelta(hours=1)
+    g1 = [ev(1, T0, UID1), ev(2, T0 + 10 * h, UID1), ev(3, T0 + 24 * h, UID1),
+          ev(4, T0 + 2 * h, UID2, E.R_REFUSE, E.BLOCKED), ev(5, T0 + 3 * h, UID2),
+          ev(6, T0 + 3 * h + dt.timedelta(seconds=20), UID2),  # presented again: no new entry
+          ev(7, T0, bytes.fromhex("deadbeef"))]  # an unknown card: an event, no ledger entry
+    r = ledger.ingest(db, "gate-01", "site-a", [(E.unpack(e)["seq"], e) for e in g1])
+    assert r["stored"] == 7 and r["ledger"] == 4 and r["duplicate"] == 0
+    again = ledger.ingest(db, "gate-01", "site-a", [(E.unpack(e)["seq"], e) for e in g1[:5]])
+    assert again["stored"] == 0 and again["duplicate"] == 5 and again["ledger"] == 0
+    # Bo leaves through the other gate; a corrupted event is rejected, not stored
+    bad = bytearray(ev(1, T0, UID2))
+    bad[20] ^= 1
+    r = ledger.ingest(db, "gate-02", "site-a", [(1, ev(1, T0 + 9 * h, UID2)), (2, bytes(bad))])
+    assert r["stored"] == 1 and r["rejected_seqs"] == [2]
+    assert db.scalar("SELECT COUNT(*) FROM events") == 8
+
+    op.ok("ledger", "show", "--site", "site-a", "--day", "2026-03-02")
+    out = op.out
+    assert "PL1234-5678" in out and "Anna Svensson" in out and pnr_for(1) in out
+    assert "07:55" in out and "17:55" in out  # Stockholm time
+    assert "Bo Ek" in out and "El & Rör HB" in out and "gate-01 gate-02" in out
+    assert "2 shift(s)" in out
+    op.ok("ledger", "show", "--site", "site-a", "--day", "2026-03-03", "--tz", "UTC")
+    assert "06:55" in op.out and "(on site)" in op.out and "1 person(s) on site now" in op.out
+
+    op.ok("ledger", "export", "--site", "site-a", "--from", "2026-03-02", "--to", "2026-03-03")
+    rows = list(csv.DictReader(io.StringIO(op.out)))
+    assert len(rows) == 3
+    anna = [r for r in rows if r["name"] == "Anna Svensson"]
+    assert anna[0]["site_id_number"] == "PL1234-5678" and anna[0]["contractor_org_no"] == org_for(1)
+    assert anna[0]["shift_start"] == "2026-03-02 07:55:00" and anna[0]["shift_end"] == "2026-03-02 17:55:00"
+    op.ok("ledger", "export", "--site", "site-a", "--from", "2026-03-02", "--format", "html")
+    assert op.out.startswith("<!doctype html>") and "El &amp; Rör HB" in op.out
+    assert "@page" in op.out and "PL1234-5678" in op.out
+
+    op.ok("events", "export", "--site", "site-a", "--from", "2026-03-02", "--to", "2026-03-03")
+    evs = list(csv.DictReader(io.StringIO(op.out)))
+    assert len(evs) == 8 and {e["reason"] for e in evs} >= {"blocked", "ok"}
+    assert any(e["card_number"] == "" and e["uid"] == "deadbeef" for e in evs)
+
+
+def test_entries_are_never_edited_and_corrections_are_new_entries(site):
+    op, db = site
+    ledger.ingest(db, "gate-01", "site-a", [(1, ev(1, T0, UID1)),
+                                            (2, ev(2, T0 + dt.timedelta(hours=8), UID1))])
+    with pytest.raises(Exception, match="never edited"):
+        with db.tx():
+            db.execute("UPDATE ledger SET person_name = 'someone else'")
+    op.ok("ledger", "export", "--site", "site-a", "--from", "2026-03-02")
+    shift = list(csv.DictReader(io.StringIO(op.out)))[0]["shift"]
+    before = db.all("SELECT * FROM ledger ORDER BY id")
+    assert op("ledger", "correct", shift, "--end", "2026-03-02 16:30", "--note", "") == 3
+    op.ok("ledger", "correct", shift, "--end", "2026-03-02 16:30", "--note", "left by the side gate")
+    assert db.all("SELECT * FROM ledger ORDER BY id")[:len(before)] == before
+    assert db.scalar("SELECT COUNT(*) FROM ledger") == len(before) + 1
+    op.ok("ledger", "export", "--site", "site-a", "--from", "2026-03-02")
+    row = list(csv.DictReader(io.StringIO(op.out)))[0]
+    assert row["shift_end"] == "2026-03-02 16:30:00" and "side gate" in row["corrected"]
+    assert op("ledger", "correct", "nosuchshift", "--end", "2026-03-02 16:30", "--note", "x") == 4
+
+
+def test_purge_keeps_two_years_after_the_calendar_year(site):
+    op, db = site
+    today = dt.date.today()
+    old = dt.datetime(today.year - 3, 6, 1, 7, tzinfo=dt.timezone.utc)
+    kept = dt.datetime(today.year - 2, 12, 31, 7, tzinfo=dt.timezone.utc)
+    ledger.ingest(db, "gate-01", "site-a", [(1, ev(1, old, UID1)), (2, ev(2, kept, UID1))])
+    assert db.scalar("SELECT COUNT(*) FROM ledger") == 2
+    limit = dt.date(today.year - 2, 1, 1)
+    assert op("ledger", "purge", "--before", (limit + dt.timedelta(days=1)).isoformat(),
+              "--apply") == 3
+    assert "at least 2 years" in op.err
+    op.ok("ledger", "purge", "--before", limit.isoformat())
+    assert "would purge 1 ledger entry" in op.out
+    assert db.scalar("SELECT COUNT(*) FROM ledger") == 2
+    op.ok("ledger", "purge", "--before", limit.isoformat(), "--apply")
+    assert db.scalar("SELECT COUNT(*) FROM ledger") == 1
+    assert db.scalar("SELECT COUNT(*) FROM events") == 1
+    assert "ledger purged" in op.ok("audit")
