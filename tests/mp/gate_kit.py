@@ -1,6 +1,7 @@
 # Test kit for the gate (MicroPython): a dict-backed allowlist double with the store's
 # lookup(key8, rec16), the real Keyer, EventLog and Lockouts on the flash stand-in, and a driver
 # that presents cards to the state machine poll by poll at explicit tick values.
+import gc
 from flashdev import FlashDev, format_and_mount, mount, umount
 from gv.allowlist import record as R
 from gv import events as E
@@ -93,6 +94,15 @@ class Kit:
 
     def reboot(self):
         umount()
+        mount(self.dev)
+        self.boot()
+
+    def power_cycle(self):
+        """After a power cut: everything from before the cut (unmount, files a failed write left
+        open and their finalizers) meets dead flash; then power returns and the reader boots."""
+        umount()
+        gc.collect()
+        self.dev.restore()
         mount(self.dev)
         self.boot()
 

@@ -71,6 +71,12 @@ class Lockouts:
             for i in range(self.slots):
                 self._used[i] = 0
             self._lock_reader_ms(now, self.reader_lock_ms, 11)  # events.LOCKED_READER
+            return True
+        # A cut between saving the last counted try and saving its lock: lock it now.
+        for i in range(self.slots):
+            if self._used[i] and not self._locked[i] and self._fails[i] >= self.tries:
+                self._lock_card(i, now)
+                self.save(now)
         return True
 
     def _parse(self, b, now):
@@ -249,13 +255,17 @@ class Lockouts:
             return 0
         if self._fails[i] < self.tries:
             return 0  # already counted and saved by pin_attempt
+        ms = self._lock_card(i, now)
+        self.save(now)
+        return ms
+
+    def _lock_card(self, i, now):
         ms = min(self.card_lock_ms << min(self._level[i], 16), self.cap_ms)
         self._fails[i] = 0
         if self._level[i] < 255:
             self._level[i] += 1
         self._locked[i] = 1
         self._until[i] = ticks_add(now, ms)
-        self.save(now)
         return ms
 
     def clear(self, now, key8=None):
