@@ -1,0 +1,418 @@
+# The on-flash allowlist store: boot (open), the in-RAM page index and the alloc-free lookup.
+# Updates live in update.py (deltas, compaction) and snapshot.py, loaded when first used.
+# Format and reasoning: docs/allowlist-format.md.
+#
+# Lookups read the flash block holding the record straight from the block device (one read, no
+# heap): shard pages are laid out to fill LittleFS's data blocks exactly, each page starts with a
+# header naming its shard file, and open() finds the pages by scanning block headers. LittleFS
+# never moves the blocks of a file that is not rewritten, so the map holds until we replace it.
+import os
+import struct
+from array import array
+from binascii import crc32
+from gv.allowlist.layout import (
+    BLOCK, ENOSPC, FORMAT, LOG_SOFT, MAGIC_DELTA, MAGIC_MAN,
+    MAGIC_PAGE, MAGIC_SNAP, PAGE_HDR, REC, SCAN, SHARD_PAGES,
+    DELTA, DELTA_N, DHDR, DHDR_N, MAN_HDR, MAN_HDR_N,
+    SHARD, SHARD_N, SNAP_HDR, SNAP_HDR_N, _Shard, _cmp8,
+    _exists, _merge, _ptr_bytes, _rfile, _rm, _round,
+    _wfile, page_cap,
+)
+
+
+class Allowlist:
+    """The reader's allowlist. dev: the block device under the LittleFS that holds root (the
+    ESP32's flash partition is found by itself; the unix port passes the FlashDev)."""
+
+    def __init__(self, root, dev=None):
+        self.root = root
+        self._dev = dev if dev is not None else _find_dev()
+        self.version = 0
+        self.count = 0
+        self.health = "empty"
+        self.need_resync = True
+        self._shards = []
+        self._dtags = []  # (tag, nrec, crc) of each delta file in the manifest, oldest first
+        self._log = bytearray(0)
+        self._nlog = 0
+        self._page = bytearray(BLOCK)
+        self._pmv = memoryview(self._page)
+        self._ikeys = bytearray(0)
+        self._iblk = array("H")
+        self._inrec = array("H")
+        self._ioff = array("H")
+        self._np = 0
+        self._cgen = None
+        self._snap = None
+        # Update buffers (shard page being written, shard page being merged), taken at boot while
+        # the heap is whole: a 4 KB block found later on a fragmented heap may not exist.
+        self._wb = bytearray(BLOCK)
+        self._rbuf = bytearray(BLOCK)
+
+    # ---------------------------------------------------------------- boot
+    def open(self):
+        """Load the manifest and delta log, find every shard page on flash and check it. Never
+        raises on bad data: .health says what is wrong, .need_resync asks the host to resend."""
+        self._cgen = None
+        self._snap = None
+        try:
+            os.mkdir(self.root)
+        except OSError:
+            pass
+        problems = []
+        try:
+            self._load_manifest()
+        except (OSError, ValueError) as e:
+            if _exists(self._p("M")):
+                problems.append("manifest unreadable")
+            self._shards = []
+            self._dtags = []
+            self.version = 0
+            self.count = 0
+        try:
+            self._rebuild_log()
+        except (OSError, ValueError):
+            problems.append("delta log unreadable")
+            self._log = bytearray(0)
+            self._nlog = 0
+        bad = self._build_index(verify=True)
+        if bad:
+            problems.append("%d shard(s) missing or corrupt" % bad)
+        self._collect_garbage()
+        if problems:
+            self.health = "corrupt: " + "; ".join(problems)
+            self.need_resync = True
+        elif not self.version:
+            self.health = "empty"
+            self.need_resync = True
+        else:
+            self.health = "ok"
+            self.need_resync = False
+        return self
+
+    def _wbuf(self):
+        if self._wb is None:
+            self._wb = bytearray(BLOCK)
+        return self._wb
+
+    def _p(self, name):
+        return self.root + "/" + name
+
+    def _load_manifest(self):
+        data = _rfile(self._p("M"))
+        if len(data) < MAN_HDR_N + 4 or crc32(memoryview(data)[:-4]) != struct.unpack("<I", data[-4:])[0]:
+            raise ValueError("manifest checksum")
+        magic, fmt, _, _, version, count, ns, nd = struct.unpack_from(MAN_HDR, data, 0)
+        if magic != MAGIC_MAN or fmt != FORMAT:
+            raise ValueError("manifest format")
+        if len(data) != MAN_HDR_N + ns * SHARD_N + nd * DELTA_N + 4:
+            raise ValueError("manifest length")
+        o = MAN_HDR_N
+        shards = []
+        for _ in range(ns):
+            shards.append(_Shard(*struct.unpack_from(SHARD, data, o)))
+            o += SHARD_N
+        dt = []
+        for _ in range(nd):
+            dt.append(struct.unpack_from(DELTA, data, o))
+            o += DELTA_N
+        self._shards = shards
+        self._dtags = dt
+        self.version = version
+        self.count = count
+
+    def _manifest_bytes(self, version, count, shards, dtags):
+        out = bytearray(struct.pack(MAN_HDR, MAGIC_MAN, FORMAT, 0, 0, version, count,
+                                    len(shards), len(dtags)))
+        for s in shards:
+            out += struct.pack(SHARD, s.first, s.tag, s.nrec, s.crc)
+        for d in dtags:
+            out += struct.pack(DELTA, d[0], d[1], d[2])
+        out += struct.pack("<I", crc32(out))
+        return out
+
+    def _write_manifest(self, version, count, shards, dtags):
+        # The single atomic switch: LittleFS rename is all-or-nothing.
+        tmp = self._p("M.tmp")
+        _wfile(tmp, self._manifest_bytes(version, count, shards, dtags))
+        os.rename(tmp, self._p("M"))
+
+    def _read_delta(self, tag, nrec, crc):
+        data = _rfile(self._p("d%08x" % tag))
+        magic, fr, to, n, c = struct.unpack_from(DHDR, data, 0)
+        body = memoryview(data)[DHDR_N:]
+        if magic != MAGIC_DELTA or n != nrec or c != crc or len(body) != n * REC or crc32(body) != c:
+            raise ValueError("delta corrupt")
+        return data
+
+    def _rebuild_log(self):
+        log = bytearray(0)
+        for tag, nrec, crc in self._dtags:
+            d = self._read_delta(tag, nrec, crc)
+            log = _merge(log, memoryview(d)[DHDR_N:])
+        self._log = log
+        self._nlog = len(log) // REC
+
+    def _scan(self, want):
+        """Physical block of every page of the shard files in want {tag: npages}: {(tag, pno): blk}."""
+        found = {}
+        dev = self._dev
+        if dev is None:
+            return found
+        hdr = bytearray(SCAN)
+        nblocks = dev.ioctl(4, 0)
+        for b in range(nblocks):
+            dev.readblocks(b, hdr, 0)
+            for o in range(0, SCAN - PAGE_HDR + 1, 4):
+                if hdr[o] == 0x47 and hdr[o:o + 4] == MAGIC_PAGE:
+                    _, tag, pno, n, _ = struct.unpack_from("<4sIHHI", hdr, o)
+                    if tag in want and pno < want[tag] and _ptr_bytes(pno) == o:
+                        found[(tag, pno)] = b
+                    break
+        return found
+
+    def _pages_of(self, s):
+        n, p, left = 0, 0, s.nrec
+        while left > 0:
+            left -= page_cap(p)
+            p += 1
+            n += 1
+        return n
+
+    def _build_index(self, verify):
+        """In-RAM page index: first key, physical block, record count, data offset of every page."""
+        want = {}
+        for s in self._shards:
+            want[s.tag] = self._pages_of(s)
+        found = self._scan(want)
+        keys = bytearray()
+        blk = array("H")
+        nrec = array("H")
+        off = array("H")
+        bad = 0
+        for s in self._shards:
+            np = want[s.tag]
+            ok = True
+            crc = 0
+            pages = []
+            for p in range(np):
+                b = found.get((s.tag, p))
+                if b is None:
+                    ok = False
+                    break
+                self._dev.readblocks(b, self._page, 0)
+                o = _ptr_bytes(p)
+                magic, tag, pno, n, c = struct.unpack_from("<4sIHHI", self._page, o)
+                body = self._pmv[o + PAGE_HDR:o + PAGE_HDR + n * REC]
+                if verify and (n > page_cap(p) or crc32(body) != c):
+                    ok = False
+                    break
+                crc = crc32(body, crc)
+                pages.append((bytes(self._pmv[o + PAGE_HDR:o + PAGE_HDR + 8]), b, n, o))
+            if ok and verify and crc != s.crc:
+                ok = False
+            if not ok:
+                bad += 1
+                continue  # its cards are unknown here: denied until the host resends
+            for k, b, n, o in pages:
+                keys += k
+                blk.append(b)
+                nrec.append(n)
+                off.append(o)
+        self._ikeys = keys
+        self._iblk = blk
+        self._inrec = nrec
+        self._ioff = off
+        self._np = len(blk)
+        return bad
+
+    def _collect_garbage(self):
+        keep = {"M"}
+        for s in self._shards:
+            keep.add("s%08x" % s.tag)
+        for d in self._dtags:
+            keep.add("d%08x" % d[0])
+        snap = self._load_snap()
+        if snap:
+            keep.add("S")
+            for s in snap[3]:
+                keep.add("s%08x" % s.tag)
+        try:
+            names = [e[0] for e in os.ilistdir(self.root)]
+        except OSError:
+            return
+        for n in names:
+            if n not in keep:
+                _rm(self._p(n))
+
+    # ---------------------------------------------------------------- lookup (hot path)
+    def lookup(self, key8, rec16):
+        """Copy the record for key8 into rec16 and return True; False if the card is unknown.
+        One flash block read, no heap allocation."""
+        log = self._log
+        lo = 0
+        hi = self._nlog - 1
+        while lo <= hi:
+            mid = (lo + hi) >> 1
+            c = _cmp8(log, mid * REC, key8, 0)
+            if c == 0:
+                o = mid * REC
+                if log[o + 8] == 0:  # removed by a delta
+                    return False
+                for i in range(REC):
+                    rec16[i] = log[o + i]
+                return True
+            if c < 0:
+                lo = mid + 1
+            else:
+                hi = mid - 1
+        # the last page whose first key <= key8
+        keys = self._ikeys
+        lo = 0
+        hi = self._np - 1
+        p = -1
+        while lo <= hi:
+            mid = (lo + hi) >> 1
+            if _cmp8(keys, mid * 8, key8, 0) <= 0:
+                p = mid
+                lo = mid + 1
+            else:
+                hi = mid - 1
+        if p < 0:
+            return False
+        page = self._page
+        try:
+            self._dev.readblocks(self._iblk[p], page, 0)
+        except OSError:
+            return False
+        base = self._ioff[p]
+        if page[base] != 0x47 or page[base + 1] != 0x56:  # not our page any more: fail secure
+            self.health = "corrupt: page moved"
+            self.need_resync = True
+            return False
+        base += PAGE_HDR
+        lo = 0
+        hi = self._inrec[p] - 1
+        while lo <= hi:
+            mid = (lo + hi) >> 1
+            o = base + mid * REC
+            c = _cmp8(page, o, key8, 0)
+            if c == 0:
+                for i in range(REC):
+                    rec16[i] = page[o + i]
+                return True
+            if c < 0:
+                lo = mid + 1
+            else:
+                hi = mid - 1
+        return False
+
+    def items(self):
+        """Every live record, sorted (for checks and diagnostics; reads the whole store)."""
+        log = memoryview(self._log)
+        li = 0
+        for p in range(self._np):
+            self._dev.readblocks(self._iblk[p], self._page, 0)
+            base = self._ioff[p] + PAGE_HDR
+            for i in range(self._inrec[p]):
+                r = bytes(self._pmv[base + i * REC:base + i * REC + REC])
+                while li < self._nlog and _cmp8(log, li * REC, r, 0) < 0:
+                    if log[li * REC + 8]:
+                        yield bytes(log[li * REC:li * REC + REC])
+                    li += 1
+                if li < self._nlog and _cmp8(log, li * REC, r, 0) == 0:
+                    if log[li * REC + 8]:
+                        yield bytes(log[li * REC:li * REC + REC])
+                    li += 1
+                else:
+                    yield r
+        while li < self._nlog:
+            if log[li * REC + 8]:
+                yield bytes(log[li * REC:li * REC + REC])
+            li += 1
+
+    def _storage_failed(self, e, temps):
+        for t in temps:
+            _rm(t)
+        if e.args and e.args[0] == ENOSPC:
+            self.health = "full: update needs more flash than is free"
+        else:
+            self.health = "write failed: %r" % (e,)
+        self.need_resync = True
+
+    def _load_snap(self):
+        try:
+            data = _rfile(self._p("S"))
+        except OSError:
+            return None
+        try:
+            if crc32(memoryview(data)[:-4]) != struct.unpack("<I", data[-4:])[0]:
+                return None
+            magic, version, count, received, ns = struct.unpack_from(SNAP_HDR, data, 0)
+            if magic != MAGIC_SNAP:
+                return None
+            o = SNAP_HDR_N
+            shards = []
+            for _ in range(ns):
+                shards.append(_Shard(*struct.unpack_from(SHARD, data, o)))
+                o += SHARD_N
+            return (version, count, received, shards)
+        except (ValueError, IndexError):
+            return None
+
+    def flash_bytes(self):
+        """Bytes of flash the live store occupies (whole blocks of its files plus the manifest)."""
+        n = 0
+        for s in self._shards:
+            n += self._pages_of(s) * BLOCK
+        for d in self._dtags:
+            n += _round(DHDR_N + d[1] * REC)
+        return n + BLOCK
+
+
+
+    # ---------------------------------------------------------------- updates (loaded on demand)
+    def apply_delta(self, from_version, to_version, records):
+        """Apply one delta (from_version -> to_version): records is an iterable of (key8, rec16)
+        or (key8, None) to remove. True when applied; False when the flash refused (full or failing:
+        .health says so, the store stays at from_version). ValueError on a delta that does not fit."""
+        from gv.allowlist import update
+        return update.apply_delta(self, from_version, to_version, records)
+
+    def compaction_due(self):
+        return self._nlog > LOG_SOFT
+
+    def compact_step(self):
+        """Fold the delta log into the shards, about one page write per call; True while more to do."""
+        from gv.allowlist import update
+        return update.compact_step(self)
+
+    def begin_snapshot(self, version, count):
+        """Start (or resume: same version and count) a full snapshot of count records sent sorted
+        by key through snapshot_chunk; returns how many records are already durably received."""
+        from gv.allowlist import snapshot
+        return snapshot.begin_snapshot(self, version, count)
+
+    def snapshot_chunk(self, records_bytes):
+        from gv.allowlist import snapshot
+        return snapshot.snapshot_chunk(self, records_bytes)
+
+    def end_snapshot(self):
+        from gv.allowlist import snapshot
+        return snapshot.end_snapshot(self)
+
+    def snapshot_progress(self):
+        """(version, count, records durably received) of an unfinished snapshot, else None."""
+        from gv.allowlist import snapshot
+        return snapshot.snapshot_progress(self)
+
+
+def _find_dev():
+    try:
+        import esp32
+        parts = esp32.Partition.find(esp32.Partition.TYPE_DATA, label="vfs")
+        return parts[0] if parts else None
+    except (ImportError, AttributeError):
+        return None
+
+

@@ -1,0 +1,204 @@
+# The allowlist store on the flash stand-in: lookups (one block read, no heap), deltas, removals,
+# compaction, reopen after a reboot, and the errors it must report rather than crash on.
+import os
+import micropython
+import mpt
+from gv.allowlist import record as R
+from gv.allowlist.store import Allowlist
+from test_allowlist_fixture import ROOT, check, delta, fresh, install, key, reopen, count
+from flashdev import umount
+
+# 256k: these tests "reboot" several times in one process, each boot building a fresh store
+# beside the last one's garbage; one store in a 128k heap is what the bench proves at 100k cards.
+HEAPSIZE = "256k"
+N = 1500
+
+
+def test_empty_store_denies_and_asks_for_resync():
+    dev = fresh()
+    al = Allowlist(ROOT, dev).open()
+    mpt.eq(al.version, 0)
+    mpt.eq(al.health, "empty")
+    assert al.need_resync
+    assert not al.lookup(key(1), bytearray(16))
+    umount()
+
+
+def test_snapshot_lookup_one_read_no_heap():
+    dev = fresh()
+    al = Allowlist(ROOT, dev).open()
+    install(al, N, 1)
+    mpt.eq(al.health, "ok")
+    assert not al.need_resync
+    check(al, N, 1)
+    k = bytearray(key(777))
+    out = bytearray(16)
+    absent = bytearray(key(N + 5))
+    for kk, want in ((k, True), (absent, False)):
+        dev.reset_counters()
+        micropython.heap_lock()
+        try:
+            got = al.lookup(kk, out)
+        finally:
+            micropython.heap_unlock()
+        mpt.eq(got, want)
+        assert dev.reads <= 1, dev.reads
+    # after a reboot too
+    al = None  # the old instance's buffers go before the new one is built
+    al = reopen(dev)
+    check(al, N, 1)
+    umount()
+
+
+def test_deltas_compaction_reopen():
+    dev = fresh()
+    al = Allowlist(ROOT, dev).open()
+    install(al, N, 1)
+    for k in (1, 2, 3):
+        assert al.apply_delta(k, k + 1, delta(N, k))
+        check(al, N, k + 1)
+    al = None  # the old instance's buffers go before the new one is built
+    al = reopen(dev)
+    check(al, N, 4)
+    # a log entry must still be found without a flash read, and allocation-free
+    out = bytearray(16)
+    kk = bytearray(key(N + 1))  # added by delta 1, still in the log
+    micropython.heap_lock()
+    try:
+        got = al.lookup(kk, out)
+    finally:
+        micropython.heap_unlock()
+    assert got
+    steps = 0
+    while al.compact_step():
+        steps += 1
+    assert steps > 2, steps
+    mpt.eq(al._nlog, 0)
+    check(al, N, 4)
+    al = None  # the old instance's buffers go before the new one is built
+    al = reopen(dev)
+    check(al, N, 4)
+    # nothing left behind: manifest and shard files only
+    for name in os.listdir(ROOT):
+        assert name == "M" or name[0] == "s", name
+    umount()
+
+
+def test_delta_during_compaction():
+    dev = fresh()
+    al = Allowlist(ROOT, dev).open()
+    install(al, N, 1)
+    assert al.apply_delta(1, 2, delta(N, 1))
+    assert al.compact_step()
+    assert al.apply_delta(2, 3, delta(N, 2))
+    while al.compact_step():
+        pass
+    check(al, N, 3)
+    al = None  # the old instance's buffers go before the new one is built
+    al = reopen(dev)
+    check(al, N, 3)
+    umount()
+
+
+def test_bad_deltas_rejected():
+    dev = fresh()
+    al = Allowlist(ROOT, dev).open()
+    install(al, N, 1)
+    mpt.raises(ValueError, al.apply_delta, 2, 3, delta(N, 1))  # does not follow
+    mpt.raises(ValueError, al.apply_delta, 1, 1, delta(N, 1))
+    bad = R.pack(key(5), 1, 0, 0, 10)
+    mpt.raises(ValueError, al.apply_delta, 1, 2, [(key(6), bad)])  # record key differs
+    mpt.raises(ValueError, al.apply_delta, 1, 2, [(b"short", None)])
+    broken = bytearray(bad)
+    broken[8] = 7  # status 7 does not exist
+    mpt.raises(ValueError, al.apply_delta, 1, 2, [(key(5), broken)])
+    check(al, N, 1)
+    umount()
+
+
+def test_snapshot_must_be_sorted_and_complete():
+    dev = fresh()
+    al = Allowlist(ROOT, dev).open()
+    install(al, N, 1)
+    a = R.pack(key(3), 1, 0, 0, 9)
+    b = R.pack(key(2), 1, 0, 0, 9)
+    al.begin_snapshot(2, 2)
+    mpt.raises(ValueError, al.snapshot_chunk, a + b)
+    al.begin_snapshot(2, 3)
+    al.snapshot_chunk(b + a)
+    mpt.raises(ValueError, al.end_snapshot)
+    mpt.raises(ValueError, al.snapshot_chunk, b"x" * 15)
+    al = None  # the old instance's buffers go before the new one is built
+    al = reopen(dev)
+    check(al, N, 1)
+    umount()
+
+
+def test_corrupt_shard_detected_rest_still_decides():
+    dev = fresh()
+    al = Allowlist(ROOT, dev).open()
+    install(al, N, 1)
+    blk = al._iblk[0]
+    umount()
+    buf = bytearray(dev.block_size)
+    dev.readblocks(blk, buf)
+    buf[200] ^= 0xFF  # a flipped bit inside the first page's records
+    dev.writeblocks(blk, buf, 0)
+    from flashdev import mount
+    mount(dev)
+    al = Allowlist(ROOT, dev).open()
+    assert al.health.startswith("corrupt"), al.health
+    assert al.need_resync
+    out = bytearray(16)
+    assert not al.lookup(key(3), out)  # the damaged shard's cards are denied
+    assert al.lookup(key(N - 2), out)  # the others still decide
+    # a fresh snapshot repairs it
+    install(al, N, 2)
+    mpt.eq(al.health, "ok")
+    check(al, N, 2)
+    umount()
+
+
+def test_corrupt_manifest_reported():
+    dev = fresh()
+    al = Allowlist(ROOT, dev).open()
+    install(al, N, 1)
+    with open(ROOT + "/M", "r+b") as f:
+        f.seek(5)
+        f.write(b"\x99")
+    al = Allowlist(ROOT, dev).open()
+    assert al.health.startswith("corrupt"), al.health
+    assert al.need_resync
+    assert not al.lookup(key(1), bytearray(16))
+    umount()
+
+
+def test_full_flash_keeps_last_good_version():
+    dev = fresh(blocks=24)  # 96 KB: a snapshot of N fits once, not twice
+    al = Allowlist(ROOT, dev).open()
+    install(al, N, 1)
+    filler = b"\xa5" * 4096
+    with open("/flash/filler", "wb") as f:
+        while True:
+            try:
+                f.write(filler)
+                f.flush()
+            except OSError:
+                break
+    ok = al.apply_delta(1, 2, delta(N, 1))
+    if ok:  # a small delta may still fit: then the next one must not
+        ok = al.apply_delta(2, 3, delta(N, 2))
+        v = 3 if ok else 2
+    else:
+        v = 1
+    assert not ok
+    assert al.health.startswith("full"), al.health
+    assert al.need_resync
+    check(al, N, v)
+    mpt.raises(OSError, install, al, N, v + 1)
+    check(al, N, v)
+    al = None  # the old instance's buffers go before the new one is built
+    al = reopen(dev)
+    check(al, N, v)
+    mpt.eq(al.count, count(N, v))
+    umount()
