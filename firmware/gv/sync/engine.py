@@ -1,0 +1,418 @@
+# The reader's sync engine: keeps the allowlist at the host's version over MQTT (live deltas in
+# order, catch-up after a gap, resumable rebuilds), uploads access events until the host has
+# them, runs authenticated remote commands and reports what it rejected. Rules: docs/protocol.md.
+#
+#   sync = Sync(cfg, allowlist, events=log, on_command=hook, health=fn)
+#   asyncio.create_task(sync.run())
+#
+# Incoming messages are handled inside the MQTT receive task without awaiting (flash work only);
+# replies go out from the sender task, events from the uploader task: the three never wait on
+# each other, and none of them waits on the network for longer than a bounded timeout.
+import asyncio
+import gc
+import os
+
+from gv.compat import ticks_diff, ticks_ms
+from gv.sync import protocol as P
+from gv.sync.mqtt import MQTTClient, tls_context
+
+FW = "grindvakt-0.1"
+_ANSWER_MS = 5000  # no answer to HELLO/SYNC (or progress) for this long: ask again
+_EVACK_MS = 5000  # an EVENTS batch without EVACK for this long is sent again
+_REPORT_MS = 1000  # at most one REJECT report per reason per second
+_EV_BATCH = 30  # 30 x 32-byte events: ~1 KiB messages
+_MAX_CHUNK = 160  # records one SNAP chunk may inflate to (2.5 KiB buffer, preallocated)
+
+
+class Sync:
+    def __init__(self, cfg, allowlist, events=None, on_command=None, health=None, fw=FW,
+                 client=None):
+        self.cfg = cfg
+        self.al = allowlist
+        self.log = events
+        self.on_command = on_command  # on_command(name, arg) -> True/False (None: unsupported)
+        self.health = health  # () -> health bits (protocol.H_*) the app knows about
+        self.fw = fw
+        self.key = P.Key(cfg.secret, cfg.reader_id)
+        site, rid = cfg.site, cfg.reader_id
+        self.t_in = P.topic(site, rid, "in")
+        self.t_out = P.topic(site, rid, "out")
+        self.t_hello = P.topic(site, rid, "hello")
+        self.t_status = P.topic(site, rid, "status")
+        if client is None:
+            b = cfg.broker
+            ctx = tls_context(b["ca"]) if b.get("tls", True) else None
+            client = MQTTClient(rid, b.get("host", "127.0.0.1"), b.get("port", 8883),
+                                b.get("user", rid), b.get("password"), ssl=ctx,
+                                server_hostname=b.get("server_name") or b.get("host"),
+                                keepalive=b.get("keepalive", 30))
+        client.will = (self.t_status, b"offline", True)
+        client.on_message = self._on_message
+        client.on_connect = self._on_connect
+        client.subscribe(self.t_in)
+        self.client = client
+        # session
+        self.nonce = None
+        self._ctr = 0  # my counter in this session
+        self._hctr = 0  # highest host counter accepted in this session
+        self.head = 0  # the host's version, as last heard
+        # what the sender owes the host
+        self._work = asyncio.Event()
+        self._want_hello = False
+        self._want_ack = False
+        self._want_sync = False
+        self._asked = None  # ticks of the last HELLO/SYNC or answer progress; None: not waiting
+        self._force_rebuild = False
+        self._cmdres = []
+        self._rej = {}  # reason -> [count, type, counter]
+        self._rej_at = {}
+        # events
+        self._ev_sent = 0  # highest seq in the batch in flight
+        self._evack = asyncio.Event()
+        self._zbuf = bytearray(_MAX_CHUNK * P.REC)
+        self._snap_open = None  # snapshot version begun in this boot
+        self._snap_done = 0  # records of it handed to the store
+        # counters for tests, health and the REPL
+        self.deltas = 0
+        self.chunks = 0
+        self.rebuilds = 0
+        self.commands = 0
+        self.rejected = {}  # reason -> count
+        self.events_sent = 0
+        self.last_error = None
+
+    # ---- tasks ----
+    async def run(self):
+        """Start the MQTT link, the sender and the event uploader; returns when stopped."""
+        tasks = [asyncio.create_task(self.client.run()), asyncio.create_task(self._sender())]
+        if self.log is not None:
+            tasks.append(asyncio.create_task(self._uploader()))
+        if hasattr(self.al, "compact_step"):
+            tasks.append(asyncio.create_task(self._compactor()))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    def stop(self):
+        self.client.stop()
+
+    def kick(self):
+        """Something to send (the app may call this after logging an event)."""
+        self._work.set()
+
+    async def _on_connect(self):
+        # a fresh session: everything sealed for an older one is now stale
+        self.nonce = os.urandom(P.NONCE_LEN)
+        self._ctr = 0
+        self._hctr = 0
+        self._want_hello = True
+        self._want_sync = False
+        self._asked = None
+        self._work.set()
+
+    def _seal(self, typ, body):
+        self._ctr += 1
+        return P.seal(self.key, P.DIR_READER, typ, self.nonce, self._ctr, body)
+
+    async def _pub(self, topic, typ, body, retain=False):
+        return await self.client.publish(topic, self._seal(typ, body), qos=1, retain=retain,
+                                         retry=False)
+
+    async def _sender(self):
+        while True:
+            try:
+                await asyncio.wait_for_ms(self._work.wait(), 500)
+            except asyncio.TimeoutError:
+                pass
+            self._work.clear()
+            if not self.client.connected:
+                continue
+            try:
+                await self._send_owed()
+            except Exception as e:  # noqa: BLE001 - the sender never dies
+                self.last_error = "sender: %s" % e
+
+    async def _send_owed(self):
+        now = ticks_ms()
+        if self._want_hello:
+            if not await self.client.publish(self.t_status, b"online", qos=1, retain=True,
+                                             retry=False):
+                return
+            if not await self._pub(self.t_hello, P.T_HELLO, self._hello_body(), retain=True):
+                return
+            self._want_hello = False
+            self._asked = ticks_ms()
+            return
+        if self._want_ack:
+            self._want_ack = False
+            v, sv, so = self._state()
+            if not await self._pub(self.t_out, P.T_ACK, P.ack_body(v, sv, so)):
+                self._want_ack = True
+                return
+        if self._asked is not None and ticks_diff(now, self._asked) > _ANSWER_MS:
+            self._want_sync = True
+        if self._want_sync:
+            self._want_sync = False
+            v, sv, so = self._state()
+            self._asked = ticks_ms()
+            if not await self._pub(self.t_out, P.T_SYNC, P.sync_body(v, sv, so)):
+                self._want_sync = True
+                return
+        while self._cmdres:
+            ctr, cmd, res = self._cmdres[0]
+            if not await self._pub(self.t_out, P.T_CMDRES, P.cmdres_body(ctr, cmd, res)):
+                return
+            self._cmdres.pop(0)
+        for reason in list(self._rej):
+            at = self._rej_at.get(reason)
+            if at is not None and ticks_diff(now, at) < _REPORT_MS:
+                continue
+            count, typ, ctr = self._rej.pop(reason)
+            self._rej_at[reason] = now
+            await self._pub(self.t_out, P.T_REJECT, P.reject_body(reason, typ, count, ctr))
+
+    async def _uploader(self):
+        log = self.log
+        while True:
+            await asyncio.sleep_ms(200)
+            if not self.client.connected or self._want_hello or not self._pending():
+                continue
+            try:
+                batch = log.pending(_EV_BATCH)
+            except Exception as e:  # noqa: BLE001 - a flash read error: try again later
+                self.last_error = "events: %s" % e
+                continue
+            if not batch:
+                continue
+            last = batch[-1][0]
+            self._ev_sent = last
+            self._evack.clear()
+            body = P.events_body([ev for _, ev in batch])
+            batch = None
+            if not await self._pub(self.t_out, P.T_EVENTS, body):
+                continue
+            self.events_sent += 1
+            t0 = ticks_ms()
+            while log.acked < last and ticks_diff(ticks_ms(), t0) < _EVACK_MS:
+                try:
+                    await asyncio.wait_for_ms(self._evack.wait(), 500)
+                except asyncio.TimeoutError:
+                    pass
+                self._evack.clear()
+
+    async def _compactor(self):
+        # deltas pile up in the store's log; fold them in a few ms at a time between decisions
+        al = self.al
+        while True:
+            await asyncio.sleep_ms(1000)
+            try:
+                while al.compaction_due() and al.compact_step():
+                    await asyncio.sleep_ms(20)
+            except Exception as e:  # noqa: BLE001 - the store reports it in .health
+                self.last_error = "compact: %s" % e
+
+    def _pending(self):
+        pc = getattr(self.log, "pending_count", None)
+        return pc() if pc is not None else 1
+
+    # ---- state ----
+    def _progress(self):
+        """(snapshot version, records done) of a rebuild in progress, else (0, 0)."""
+        p = self.al.snapshot_progress()  # (version, count, durably received) or None
+        if not p:
+            return 0, 0
+        # records already handed to the store in this boot count too (the store makes them
+        # durable a shard at a time; after a power cut only the durable count is left)
+        return p[0], (self._snap_done if self._snap_open == p[0] else p[2])
+
+    def _state(self):
+        sv, so = self._progress()
+        # version 0 asks the host for a rebuild: after a resync command, or when the store
+        # itself says it needs one (corrupt, or an update the flash refused)
+        v = 0 if self._force_rebuild or getattr(self.al, "need_resync", False) else self.al.version
+        return v, sv, so
+
+    def _hello_body(self):
+        v, sv, so = self._state()
+        health = self.health() if self.health is not None else 0
+        ah = getattr(self.al, "health", "ok")
+        if ah not in ("ok", "empty"):
+            health |= P.H_ALLOWLIST
+            if ah.startswith("full") or ah.startswith("write"):
+                health |= P.H_FLASH
+        pending = 0
+        if self.log is not None:
+            if getattr(self.log, "dropped", 0):
+                health |= P.H_EVENTS
+            pending = self._pending()
+        return P.hello_body(v, sv, so, _free_flash(getattr(self.al, "root", "/")),
+                            gc.mem_free(), health, pending, self.fw)
+
+    # ---- incoming ----
+    def _reject(self, reason, typ, ctr):
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        r = self._rej.get(reason)
+        if r is None:
+            self._rej[reason] = [1, typ, ctr]
+        else:
+            r[0] += 1
+            r[1] = typ
+            r[2] = ctr
+        self._work.set()
+
+    def _on_message(self, topic, msg):
+        typ = msg[1] if len(msg) > 1 else 0
+        if topic != self.t_in:
+            self._reject(P.E_TYPE, typ, 0)
+            return
+        try:
+            typ, nonce, ctr, body = P.unseal(self.key, P.DIR_HOST, msg)
+        except P.ProtoError as e:
+            self._reject(e.reason, typ, 0)
+            return
+        if self.nonce is None or nonce != self.nonce:
+            self._reject(P.E_SESSION, typ, ctr)
+            return
+        if ctr <= self._hctr:
+            self._reject(P.E_REPLAY, typ, ctr)
+            return
+        self._hctr = ctr
+        try:
+            if typ == P.T_DELTA:
+                self._on_delta(body)
+            elif typ == P.T_SNAP:
+                self._on_snap(body)
+            elif typ == P.T_EVACK:
+                self._on_evack(body)
+            elif typ == P.T_CMD:
+                self._on_cmd(ctr, body)
+            else:
+                self._reject(P.E_TYPE, typ, ctr)
+        except P.ProtoError as e:
+            self._reject(e.reason, typ, ctr)
+            if e.reason == P.E_ORDER and self._asked is None:
+                self._want_sync = True
+        except MemoryError:
+            self._reject(P.E_BUSY, typ, ctr)
+            self._want_sync = True
+        except Exception as e:  # noqa: BLE001 - the store refused it; the gate goes on
+            self.last_error = "apply: %s" % e
+            self._reject(P.E_STORE, typ, ctr)
+            self._want_sync = True
+
+    def _answered(self, flags):
+        if self._asked is not None:
+            self._asked = ticks_ms()  # progress: restart the answer timeout
+        if flags & P.F_ASK:
+            v, sv, so = self._state()
+            if sv or v < self.head:
+                self._want_sync = True
+            else:
+                self._asked = None
+            self._work.set()
+
+    def _on_delta(self, body):
+        flags, head, frm, to, n = P.parse_delta(body)
+        self.head = head
+        v = self.al.version
+        if self._progress()[0] or self._force_rebuild:
+            pass  # a rebuild is under way: it brings this change, or catch-up will
+        elif frm == v and to > v:
+            if not self.al.apply_delta(frm, to, P.delta_entries(body, n)):
+                raise OSError("flash refused the delta: " + str(self.al.health))
+            self.deltas += 1
+            self._want_ack = True
+        elif to <= v:
+            self._want_ack = True  # already have it (or "you are current"): say where we are
+        elif self._asked is None:
+            self._want_sync = True  # a gap: ask for what we missed
+        self._answered(flags)
+        self._work.set()
+
+    def _on_snap(self, body):
+        flags, head, version, count, offset, n, data = P.parse_snap(body)
+        self.head = head
+        if n > _MAX_CHUNK:
+            raise P.ProtoError(P.E_MALFORMED)
+        sv, done = self._progress()
+        if offset == 0 and sv != version:
+            self.al.begin_snapshot(version, count)  # a new rebuild (any older one is dropped)
+            self._snap_open = version
+            self._snap_done = 0
+            self._force_rebuild = False
+            self.rebuilds += 1
+            sv, done = version, 0
+        if sv != version or offset != done:
+            raise P.ProtoError(P.E_ORDER)
+        if self._snap_open != version:
+            # resuming a rebuild this boot has not touched yet (after a power cut)
+            if self.al.begin_snapshot(version, count) != offset:
+                raise P.ProtoError(P.E_ORDER)
+            self._snap_open = version
+            self._snap_done = offset
+        if n:
+            recs = self._inflate(data, n) if flags & P.F_ZLIB else data
+            self.al.snapshot_chunk(recs)
+            self._snap_done = offset + n
+            self.chunks += 1
+        if offset + n >= count:
+            self.al.end_snapshot()
+            self._snap_open = None
+            self._want_ack = True
+        self._answered(flags)
+        self._work.set()
+
+    def _inflate(self, data, n):
+        import deflate
+        import io
+
+        want = n * P.REC
+        mv = memoryview(self._zbuf)[:want]
+        d = deflate.DeflateIO(io.BytesIO(bytes(data)), deflate.ZLIB)
+        got = 0
+        while got < want:
+            k = d.readinto(mv[got:])
+            if not k:
+                break
+            got += k
+        if got != want or d.read(1):
+            raise P.ProtoError(P.E_MALFORMED)
+        return mv
+
+    def _on_evack(self, body):
+        upto = P.parse_evack(body)
+        if self.log is None or upto > self._ev_sent:
+            raise P.ProtoError(P.E_ORDER)  # never acknowledge what was not sent
+        self.log.ack(upto)
+        self._evack.set()
+
+    def _on_cmd(self, ctr, body):
+        cmd, arg = P.parse_cmd(body)
+        self.commands += 1
+        name = P.COMMANDS.get(cmd)
+        if cmd == P.C_RESYNC:
+            self._force_rebuild = True
+            self._want_sync = True
+            res = P.CR_OK
+        elif name is None or self.on_command is None:
+            res = P.CR_UNSUPPORTED
+        else:
+            try:
+                r = self.on_command(name, arg)
+                res = P.CR_UNSUPPORTED if r is None else (P.CR_OK if r else P.CR_FAILED)
+            except Exception as e:  # noqa: BLE001
+                self.last_error = "command %s: %s" % (name, e)
+                res = P.CR_FAILED
+        if len(self._cmdres) < 8:
+            self._cmdres.append((ctr, cmd, res))
+        self._work.set()
+
+
+def _free_flash(path):
+    try:
+        st = os.statvfs(path)
+        return st[0] * st[4]
+    except (OSError, AttributeError):
+        return 0

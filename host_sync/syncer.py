@@ -1,0 +1,287 @@
+"""The host's sync engine over paho-mqtt: pushes deltas to readers, answers catch-up and rebuild
+requests, ingests events idempotently and acknowledges them, tracks every reader's applied
+version and liveness, runs remote commands. The registry is reached only through `SyncData`.
+
+    eng = HostSync(data, "127.0.0.1", 1883, user="host", password=pw, share_group="serve")
+    eng.start()                    # connects (and reconnects) in paho's thread
+    eng.push(site)                 # after a registry change: live deltas to every reader there
+    eng.command("gate-01", "open") # -> the command's counter; the result arrives via SyncData
+    eng.stop()
+
+With `share_group`, several instances divide the readers' requests and events between them
+through `$share/<group>/...` (no double processing); every instance still sees every HELLO and
+status (retained, unshared) so any of them can seal messages for any reader.
+"""
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+import host_sync  # noqa: F401 - puts firmware/ on sys.path
+from gv import events as gv_events
+from gv.sync import protocol as P
+from gv.sync.protocol import ProtoError
+from host_sync import wire
+
+log = logging.getLogger("host_sync.syncer")
+
+COMMANDS = {v: k for k, v in P.COMMANDS.items()}  # "open" -> C_OPEN ...
+
+
+class SyncData(Protocol):
+    """What the sync engine needs from the registry (docs/protocol.md, "Host data interface")."""
+
+    def current_version(self, site: str) -> int: ...
+
+    def changes_since(self, site: str, version: int, limit: int
+                      ) -> list[tuple[int, bytes, bytes | None]] | None: ...
+
+    def snapshot(self, site: str) -> tuple[int, Sequence[bytes]]: ...
+
+    def reader_secret(self, reader_id: str) -> bytes | None: ...
+
+    def reader_site(self, reader_id: str) -> str | None: ...
+
+    def record_events(self, reader_id: str, events: list[bytes]) -> int: ...
+
+    def reader_applied(self, reader_id: str, version: int) -> None: ...
+
+    def reader_hello(self, reader_id: str, info: dict) -> None: ...
+
+    def reader_status(self, reader_id: str, online: bool) -> None: ...
+
+    def reader_rejected(self, reader_id: str, reason: int, count: int) -> None: ...
+
+    def command_result(self, reader_id: str, counter: int, cmd: int, result: int) -> None: ...
+
+
+@dataclass
+class ReaderState:
+    session: wire.ReaderSession
+    applied: int = -1  # last version the reader acknowledged (-1: unknown)
+    online: bool = False
+    hello: dict = field(default_factory=dict)
+    rejected: dict = field(default_factory=dict)  # reason -> count reported
+
+
+class HostSync:
+    def __init__(self, data: SyncData, host: str, port: int, user: str | None = None,
+                 password: str | None = None, client_id: str | None = None,
+                 ca_file: str | None = None, share_group: str | None = None,
+                 window: int = 8, compress: bool = True, snap_records: int = wire.SNAP_RECORDS,
+                 keepalive: int = 30):
+        self.data = data
+        self.window = window
+        self.compress = compress
+        self.snap_records = snap_records
+        self.share_group = share_group
+        self.readers: dict[str, ReaderState] = {}
+        self.counter = wire.Counter()
+        self.pushed: dict[str, int] = {}  # site -> version last pushed live
+        self._snaps: dict[str, tuple[int, list[bytes]]] = {}  # site -> cached snapshot
+        self._lock = threading.RLock()
+        self.stats = {"events_stored": 0, "events_dup": 0, "rejected_in": 0, "published": 0}
+        self.connected = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or "",
+                                  clean_session=True)
+        if user is not None:
+            self.client.username_pw_set(user, password)
+        if ca_file:
+            self.client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(0.2, 5)
+        self._host, self._port, self._keepalive = host, port, keepalive
+
+    # ---- lifecycle ----
+    def start(self, wait: float | None = 10.0) -> None:
+        self.client.connect_async(self._host, self._port, self._keepalive)
+        self.client.loop_start()
+        if wait and not self.connected.wait(wait):
+            raise ConnectionError(f"broker {self._host}:{self._port} not reachable")
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("broker refused the host: %s", reason_code)
+            return
+        out = "gv/+/+/out"
+        if self.share_group:
+            out = f"$share/{self.share_group}/{out}"
+        client.subscribe([("gv/+/+/hello", 1), ("gv/+/+/status", 1), (out, 1)])
+        self.connected.set()
+        log.info("host sync connected")
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected.clear()
+        log.warning("host sync disconnected: %s", reason_code)
+
+    # ---- operator side ----
+    def push(self, site: str) -> int:
+        """Publish the changes since the last push to every reader of `site` with a session;
+        returns the number of messages published. Readers that were behind see a gap and ask."""
+        with self._lock:
+            head = self.data.current_version(site)
+            since = self.pushed.get(site)
+            self.pushed[site] = head
+            if since is None or head <= since:  # no reader answered yet: they ask on connect
+                return 0
+            changes = self.data.changes_since(site, since, 10_000)
+            if changes is None:
+                return 0  # history gone: readers will ask and get a rebuild
+            bodies = wire.delta_bodies(head, since, changes)
+            n = 0
+            for st in self._site_readers(site):
+                for _, _, body in bodies:
+                    n += self._send(st, P.T_DELTA, body)
+            return n
+
+    def command(self, reader_id: str, name: str, arg: int = 0) -> int:
+        """Send a remote command; returns its counter (CMDRES reports it), 0 if the reader has
+        no session (never connected since this host started and no retained HELLO)."""
+        cmd = COMMANDS[name]
+        with self._lock:
+            st = self.readers.get(reader_id)
+            if st is None or st.session.nonce is None:
+                return 0
+            msg = st.session.seal(P.T_CMD, P.cmd_body(cmd, arg))
+            self._publish(st, msg)
+            return P.peek(msg)[2]
+
+    def _site_readers(self, site: str) -> list[ReaderState]:
+        return [st for st in self.readers.values()
+                if st.session.site == site and st.session.nonce is not None]
+
+    # ---- incoming ----
+    def _state(self, site: str, reader_id: str) -> ReaderState | None:
+        st = self.readers.get(reader_id)
+        if st is not None and st.session.site == site:
+            return st
+        secret = self.data.reader_secret(reader_id)
+        known_site = self.data.reader_site(reader_id)
+        if secret is None or known_site != site:
+            return None
+        st = ReaderState(wire.ReaderSession.new(reader_id, site, bytes(secret), self.counter))
+        self.readers[reader_id] = st
+        return st
+
+    def _on_message(self, client, userdata, msg) -> None:
+        parts = msg.topic.split("/")
+        if len(parts) != 4 or parts[0] != "gv":
+            return
+        _, site, reader_id, leaf = parts
+        try:
+            with self._lock:
+                st = self._state(site, reader_id)
+                if st is None:
+                    log.warning("message from unknown reader %s/%s ignored", site, reader_id)
+                    return
+                if leaf == "status":
+                    st.online = msg.payload == b"online"
+                    self.data.reader_status(reader_id, st.online)
+                    return
+                if not msg.payload:
+                    return  # a cleared retained message
+                try:
+                    typ, counter, body = st.session.open(msg.payload)
+                except ProtoError as e:
+                    self.stats["rejected_in"] += 1
+                    log.warning("rejected message from %s: %s", reader_id, e)
+                    return
+                self._dispatch(st, leaf, typ, counter, body)
+        except Exception:  # noqa: BLE001 - one bad message never stops the service
+            log.exception("handling %s", msg.topic)
+
+    def _dispatch(self, st: ReaderState, leaf: str, typ: int, counter: int, body) -> None:
+        rid = st.session.reader_id
+        if leaf == "hello" and typ == P.T_HELLO:
+            info = P.parse_hello(body)
+            st.hello = info
+            st.online = True
+            self.data.reader_hello(rid, info)
+            self._answer(st, info["al_version"], info["snap_version"], info["snap_offset"])
+        elif leaf != "out":
+            return
+        elif typ == P.T_SYNC:
+            self._answer(st, *P.parse_sync(body))
+        elif typ == P.T_ACK:
+            v, sv, _ = P.parse_ack(body)
+            if not sv:
+                st.applied = v
+                self.data.reader_applied(rid, v)
+        elif typ == P.T_EVENTS:
+            evs = [e for e in P.parse_events(body) if gv_events.valid(e)]
+            if evs:
+                stored = self.data.record_events(rid, evs)
+                self.stats["events_stored"] += stored
+                self.stats["events_dup"] += len(evs) - stored
+                upto = max(gv_events.unpack(e)["seq"] for e in evs)
+                self._send(st, P.T_EVACK, P.evack_body(upto))
+        elif typ == P.T_REJECT:
+            reason, rtyp, count, _ = P.parse_reject(body)
+            st.rejected[reason] = st.rejected.get(reason, 0) + count
+            log.warning("reader %s rejected %d message(s): %s", rid, count,
+                        P.ERRORS.get(reason, reason))
+            self.data.reader_rejected(rid, reason, count)
+        elif typ == P.T_CMDRES:
+            ctr, cmd, res = P.parse_cmdres(body)
+            self.data.command_result(rid, ctr, cmd, res)
+
+    # ---- answers ----
+    def _answer(self, st: ReaderState, v: int, sv: int, so: int) -> None:
+        """Reply to a HELLO/SYNC: a window of SNAP chunks, catch-up DELTAs or 'current'."""
+        site = st.session.site
+        head = self.data.current_version(site)
+        self.pushed.setdefault(site, head)
+        if sv:
+            snap_v, recs = self._snapshot(site, head)
+            self._send_snap(st, head, snap_v, recs, so if snap_v == sv else 0)
+            return
+        if v == head:
+            self._send(st, P.T_DELTA, P.delta_body(head, head, head, [], P.F_ASK))
+            return
+        changes = None
+        if 0 < v < head:
+            changes = self.data.changes_since(site, v, self.window * wire.DELTA_MAX_ENTRIES)
+        if not changes:
+            snap_v, recs = self._snapshot(site, head)
+            self._send_snap(st, head, snap_v, recs, 0)
+            return
+        bodies = wire.delta_bodies(head, v, changes)[: self.window]
+        for i, (_, _, body) in enumerate(bodies):
+            if i == len(bodies) - 1:
+                body = wire.set_flags(body, P.F_ASK)
+            self._send(st, P.T_DELTA, body)
+
+    def _snapshot(self, site: str, head: int) -> tuple[int, list[bytes]]:
+        cached = self._snaps.get(site)
+        if cached is None or cached[0] != head:
+            version, recs = self.data.snapshot(site)
+            cached = (version, wire.records_sorted(recs))
+            self._snaps[site] = cached
+        return cached
+
+    def _send_snap(self, st, head, version, recs, offset) -> None:
+        for body in wire.snap_bodies(head, version, recs, offset, self.window,
+                                     self.snap_records, self.compress):
+            self._send(st, P.T_SNAP, body)
+
+    def _send(self, st: ReaderState, typ: int, body: bytes) -> int:
+        if st.session.nonce is None:
+            return 0
+        self._publish(st, st.session.seal(typ, body))
+        return 1
+
+    def _publish(self, st: ReaderState, msg: bytes) -> None:
+        self.client.publish(P.topic(st.session.site, st.session.reader_id, "in"), msg, qos=1)
+        self.stats["published"] += 1

@@ -1,0 +1,151 @@
+"""Host side of the wire protocol (docs/protocol.md): per-reader sessions that seal messages to a
+reader and verify messages from it, and the builders that cut catch-up deltas and rebuild
+snapshots into ~1 KiB messages. The byte format itself is gv.sync.protocol, shared with the
+firmware."""
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
+
+import host_sync  # noqa: F401 - puts firmware/ on sys.path
+from gv.sync import protocol as P
+from gv.sync.protocol import ProtoError
+
+TARGET_BYTES = 1024  # aim for messages near 1 KiB
+SNAP_RECORDS = 128  # records per rebuild chunk: ~2 KiB raw, ~1.1-1.4 KiB with zlib
+ZLIB_WBITS = 10  # 1 KiB window: the reader inflates with a 1 KiB buffer
+DELTA_MAX_ENTRIES = (TARGET_BYTES - P.HDR - P.MAC_LEN - P.DELTA_HDR) // P.REC  # 61
+
+Change = tuple[int, bytes, "bytes | None"]  # (version, key8, rec16 or None for a removal)
+
+
+class Counter:
+    """Host message counters: max(last + 1, wall-clock ms), so several host instances (and a
+    restarted one) stay increasing for every reader without sharing state."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> int:
+        with self._lock:
+            self._last = max(self._last + 1, int(time.time() * 1000))
+            return self._last
+
+
+@dataclass
+class ReaderSession:
+    """What the host knows about one reader's link: its key and its current session."""
+    reader_id: str
+    site: str
+    key: P.Key
+    nonce: bytes | None = None  # from the reader's latest HELLO
+    rx_counter: int = 0  # highest reader counter accepted in this session
+    counter: Counter = field(default_factory=Counter)
+
+    @classmethod
+    def new(cls, reader_id: str, site: str, secret: bytes, counter: Counter | None = None
+            ) -> "ReaderSession":
+        return cls(reader_id, site, P.Key(secret, reader_id), counter=counter or Counter())
+
+    def seal(self, typ: int, body: bytes) -> bytes:
+        """A host->reader message for the reader's current session."""
+        if self.nonce is None:
+            raise ProtoError(P.E_SESSION)
+        return P.seal(self.key, P.DIR_HOST, typ, self.nonce, self.counter.next(), body)
+
+    def open(self, msg: bytes) -> tuple[int, int, memoryview]:
+        """Verify a reader->host message; (type, counter, body). A valid HELLO starts a new
+        session; anything else must belong to the current one with a higher counter."""
+        typ, nonce, counter, body = P.unseal(self.key, P.DIR_READER, msg)
+        if typ == P.T_HELLO:
+            if nonce == self.nonce and counter <= self.rx_counter:
+                raise ProtoError(P.E_REPLAY)
+            self.nonce, self.rx_counter = nonce, counter
+            return typ, counter, body
+        if nonce != self.nonce:
+            raise ProtoError(P.E_SESSION)
+        if counter <= self.rx_counter:
+            raise ProtoError(P.E_REPLAY)
+        self.rx_counter = counter
+        return typ, counter, body
+
+
+def delta_bodies(head: int, from_version: int, changes: Sequence[Change],
+                 max_entries: int = DELTA_MAX_ENTRIES) -> list[tuple[int, int, bytes]]:
+    """Cut changes (sorted by version, all versions complete) into DELTA bodies of at most
+    max_entries entries, merging whole versions and never splitting one (a version bigger than
+    max_entries gets a message of its own, up to MAX_MSG). Returns [(from, to, body)]."""
+    groups: list[tuple[int, list[tuple[bytes, bytes | None]]]] = []
+    for version, key, rec in changes:
+        if groups and groups[-1][0] == version:
+            groups[-1][1].append((key, rec))
+        else:
+            groups.append((version, [(key, rec)]))
+    out: list[tuple[int, int, bytes]] = []
+    frm = from_version
+    cur: dict[bytes, bytes | None] = {}
+    to = frm
+    limit_big = (P.MAX_MSG - P.HDR - P.MAC_LEN - P.DELTA_HDR) // P.REC
+    for version, entries in groups:
+        if cur and len(cur) + len(entries) > max_entries:
+            out.append((frm, to, P.delta_body(head, frm, to, list(cur.items()))))
+            frm, cur = to, {}
+        if len(entries) > limit_big:
+            raise ValueError(f"version {version} has {len(entries)} changes: too many for one "
+                             "message, the reader needs a rebuild")
+        for key, rec in entries:
+            cur.pop(bytes(key), None)
+            cur[bytes(key)] = rec  # the latest change of a key wins
+        to = version
+    if cur:
+        out.append((frm, to, P.delta_body(head, frm, to, list(cur.items()))))
+    return out
+
+
+def set_flags(body: bytes, flags: int) -> bytes:
+    """DELTA and SNAP bodies start with their flags byte."""
+    return bytes([body[0] | flags]) + body[1:]
+
+
+def snap_body(head: int, version: int, records: Sequence[bytes], offset: int,
+              n: int = SNAP_RECORDS, compress: bool = True, flags: int = 0) -> bytes:
+    """One SNAP chunk: records[offset:offset+n] of snapshot `version`."""
+    count = len(records)
+    n = max(0, min(n, count - offset))
+    raw = b"".join(records[offset:offset + n])
+    if compress and n:
+        z = zlib.compressobj(9, zlib.DEFLATED, ZLIB_WBITS)
+        data = z.compress(raw) + z.flush()
+        if len(data) < len(raw):
+            return P.snap_body(head, version, count, offset, n, data, flags | P.F_ZLIB)
+    return P.snap_body(head, version, count, offset, n, raw, flags)
+
+
+def snap_bodies(head: int, version: int, records: Sequence[bytes], offset: int, window: int,
+                n: int = SNAP_RECORDS, compress: bool = True) -> Iterator[bytes]:
+    """Up to `window` chunks from offset; the last one carries F_ASK (the reader asks again if
+    still behind). An empty snapshot is one empty chunk."""
+    count = len(records)
+    if count == 0:
+        yield snap_body(head, version, records, 0, 0, compress, P.F_ASK)
+        return
+    for i in range(window):
+        o = offset + i * n
+        if o >= count:
+            return
+        last = i == window - 1 or o + n >= count
+        yield snap_body(head, version, records, o, n, compress,
+                        P.F_ASK if last else 0)
+
+
+def records_sorted(records: Iterable[bytes]) -> list[bytes]:
+    recs = [bytes(r) for r in records]
+    for r in recs:
+        if len(r) != P.REC:
+            raise ValueError("records are 16 bytes")
+    recs.sort()  # by key8 first: the order the reader's store keeps
+    return recs

@@ -1,0 +1,124 @@
+# A reader for the sync tests and bench, run in the unix port by tests/sync_support.py: the real
+# Allowlist and EventLog on the flash stand-in, the real Sync engine and MQTT client, and a
+# stand-in gate loop (an allowlist lookup every 5 ms, as card polling would) whose worst gap
+# between iterations shows whether anything stalled it.
+# env: GV_SYNC_DIR (config.json in it; ctl file for commands), GV_SYNC_EVENTS (events to log
+# at start), GV_SYNC_IMAGE (flash image file, kept across restarts), GV_SYNC_STAT_MS.
+# stdout: "STAT {json}" lines; "CMD name arg" for remote commands; "LOOKUP key rec|-".
+import asyncio
+import gc
+import json
+import os
+import sys
+
+import micropython
+
+import flashdev
+from gv.allowlist.store import Allowlist
+gc.collect()
+from gv.allowlist import update, snapshot  # noqa: F401 - loaded now, not mid-sync
+gc.collect()
+from gv.config import Config
+from gv.events import EventLog, K_DECISION, R_GRANT, OK
+gc.collect()
+from gv.sync.engine import Sync
+gc.collect()
+
+DIR = os.getenv("GV_SYNC_DIR")
+IMAGE = os.getenv("GV_SYNC_IMAGE")
+CTL = DIR + "/ctl"
+
+with open(DIR + "/config.json") as f:
+    cfg = Config(json.load(f))
+
+dev = flashdev.FlashDev(blocks=int(os.getenv("GV_SYNC_BLOCKS") or 512), path=IMAGE)
+try:
+    flashdev.mount(dev, "/flash")
+except OSError:
+    flashdev.format_and_mount(dev, "/flash")
+
+al = Allowlist("/flash/al", dev).open()
+log = EventLog("/flash/ev")
+for i in range(int(os.getenv("GV_SYNC_EVENTS") or 0)):
+    log.append(K_DECISION, R_GRANT, OK, b"\x04\x01\x02\x03", 4, i)
+
+commands = []
+
+
+def on_command(name, arg):
+    print("CMD", name, arg)
+    commands.append(name)
+    return True
+
+
+sync = Sync(cfg, al, events=log, on_command=on_command)
+gate = {"loops": 0, "maxgap": 0, "last": None, "found": 0}
+KEY = bytearray(8)
+REC = bytearray(16)
+
+
+async def gate_loop():
+    t = asyncio.ticks()
+    while True:
+        await asyncio.sleep_ms(5)
+        now = asyncio.ticks()
+        gap = asyncio.ticks_diff(now, t)
+        t = now
+        if gap > gate["maxgap"]:
+            gate["maxgap"] = gap
+        if al.lookup(KEY, REC):
+            gate["found"] += 1
+        gate["loops"] += 1
+
+
+def stat():
+    c = sync.client
+    p = al.snapshot_progress()
+    return {"version": al.version, "count": al.count, "progress": list(p) if p else None,
+            "health": al.health, "connected": c.connected, "connects": c.connects,
+            "deltas": sync.deltas, "chunks": sync.chunks, "rebuilds": sync.rebuilds,
+            "commands": commands, "rejected": dict((str(k), v) for k, v in sync.rejected.items()),
+            "acked": log.acked, "next_seq": log.next_seq, "events_sent": sync.events_sent,
+            "maxgap": gate["maxgap"], "loops": gate["loops"], "head": sync.head,
+            "mem_peak": micropython.mem_peak(), "mem_free": gc.mem_free(),
+            "flash_written": dev.bytes_written, "error": c.last_error,
+            "sync_error": sync.last_error}
+
+
+async def control():
+    while True:
+        await asyncio.sleep_ms(int(os.getenv("GV_SYNC_STAT_MS") or 100))
+        try:
+            with open(CTL) as f:
+                lines = f.read().split("\n")
+            os.remove(CTL)
+        except OSError:
+            lines = []
+        for line in lines:
+            w = line.split()
+            if not w:
+                continue
+            if w[0] == "lookup":
+                k = bytes.fromhex(w[1])
+                ok = al.lookup(k, REC)
+                print("LOOKUP", w[1], bytes(REC).hex() if ok else "-")
+            elif w[0] == "event":
+                for i in range(int(w[1]) if len(w) > 1 else 1):
+                    log.append(K_DECISION, R_GRANT, OK, b"\x04\x01\x02\x03", 4, i)
+            elif w[0] == "resetgap":
+                gate["maxgap"] = 0
+            elif w[0] == "resetflash":
+                dev.reset_counters()
+            elif w[0] == "quit":
+                print("STAT", json.dumps(stat()))
+                sys.exit(0)
+        print("STAT", json.dumps(stat()))
+
+
+async def main():
+    asyncio.create_task(gate_loop())
+    asyncio.create_task(control())
+    await sync.run()
+
+
+asyncio.run(main())
