@@ -113,6 +113,24 @@ class Kit:
         self.al.recs[bytes(k)] = R.pack(bytes(k), status, flags, vf, vu, ver)
         return bytes(k)
 
+    def real_allowlist(self, records):
+        """The real gv.allowlist.store.Allowlist on this flash, holding records [(uid, status,
+        flags, pin)], installed in the gate. Returns it (apply further deltas to it)."""
+        from gv.allowlist.store import Allowlist
+        al = Allowlist("/flash/al", self.dev).open()
+        al.apply_delta(al.version, al.version + 1, self.records(records))
+        self.gate.allowlist = al
+        return al
+
+    def records(self, records):
+        out = []
+        for uid, status, flags, pin in records:
+            k = self.key8(uid)
+            ver = self.keyer.pin_verifier(uid, len(uid), pin) if pin else b"\x00\x00\x00"
+            out.append((bytes(k), R.pack(bytes(k), status, flags, R.NO_START, R.NO_END, ver)))
+        out.sort()
+        return out
+
     def key8(self, uid):
         k = bytearray(8)
         self.keyer.uid_key(uid, len(uid), k)
@@ -186,3 +204,87 @@ class Kit:
 
     def decisions(self):
         return [(d["kind"], d["result"], d["reason"]) for d in self.events() if d["kind"] != E.K_BOOT]
+
+
+# ---- hardware doubles for the runner and drivers ----
+class FakePin:
+    """A Pin-like output that records its level; on_change(level) is called on every change."""
+
+    def __init__(self, on_change=None):
+        self.v = 0
+        self.changes = 0
+        self.on_change = on_change
+
+    def value(self, v=None):
+        if v is None:
+            return self.v
+        v = 1 if v else 0
+        if v != self.v:
+            self.v = v
+            self.changes += 1
+            if self.on_change:
+                self.on_change(v)
+
+
+class Matrix:
+    """A key matrix: rows are driven by the driver, a column reads low while the pressed key's row
+    is driven low (pull-ups otherwise)."""
+
+    def __init__(self, nrows, ncols):
+        self.rows = [FakePin() for _ in range(nrows)]
+        self.cols = [_ColPin(self, c) for c in range(ncols)]
+        self.pressed = []  # (row, col) held down
+
+    def press(self, r, c):
+        self.pressed.append((r, c))
+
+    def release(self):
+        self.pressed = []
+
+
+class _ColPin:
+    def __init__(self, m, c):
+        self.m = m
+        self.c = c
+
+    def value(self, v=None):
+        for r, c in self.m.pressed:
+            if c == self.c and self.m.rows[r].v == 0:
+                return 0
+        return 1
+
+
+class FakePN532:
+    """poll() returns what the test put in the field; raise_next makes the next poll raise."""
+
+    def __init__(self):
+        self._buf = bytearray(10)
+        self.uid = memoryview(self._buf)
+        self.uid_len = 0
+        self.field = []
+        self.error = False
+        self.polls = 0
+        self.failures = 0
+
+    def poll(self):
+        self.polls += 1
+        if self.error:
+            self.failures += 1
+            return core.ERROR
+        if not self.field:
+            return core.NO_CARD
+        if len(self.field) > 1:
+            return core.MANY_CARDS
+        u = self.field[0]
+        for i in range(len(u)):
+            self._buf[i] = u[i]
+        self.uid_len = len(u)
+        return core.ONE_CARD
+
+
+class FakeWDT:
+    def __init__(self):
+        self.feeds = 0
+
+    def feed(self):
+        self.feeds += 1

@@ -46,6 +46,9 @@ class Relay:
             self.off()
 
 
+_HOLD = (1,)  # a one-step pattern whose step length hold() sets through _next
+
+
 class Blink:
     """One on/off output played as a pattern: a tuple of ms durations alternating on, off, on, ...
     An empty tuple means off; repeat=True loops until replaced."""
@@ -74,8 +77,8 @@ class Blink:
             self._set(0)
 
     def hold(self, now, ms):
-        """On for ms (the grant's green follows the relay)."""
-        self._pat = (ms,)
+        """On for ms (the grant's green follows the relay); allocates nothing."""
+        self._pat = _HOLD
         self._repeat = False
         self._i = 0
         self._next = ticks_add(now, ms)
