@@ -779,7 +779,9 @@ def main(argv: Sequence[str] | None = None, out: Any = None, err: Any = None) ->
         args = parser.parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=err,
+    level = logging.DEBUG if args.verbose else (logging.INFO if args.area == "serve"
+                                                else logging.WARNING)
+    logging.basicConfig(level=level, stream=err,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     ctx = Ctx(args, out, err)
     try:

@@ -126,6 +126,17 @@ _V1 = [
         FOR EACH ROW EXECUTE FUNCTION gv_ledger_never_edited()"""},
 ]
 
+# Which allowlist version of each site has been pushed live; several `serve` instances claim a
+# push with a compare-and-set on this row, so each version is pushed by exactly one of them.
+_V2 = [
+    """CREATE TABLE site_push (
+        site_id TEXT PRIMARY KEY REFERENCES sites(id),
+        version BIGINT NOT NULL,
+        at TEXT NOT NULL,
+        instance TEXT NOT NULL)""",
+]
+
 MIGRATIONS = [
     (1, "registry, allowlist versions, events, staff ledger", _V1),
+    (2, "live pushes claimed by one serve instance", _V2),
 ]

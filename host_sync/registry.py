@@ -28,6 +28,9 @@ STATUS_CODE = {rules.ACTIVE: rec_codec.ACTIVE, rules.INACTIVE: rec_codec.INACTIV
 # Changes that take access away: a reader still behind one of these is flagged when it lags.
 BLOCKING = {"block", "terminate", "suspend"}
 PIN_POLICIES = ("never", "card", "always")
+# At most this many records per allowlist version, so every version fits one DELTA message
+# (2048 bytes, docs/protocol.md); a bigger batch (an import) becomes several versions.
+VERSION_MAX_RECORDS = 100
 
 CARD_COLS = ("card_no", "uid", "holder", "pnr", "employer", "employer_org", "status",
              "pin_required", "valid_from", "valid_until", "created_at", "updated_at")
@@ -149,8 +152,16 @@ class Registry:
 
     def _publish(self, site_id: str, action: str, subject: str,
                  records: Sequence[tuple[str, str, str]]) -> int:
-        """Bump the site's version and store the delta (key8 hex, record hex, card number).
-        Must run inside a transaction; the UPDATE's row lock serialises concurrent writers."""
+        """Bump the site's version and store the delta (key8 hex, record hex, card number), in
+        versions of at most VERSION_MAX_RECORDS records; returns the last version. Must run
+        inside a transaction; the UPDATE's row lock serialises concurrent writers."""
+        version = 0
+        for i in range(0, max(1, len(records)), VERSION_MAX_RECORDS):
+            version = self._publish1(site_id, action, subject, records[i:i + VERSION_MAX_RECORDS])
+        return version
+
+    def _publish1(self, site_id: str, action: str, subject: str,
+                  records: Sequence[tuple[str, str, str]]) -> int:
         version = int(self.db.one("UPDATE sites SET version = version + 1 WHERE id = ?"
                                   " RETURNING version", (site_id,))[0])
         self.db.execute("INSERT INTO changes (site_id, version, at, actor, action, subject, blocking)"

@@ -97,3 +97,119 @@ def org_for(i: int) -> str:
     from host_sync.ids import luhn_digit
     nine = "556%06d" % (i % 1000000)
     return nine[:6] + "-" + nine[6:] + luhn_digit(nine)
+
+
+class ProtocolReader:
+    """A reader's protocol side in CPython over a real MQTT connection (paho): HELLO on
+    connect, applies DELTA/SNAP into a dict of records, ACKs, uploads events, keeps EVACKs.
+    Used to drive `host-sync serve` from the outside; the firmware's own sync engine is tested
+    by the sync tests."""
+
+    def __init__(self, port: int, reader_id: str, site: str, password: str, secret: bytes,
+                 user: str | None = None):
+        import threading
+
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        import host_sync  # noqa: F401
+        from gv.sync import protocol as P
+        self.P = P
+        self.rid, self.site = reader_id, site
+        self.key = P.Key(secret, reader_id)
+        self.nonce = os.urandom(8)
+        self.counter = 0
+        self.host_counter = 0
+        self.version = 0
+        self.records: dict[bytes, bytes] = {}
+        self.snap: dict[bytes, bytes] = {}
+        self.received: list[tuple[int, tuple]] = []  # (type, parsed header)
+        self.evacks: list[int] = []
+        self.rejected = 0
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="fake-" + reader_id)
+        self.c.username_pw_set(user or reader_id, password)
+        self.c.will_set(P.topic(site, reader_id, "status"), b"offline", qos=1, retain=True)
+        self.c.on_connect = self._on_connect
+        self.c.on_message = self._on_message
+        self.c.connect("127.0.0.1", port, 30)
+        self.c.loop_start()
+
+    def _send(self, leaf: str, typ: int, body: bytes, retain: bool = False) -> None:
+        self.counter += 1
+        msg = self.P.seal(self.key, self.P.DIR_READER, typ, self.nonce, self.counter, body)
+        self.c.publish(self.P.topic(self.site, self.rid, leaf), msg, qos=1, retain=retain)
+
+    def _on_connect(self, client, userdata, flags, rc, props) -> None:
+        P = self.P
+        client.subscribe(P.topic(self.site, self.rid, "in"), qos=1)
+        client.publish(P.topic(self.site, self.rid, "status"), b"online", qos=1, retain=True)
+        self._send("hello", P.T_HELLO, P.hello_body(self.version, 0, 0, 1_000_000, 60_000, 0, 0,
+                                                    "fake-1.0"), retain=True)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        import zlib
+        P = self.P
+        try:
+            typ, nonce, counter, body = P.unseal(self.key, P.DIR_HOST, msg.payload)
+        except P.ProtoError:
+            self.rejected += 1
+            return
+        with self.lock:
+            if nonce != self.nonce or counter <= self.host_counter:
+                self.rejected += 1
+                return
+            self.host_counter = counter
+            if typ == P.T_DELTA:
+                flags, head, frm, to, n = P.parse_delta(body)
+                self.received.append((typ, (flags, head, frm, to, n)))
+                if frm == self.version:
+                    for k, r in P.delta_entries(body, n):
+                        if r is None:
+                            self.records.pop(bytes(k), None)
+                        else:
+                            self.records[bytes(k)] = bytes(r)
+                    self.version = to
+                    self._send("out", P.T_ACK, P.ack_body(to))
+                elif to <= self.version:
+                    self._send("out", P.T_ACK, P.ack_body(self.version))
+                else:
+                    self._send("out", P.T_SYNC, P.sync_body(self.version))
+            elif typ == P.T_SNAP:
+                flags, head, version, count, offset, n, data = P.parse_snap(body)
+                self.received.append((typ, (flags, head, version, count, offset, n)))
+                raw = zlib.decompress(bytes(data)) if flags & P.F_ZLIB else bytes(data)
+                if offset == 0:
+                    self.snap = {}
+                for i in range(n):
+                    r = raw[i * 16:(i + 1) * 16]
+                    self.snap[r[:8]] = r
+                if offset + n == count:
+                    self.records, self.version = self.snap, version
+                    self._send("out", P.T_ACK, P.ack_body(version))
+            elif typ == P.T_EVACK:
+                self.evacks.append(P.parse_evack(body))
+            self.changed.notify_all()
+
+    def send_events(self, events: list[bytes]) -> None:
+        with self.lock:
+            self._send("out", self.P.T_EVENTS, self.P.events_body(events))
+
+    def wait(self, pred, timeout: float = 20.0, what: str = "condition") -> None:
+        import time
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while not pred(self):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError("%s: timed out waiting for %s (version %d, %d msgs)"
+                                         % (self.rid, what, self.version, len(self.received)))
+                self.changed.wait(min(left, 0.2))
+
+    def close(self, graceful: bool = True) -> None:
+        if graceful:
+            self.c.publish(self.P.topic(self.site, self.rid, "status"), b"offline", qos=1,
+                           retain=True).wait_for_publish(5)
+        self.c.disconnect()
+        self.c.loop_stop()

@@ -1,0 +1,107 @@
+"""`host-sync serve`: the sync service. The sync engine (host_sync/syncer.py, paho-mqtt,
+reconnecting) talks to the readers; this module connects it to the registry database and
+watches the registry for new allowlist versions (written by any `host-sync` command, in any
+process), pushing each new version live exactly once across all serve instances, and flags
+readers that lag a blocking change for longer than --lag-limit.
+
+Several instances may share one PostgreSQL: the readers' requests, acknowledgements and events
+reach one instance each through the MQTT shared subscription `$share/<group>/gv/+/+/out`; live
+pushes are claimed per version with a compare-and-set (RegistryData.claim_push); events are
+stored once per (reader, sequence number) whatever happens.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+from host_sync.store import RegistryData
+
+log = logging.getLogger("host_sync.serve")
+
+
+class Service:
+    """The watch loop around one HostSync engine. tick() is one pass (tests call it directly)."""
+
+    def __init__(self, data: RegistryData, engine: Any, instance: str, lag_limit_s: float = 60.0,
+                 lag_check_s: float = 1.0):
+        self.data, self.engine, self.instance = data, engine, instance
+        self.lag_limit_s, self.lag_check_s = lag_limit_s, lag_check_s
+        self.seen: dict[str, int] = {}
+        self.pushes = 0  # versions this instance pushed
+        self.flagged: list[tuple[str, str, int, str]] = []
+        self._next_lag_check = 0.0
+
+    def tick(self) -> int:
+        """Push every site whose version moved; returns the messages published."""
+        n = 0
+        for site, head in self.data.site_versions().items():
+            if self.seen.get(site) == head:
+                continue
+            self.seen[site] = head
+            before = self.data.claim_push(site, head, self.instance)
+            with self.engine._lock:
+                if before is None:  # pushed by another instance, or first look: nothing to send
+                    self.engine.pushed[site] = max(head, self.engine.pushed.get(site, 0))
+                    continue
+                self.engine.pushed[site] = before
+            sent = self.engine.push(site)
+            self.pushes += 1
+            n += sent
+            log.info("pushed site=%s from=%d to=%d messages=%d instance=%s", site, before, head,
+                     sent, self.instance)
+        now = time.monotonic()
+        if now >= self._next_lag_check:
+            self._next_lag_check = now + self.lag_check_s
+            for rid, site, applied, since in self.data.lagging_blocks(self.lag_limit_s):
+                self.flagged.append((rid, site, applied, since))
+                log.warning("reader=%s site=%s lags a block: at version %d, block pending since %s "
+                            "(over %.0f s)", rid, site, applied, since, self.lag_limit_s)
+                self.data.reg.audit("reader lagging a block", rid,
+                                    "site=%s applied=%d pending since %s" % (site, applied, since))
+        return n
+
+    def run(self, stop: threading.Event, poll_s: float) -> None:
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - a database hiccup must not end the service
+                log.exception("watch loop")
+                stop.wait(1.0)
+            stop.wait(poll_s)
+
+
+def run(ctx: Any) -> int:
+    from host_sync.cli import EXIT_OK, host_broker_account
+    from host_sync.db import redact
+    from host_sync.syncer import HostSync
+
+    a = ctx.args
+    instance = a.instance or "%s-%d" % (socket.gethostname(), os.getpid())
+    data = RegistryData(ctx.db, actor="serve:%s" % instance)
+    password = os.environ.get(a.broker_password_env) or host_broker_account(ctx.reg)[1]
+    engine = HostSync(data, a.broker_host, a.broker_port, user=a.broker_user, password=password,
+                      client_id="gv-host-%s" % instance, ca_file=a.tls_ca, share_group=a.group)
+    svc = Service(data, engine, instance, lag_limit_s=a.lag_limit)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.warning("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print("serving: instance %s, broker %s:%d%s, database %s, group %s" % (
+        instance, a.broker_host, a.broker_port, " (TLS)" if a.tls_ca else "",
+        redact(ctx.db.url), a.group), file=ctx.err, flush=True)
+    engine.start(wait=None)  # connects and reconnects in paho's thread
+    try:
+        svc.run(stop, a.poll)
+    finally:
+        engine.stop()
+        print("stopped: %d push(es), %s" % (svc.pushes, engine.stats), file=ctx.err, flush=True)
+    return EXIT_OK

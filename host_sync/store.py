@@ -1,0 +1,189 @@
+"""The registry as the sync engine's data source (host_sync/syncer.py `SyncData`, documented
+in docs/protocol.md "Host data interface"). Every method is one short transaction, safe to call
+from paho's network thread; several `serve` instances may share one PostgreSQL."""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from gv import events as evc
+
+from host_sync import ledger
+from host_sync.db import Db
+from host_sync.registry import Registry
+from host_sync.timeutil import now_iso
+
+log = logging.getLogger("host_sync.store")
+
+HEALTH_BITS = {1: "allowlist corrupt", 2: "PN532 failing", 4: "flash write failed",
+               8: "events dropped", 16: "clock not set"}
+REJECT_REASONS = {1: "malformed", 2: "protocol version", 3: "bad MAC", 4: "stale session",
+                  5: "replayed", 6: "bad type", 7: "out of order", 8: "store error", 9: "busy"}
+
+
+class RegistryData:
+    def __init__(self, db: Db, actor: str = "serve"):
+        self.db = db
+        self.reg = Registry(db, actor=actor)
+        self._site_of: dict[str, str] = {}
+
+    # -- allowlist --------------------------------------------------------------------------
+    def current_version(self, site: str) -> int:
+        try:
+            return self.reg.current_version(site)
+        except LookupError:
+            return 0
+
+    def changes_since(self, site: str, version: int,
+                      limit: int | None = None) -> list[tuple[int, bytes, bytes | None]] | None:
+        """Entries of every version after `version`, in order, whole versions only (at least
+        one version even if larger than limit). None when a rebuild is the better answer: the
+        reader is ahead of the registry, or the backlog is larger than the whole allowlist."""
+        head = self.current_version(site)
+        if version > head or version < 0:
+            return None
+        if version == head:
+            return []
+        backlog = int(self.db.scalar("SELECT COUNT(*) FROM change_records WHERE site_id = ? AND"
+                                     " version > ?", (site, version)) or 0)
+        size = int(self.db.scalar("SELECT COUNT(*) FROM allowlist WHERE site_id = ?",
+                                  (site,)) or 0)
+        if backlog > max(size, 64) and backlog > (limit or 0):
+            return None  # more history than the allowlist itself: a rebuild is cheaper
+        out: list[tuple[int, bytes, bytes | None]] = []
+        for v, recs in self.reg.changes_since(site, version):
+            if limit is not None and out and len(out) + len(recs) > limit:
+                break
+            out.extend((v, k, r) for k, r in recs)
+        return out
+
+    def snapshot(self, site: str) -> tuple[int, list[bytes]]:
+        version, recs = self.reg.snapshot(site)
+        return version, [r for _, r in recs]
+
+    # -- readers ----------------------------------------------------------------------------
+    def reader_secret(self, reader_id: str) -> bytes | None:
+        row = self.db.one("SELECT secret FROM readers WHERE id = ?", (reader_id,))
+        return bytes.fromhex(row[0]) if row else None
+
+    def reader_site(self, reader_id: str) -> str | None:
+        s = self._site_of.get(reader_id)
+        if s is None:
+            s = self.db.scalar("SELECT site_id FROM readers WHERE id = ?", (reader_id,))
+            if s is not None:
+                self._site_of[reader_id] = s
+        return s
+
+    def record_events(self, reader_id: str, events: list[bytes]) -> int:
+        site = self.reader_site(reader_id)
+        if site is None:
+            return 0
+        batch = []
+        for e in events:
+            try:
+                batch.append((evc.unpack(e)["seq"], bytes(e)))
+            except (ValueError, TypeError):
+                log.warning("reader %s sent an undecodable event (%d bytes); dropped",
+                            reader_id, len(e))
+        res = ledger.ingest(self.db, reader_id, site, batch)
+        if res["duplicate"]:
+            log.info("reader %s resent %d stored event(s)", reader_id, res["duplicate"])
+        self.db.execute("UPDATE readers SET last_seen = ? WHERE id = ?", (now_iso(), reader_id))
+        return res["stored"]
+
+    def reader_applied(self, reader_id: str, version: int) -> None:
+        with self.db.tx():
+            self.db.execute("UPDATE readers SET applied_version = ?, applied_at = ?, last_seen = ?,"
+                            " online = 1 WHERE id = ?", (int(version), now_iso(), now_iso(),
+                                                         reader_id))
+            site = self.reader_site(reader_id)
+            if site and int(version) >= self.current_version(site):
+                self.db.execute("UPDATE readers SET lag_since = NULL WHERE id = ?", (reader_id,))
+
+    def reader_hello(self, reader_id: str, info: dict[str, Any]) -> None:
+        bits = int(info.get("health", 0) or 0)
+        health = {k: info[k] for k in ("free_flash", "free_heap", "events_pending",
+                                       "snap_version", "snap_offset") if k in info}
+        problems = [name for b, name in HEALTH_BITS.items() if bits & b]
+        health["problems"] = ",".join(problems) or "none"
+        fw = info.get("fw") or info.get("firmware") or ""
+        if isinstance(fw, bytes):
+            fw = fw.decode("utf-8", "replace")
+        al = info.get("al_version", info.get("version"))
+        with self.db.tx():
+            self.db.execute("UPDATE readers SET firmware = ?, health = ?, last_seen = ?, online = 1"
+                            " WHERE id = ?", (str(fw)[:64], json.dumps(health, sort_keys=True),
+                                              now_iso(), reader_id))
+            if al is not None:
+                self.db.execute("UPDATE readers SET applied_version = ? WHERE id = ?",
+                                (int(al), reader_id))
+        if problems:
+            log.warning("reader %s reports: %s", reader_id, ", ".join(problems))
+
+    def reader_status(self, reader_id: str, online: bool) -> None:
+        self.db.execute("UPDATE readers SET online = ?, last_seen = ? WHERE id = ?",
+                        (1 if online else 0, now_iso(), reader_id))
+        if not online:
+            log.warning("reader %s went offline", reader_id)
+
+    def reader_offline(self, reader_id: str) -> None:
+        self.reader_status(reader_id, False)
+
+    def reader_rejected(self, reader_id: str, reason: int, count: int) -> None:
+        why = REJECT_REASONS.get(reason, "reason %d" % reason)
+        log.warning("reader %s rejected %d message(s): %s", reader_id, count, why)
+        self.db.execute("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?,?,?,?,?)",
+                        (now_iso(), "reader", "messages rejected", reader_id,
+                         "%d x %s" % (count, why)))
+
+    def command_result(self, reader_id: str, counter: int, cmd: int, result: int) -> None:
+        self.db.execute("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?,?,?,?,?)",
+                        (now_iso(), "reader", "command result", reader_id,
+                         "cmd=%d counter=%d result=%d" % (cmd, counter, result)))
+
+    # -- what serve watches ---
+    def claim_push(self, site: str, head: int, instance: str) -> int | None:
+        """Claim the live push of `site` up to `head`: returns the version pushed before (push
+        from there), or None when another instance has pushed it or this is the first look at
+        the site (readers behind catch up through HELLO/SYNC). A compare-and-set on site_push
+        makes exactly one of several serve instances push each version."""
+        row = self.db.one("SELECT version FROM site_push WHERE site_id = ?", (site,))
+        if row is None:
+            self.db.execute("INSERT INTO site_push (site_id, version, at, instance) VALUES"
+                            " (?,?,?,?) ON CONFLICT (site_id) DO NOTHING",
+                            (site, head, now_iso(), instance))
+            return None
+        before = int(row[0])
+        if before >= head:
+            return None
+        cur = self.db.execute("UPDATE site_push SET version = ?, at = ?, instance = ?"
+                              " WHERE site_id = ? AND version = ?",
+                              (head, now_iso(), instance, site, before))
+        return before if cur.rowcount == 1 else None
+
+    def site_versions_pushed(self) -> dict[str, int]:
+        return {s: int(v) for s, v in self.db.all("SELECT site_id, version FROM site_push")}
+    def site_versions(self) -> dict[str, int]:
+        return {s: int(v) for s, v in self.db.all("SELECT id, version FROM sites")}
+
+    def readers_of(self, site: str) -> list[str]:
+        return [r for (r,) in self.db.all("SELECT id FROM readers WHERE site_id = ? ORDER BY id",
+                                          (site,))]
+
+    def lagging_blocks(self, limit_s: float) -> list[tuple[str, str, int, str]]:
+        """[(reader, site, applied version, oldest unapplied block time)] lagging > limit_s,
+        not yet flagged; flags them (readers.lag_since) so each is reported once."""
+        from host_sync.timeutil import now, parse_iso
+        out = []
+        rows = self.db.all("SELECT r.id, r.site_id, r.applied_version, MIN(c.at) FROM readers r"
+                           " JOIN changes c ON c.site_id = r.site_id AND c.version > r.applied_version"
+                           " AND c.blocking = 1 WHERE r.lag_since IS NULL"
+                           " GROUP BY r.id, r.site_id, r.applied_version")
+        t = now()
+        for rid, site, applied, since in rows:
+            if (t - parse_iso(since)).total_seconds() > limit_s:
+                self.db.execute("UPDATE readers SET lag_since = ? WHERE id = ? AND lag_since IS NULL",
+                                (since, rid))
+                out.append((rid, site, int(applied), since))
+        return out
