@@ -74,8 +74,11 @@ def test_first_deploy_then_nothing_then_one_changed_file(vb, tmp_path):
 
 
 def _cli(vb, tmp_path, cfg_path, *extra):
+    src = tmp_path / "fw"  # a snapshot: the firmware/ folder may change while the test runs
+    if not src.exists():
+        shutil.copytree(build.FIRMWARE, src, ignore=shutil.ignore_patterns("__pycache__"))
     return [sys.executable, "-m", "tools.deploy", "--port", vb.pty, "--board", str(BOARD), "--reader",
-            str(cfg_path), "--no-hello", "--build-dir", str(tmp_path / "build"), *extra]
+            str(cfg_path), "--no-hello", "--build-dir", str(tmp_path / "build"), "--src", str(src), *extra]
 
 
 def test_a_cut_mid_copy_is_detected_and_a_rerun_finishes(vb, tmp_path):
@@ -155,3 +158,10 @@ def test_mpy_incompatibility_is_refused(dev_mpy, native, msg):
     old = dict(info, version=(1, 20, 0), mpy=0x0306)
     with pytest.raises(deploy.DeployError, match="older than 1.23.0"):
         deploy.check_device(old, board, dict(manifest, mpy_native_arch=0))
+
+
+def test_stale_code_is_only_what_the_build_owns_or_shadows():
+    want = {p: {} for p in ("main.py", "boot.py", "board.json", "gv/app.mpy", "gv/sync/mqtt.mpy")}
+    on_device = ["main.py", "main.mpy", "gv/app.py", "gv/app.mpy", "gv/old/x.mpy", "gv/app.mpy.part",
+                 "lib/umqtt/simple.py", "webrepl_cfg.py"]
+    assert deploy.stale_code(on_device, want) == ["gv/app.mpy.part", "gv/app.py", "gv/old/x.mpy", "main.mpy"]

@@ -37,7 +37,7 @@ from tools import boards, build, provision
 STATE_PATH = "deploy.json"
 CONFIG_PATH = "config.json"
 MIN_MICROPYTHON = (1, 23, 0)  # the `vfs` module and .mpy v6.3
-CHUNK = 2048  # bytes per raw-REPL write: raw-paste mode flow-controls it
+CHUNK = 1024  # bytes per raw-REPL write (~4 KiB of source on the device's heap at worst)
 
 # What the esptool command needs per chip: MicroPython's download page names the images
 # <BOARD>-<date>-v<version>.bin; the ESP32 bootloader sits at 0x1000, the S3's at 0.
@@ -133,12 +133,13 @@ class Report:
     up_to_date: bool = False
     device: dict = field(default_factory=dict)
     hello: dict | None = None
+    wire_bytes: int = 0
 
     def as_dict(self) -> dict:
         return {"copied": self.copied, "files_copied": len(self.copied), "bytes_copied": self.bytes_copied,
                 "removed": self.removed, "verified": self.verified, "resumed": self.resumed,
                 "config_written": self.config_written, "up_to_date": self.up_to_date,
-                "device": self.device, "hello": self.hello}
+                "device": self.device, "hello": self.hello, "wire_bytes": self.wire_bytes}
 
 
 class Device:
@@ -152,6 +153,14 @@ class Device:
             self.t = SerialTransport(port, baudrate=115200, timeout=5)
         except TransportError as e:
             raise DeployError(f"can't open {port}: {e}") from None
+        self.wire_bytes = 0  # bytes sent to the board: what a 115200-baud UART has to carry
+        write = self.t.serial.write
+
+        def counted(data):
+            self.wire_bytes += len(data)
+            return write(data)
+
+        self.t.serial.write = counted
 
     def enter(self) -> None:
         seen = io.StringIO()
@@ -217,6 +226,22 @@ class Device:
             self.t.close()
         except OSError:
             pass
+
+
+def stale_code(on_device: list[str], want: dict) -> list[str]:
+    """Code files to remove: anything under a folder the build owns (gv/...) that the build lacks,
+    a top-level module the build ships in another form (main.mpy next to main.py, or app.py
+    shadowing app.mpy), and .part files left by a cut. Other files (e.g. lib/) are left alone."""
+    owned = {p.split("/", 1)[0] for p in want if "/" in p}
+    stems = {p.rsplit(".", 1)[0] for p in want}
+    out = []
+    for c in on_device:
+        if c in want:
+            continue
+        top = c.split("/", 1)[0] if "/" in c else None
+        if c.endswith(".part") or top in owned or (top is None and c.rsplit(".", 1)[0] in stems):
+            out.append(c)
+    return sorted(out)
 
 
 def bare_board_message(data: bytes, board: boards.Board, port: str) -> str:
@@ -293,7 +318,7 @@ def deploy(port: str, board_path: str | Path, reader: str | None = None, *, conf
         want = {f["path"]: f for f in manifest["files"]}
         have, code_on_device = dev.hashes(sorted(want) + [CONFIG_PATH], walk=True)
         todo = [f for f in manifest["files"] if have.get(f["path"]) != f["sha256"]]
-        stale = sorted(c for c in code_on_device if c not in want)
+        stale = stale_code(code_on_device, want)
         cfg_todo = have.get(CONFIG_PATH) != cfg_sha
         complete = (state.get("state") == "complete" and state.get("build") == manifest["build_id"]
                     and state.get("config") == cfg_sha)
@@ -348,6 +373,7 @@ def deploy(port: str, board_path: str | Path, reader: str | None = None, *, conf
     except (OSError, TransportError) as e:  # serial errors: the cable, the board's power
         raise ConnectionLost(f"{type(e).__name__}: {e}") from None
     finally:
+        rep.wire_bytes = dev.wire_bytes
         dev.close()
     if waiter is not None:
         p.say(f"waiting up to {hello_timeout:g} s for {config['reader_id']}'s hello on {waiter.topic}")
@@ -446,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "account from GV_MQTT_USER / GV_MQTT_PASSWORD")
     ap.add_argument("--repl-timeout", type=float, default=10, help="seconds to wait for the REPL (10)")
     ap.add_argument("--build-dir", help="build root (default build/)")
+    ap.add_argument("--src", help="firmware source folder (default firmware/), e.g. a release checkout's")
     ap.add_argument("--report", help="write the deploy report (JSON, no secrets) to this file")
     args = ap.parse_args(argv)
     try:
@@ -453,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
                      hello_timeout=None if args.no_hello else args.hello_timeout, mqtt=args.mqtt,
                      mqtt_user=os.environ.get("GV_MQTT_USER"), mqtt_password=os.environ.get("GV_MQTT_PASSWORD"),
                      repl_timeout=args.repl_timeout,
-                     build_root=Path(args.build_dir) if args.build_dir else None)
+                     build_root=Path(args.build_dir) if args.build_dir else None,
+                     src=Path(args.src) if args.src else None)
     except (DeployError, boards.BoardError, build.BuildError, provision.ProvisionError) as e:
         code = getattr(e, "code", 1)
         if isinstance(e, ConnectionLost):

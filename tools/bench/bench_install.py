@@ -50,6 +50,11 @@ def run() -> dict:
         out["install.first_deploy_s"] = metric(round(t1 - t0, 2), "s", "includes build, hash, copy, verify")
         out["install.first_deploy_bytes_per_s"] = metric(int(first.bytes_copied / (t1 - t0)), "bytes/s",
                                                          "virtual board pty, no 115200-baud limit")
+        out["install.first_deploy_wire_bytes"] = metric(first.wire_bytes, "bytes",
+                                                        "sent over the serial line (raw-paste, escaped)")
+        out["install.first_deploy_s_at_115200_baud"] = metric(round(first.wire_bytes / 11520, 1), "s",
+                                                              "estimate for a real UART: wire bytes / 11520 B/s")
+        out["install.second_deploy_wire_bytes"] = metric(second.wire_bytes, "bytes", "hash check only")
         out["install.second_deploy_files_copied"] = metric(len(second.copied), "files", "0")
         out["install.second_deploy_s"] = metric(round(t2 - t1, 2), "s", "hash check only")
         out["install.one_change_files_copied"] = metric(len(third.copied), "files", "1")
