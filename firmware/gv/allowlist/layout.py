@@ -130,14 +130,22 @@ class _ShardWriter:
         if size > PAGE_HDR + n * REC:
             for i in range(PAGE_HDR + n * REC, size):
                 self.page[i] = 0
-        self.f.write(memoryview(self.page)[:size])
+        try:
+            self.f.write(memoryview(self.page)[:size])
+        except OSError:
+            self.abort()  # no open handle left behind for a finalizer to flush later
+            raise
         self.pno += 1
         self.n = 0
 
     def close(self):
         if self.n:
             self._flush(False)
-        self.f.close()
+        try:
+            self.f.close()
+        except OSError:
+            self.abort()
+            raise
         self.f = None
         return _Shard(self.first, self.tag, self.nrec, self.crc)
 
@@ -149,7 +157,6 @@ class _ShardWriter:
                 pass
             self.f = None
         _rm(self.path)
-
 
 
 def _round(n):

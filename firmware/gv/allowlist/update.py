@@ -74,14 +74,13 @@ def _count_after(self, d):
     return count
 
 
-def compaction_due(self):
-    return self._nlog > LOG_SOFT
-
 # ---------------------------------------------------------------- compaction
 def compact_step(self):
-    """Fold the delta log into the shards, one page write per call. True while more to do.
-    Nothing to do (log below LOG_SOFT and no compaction running) returns False, unless force
-    via compact_all()."""
+    """Fold the delta log into the shards, at most one page write (or one manifest switch) per
+    call. True while more to do; False when the log is empty (store.compaction_due() says when a
+    run is worth its writes)."""
+    if self._snap is not None:
+        return False  # a snapshot in progress replaces everything; its writer owns the page buffer
     if self._cgen is None:
         if self._nlog == 0 and not self._dtags:
             return False
