@@ -27,6 +27,12 @@ _MAX_CHUNK = 160  # records one SNAP chunk may inflate to (2.5 KiB buffer, preal
 class Sync:
     def __init__(self, cfg, allowlist, events=None, on_command=None, health=None, fw=FW,
                  client=None):
+        try:
+            # the store loads its update code on first use; load it now, while the heap is
+            # young, rather than compile it mid-rebuild in a fragmented heap
+            from gv.allowlist import snapshot, update  # noqa: F401
+        except ImportError:
+            pass
         self.cfg = cfg
         self.al = allowlist
         self.log = events
