@@ -24,10 +24,35 @@ from host_sync.store import RegistryData
 log = logging.getLogger("host_sync.serve")
 
 
+class CappedData:
+    """The registry as the engine sees it, with a site's head held at the version this
+    instance claimed while it pushes, so it publishes exactly the claimed range even when the
+    registry has moved on (the next claim, maybe by another instance, publishes the rest)."""
+
+    def __init__(self, data: RegistryData):
+        self._data = data
+        self.cap: dict[str, int] = {}
+
+    def current_version(self, site: str) -> int:
+        v = self._data.current_version(site)
+        cap = self.cap.get(site)
+        return v if cap is None else min(v, cap)
+
+    def changes_since(self, site: str, version: int, limit: int | None = None):
+        out = self._data.changes_since(site, version, limit)
+        cap = self.cap.get(site)
+        if out is None or cap is None:
+            return out
+        return [c for c in out if c[0] <= cap]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._data, name)
+
+
 class Service:
     """The watch loop around one HostSync engine. tick() is one pass (tests call it directly)."""
 
-    def __init__(self, data: RegistryData, engine: Any, instance: str, lag_limit_s: float = 60.0,
+    def __init__(self, data: CappedData, engine: Any, instance: str, lag_limit_s: float = 60.0,
                  lag_check_s: float = 1.0):
         self.data, self.engine, self.instance = data, engine, instance
         self.lag_limit_s, self.lag_check_s = lag_limit_s, lag_check_s
@@ -44,12 +69,16 @@ class Service:
                 continue
             self.seen[site] = head
             before = self.data.claim_push(site, head, self.instance)
-            with self.engine._lock:
+            with self.engine._lock:  # the engine's handlers wait while we push
                 if before is None:  # pushed by another instance, or first look: nothing to send
                     self.engine.pushed[site] = max(head, self.engine.pushed.get(site, 0))
                     continue
                 self.engine.pushed[site] = before
-            sent = self.engine.push(site)
+                self.data.cap[site] = head
+                try:
+                    sent = self.engine.push(site)
+                finally:
+                    del self.data.cap[site]
             self.pushes += 1
             n += sent
             log.info("pushed site=%s from=%d to=%d messages=%d instance=%s", site, before, head,
@@ -82,7 +111,7 @@ def run(ctx: Any) -> int:
 
     a = ctx.args
     instance = a.instance or "%s-%d" % (socket.gethostname(), os.getpid())
-    data = RegistryData(ctx.db, actor="serve:%s" % instance)
+    data = CappedData(RegistryData(ctx.db, actor="serve:%s" % instance))
     password = os.environ.get(a.broker_password_env) or host_broker_account(ctx.reg)[1]
     engine = HostSync(data, a.broker_host, a.broker_port, user=a.broker_user, password=password,
                       client_id="gv-host-%s" % instance, ca_file=a.tls_ca, share_group=a.group)

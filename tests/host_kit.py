@@ -196,6 +196,19 @@ class ProtocolReader:
         with self.lock:
             self._send("out", self.P.T_EVENTS, self.P.events_body(events))
 
+    def upload(self, events: list[bytes], tries: int = 8) -> None:
+        """As the reader does: one batch in flight, resent until its EVACK arrives."""
+        from gv import events as E
+        upto = max(E.unpack(e)["seq"] for e in events)
+        for _ in range(tries):
+            self.send_events(events)
+            try:
+                self.wait(lambda r: any(a >= upto for a in r.evacks), timeout=1.0)
+                return
+            except AssertionError:
+                continue
+        raise AssertionError("%s: no EVACK for %d after %d tries" % (self.rid, upto, tries))
+
     def wait(self, pred, timeout: float = 20.0, what: str = "condition") -> None:
         import time
         deadline = time.monotonic() + timeout
