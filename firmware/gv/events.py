@@ -4,6 +4,7 @@
 # (pack/unpack/constants) runs under CPython too, so the host decodes with this same module.
 import os
 import struct
+from array import array
 
 from gv.compat import const
 
@@ -137,6 +138,38 @@ def _seg_name(first_seq):
     return "%08x.ev" % first_seq
 
 
+class _Ring:
+    """First sequence numbers of the segments, oldest first, in one array allocated at start-up
+    (a growing list would need ever larger contiguous blocks on a fragmented heap)."""
+
+    def __init__(self, cap):
+        self._a = array("I", bytes(4 * cap))
+        self._cap = cap
+        self._h = 0
+        self.n = 0
+
+    def get(self, i):
+        return self._a[(self._h + i) % self._cap]
+
+    def last(self):
+        return self.get(self.n - 1)
+
+    def push(self, v):
+        """Add v keeping the order (at the end unless a boot scan found files out of order)."""
+        i = self.n
+        self.n += 1
+        while i > 0 and self.get(i - 1) > v:
+            self._a[(self._h + i) % self._cap] = self.get(i - 1)
+            i -= 1
+        self._a[(self._h + i) % self._cap] = v
+
+    def pop(self):
+        v = self._a[self._h]
+        self._h = (self._h + 1) % self._cap
+        self.n -= 1
+        return v
+
+
 class EventLog:
     """A ring of segment files in `path`, each named for the sequence number of its first event.
     Appends go to the newest segment (open, write 32 bytes, close: LittleFS commits it atomically);
@@ -161,9 +194,10 @@ class EventLog:
         except OSError:
             pass
         self.acked = self._load_ack()
-        self._segs = self._scan()  # first seq of each segment, oldest first
+        self._segs = _Ring(max_segments)  # first seq of each segment, oldest first
+        self._scan()
         self.next_seq = max(self.acked + 1, self._recover_next())
-        self._cur_count = self._count(self._segs[-1]) if self._segs else 0
+        self._cur_count = self._count(self._segs.last()) if self._segs.n else 0
 
     # -- opening --
     def _p(self, name):
@@ -180,20 +214,22 @@ class EventLog:
         return struct.unpack_from("<I", b, 0)[0]
 
     def _scan(self):
-        segs = []
-        for name in os.listdir(self.path):
+        segs = self._segs
+        for ent in os.ilistdir(self.path):  # an iterator: no list of every name
+            name = ent[0]
             if name.endswith(".ev") and len(name) == 11:
                 try:
-                    segs.append(int(name[:8], 16))
+                    first = int(name[:8], 16)
                 except ValueError:
-                    pass
+                    continue
+                if segs.n >= self.max_segments:  # more files than the ring holds: drop the oldest
+                    self._remove(segs.pop())
+                segs.push(first)
             elif name.endswith(".tmp"):
                 try:
                     os.remove(self._p(name))  # a temp file a power cut left behind
                 except OSError:
                     pass
-        segs.sort()
-        return segs
 
     def _count(self, first):
         try:
@@ -203,22 +239,24 @@ class EventLog:
 
     def _recover_next(self):
         # The newest valid event in the newest segment gives the next sequence number.
-        for first in reversed(self._segs):
+        segs = self._segs
+        for i in range(segs.n - 1, -1, -1):
+            first = segs.get(i)
             n = self._count(first)
             if n:
                 return first + n
-        return self._segs[-1] if self._segs else 1
+        return segs.last() if segs.n else 1
 
     # -- writing --
     def append(self, kind, result, reason, uid_mv, uid_len, t, clock_set=False, aux=0):
         """Write one event and sync it to flash; returns its sequence number. Raises OSError if
         the flash refuses it (the caller keeps the door shut)."""
-        if not self._segs or self._cur_count >= self.seg_events:
+        if not self._segs.n or self._cur_count >= self.seg_events:
             self._new_segment()
         try:
             seq = self._write(kind, result, reason, uid_mv, uid_len, t, clock_set, aux)
         except OSError as e:
-            if e.args[0] != 28 or len(self._segs) < 2:  # only a full flash is worth a retry
+            if e.args[0] != 28 or self._segs.n < 2:  # only a full flash is worth a retry
                 raise
             self._drop_oldest()  # ENOSPC: make room by giving up the oldest events
             if self._cur_count >= self.seg_events:
@@ -237,20 +275,20 @@ class EventLog:
         seq = self.next_seq
         pack_into(self._buf, seq, kind, result, reason, uid, uid_len, t,
                   F_CLOCK_SET if clock_set else 0, aux)
-        with open(self._p(_seg_name(self._segs[-1])), "ab") as f:
+        with open(self._p(_seg_name(self._segs.last())), "ab") as f:
             f.write(self._buf)
         self.next_seq = seq + 1
         self._cur_count += 1
         return seq
 
     def _new_segment(self):
-        while len(self._segs) >= self.max_segments:
+        while self._segs.n >= self.max_segments:
             self._drop_oldest()
-        self._segs.append(self.next_seq)
+        self._segs.push(self.next_seq)
         self._cur_count = 0
 
     def _drop_oldest(self):
-        first = self._segs[0]
+        first = self._segs.pop()
         last = first + self._count(first) - 1
         if last > self.acked:  # events nobody acknowledged: lost, say so
             n = last - max(first, self.acked + 1) + 1
@@ -263,13 +301,13 @@ class EventLog:
             os.remove(self._p(_seg_name(first)))
         except OSError:
             pass
-        self._segs.remove(first)
 
     # -- reading and acknowledging --
     def pending(self, max_n):
         """Up to max_n (seq, event_bytes) not yet acknowledged, oldest first."""
         out = []
-        for first in self._segs:
+        for si in range(self._segs.n):
+            first = self._segs.get(si)
             n = self._count(first)
             if first + n - 1 <= self.acked or n == 0:
                 continue
@@ -303,13 +341,14 @@ class EventLog:
         os.rename(tmp, self._p(_ACK))
         self.acked = upto
         # Delete whole segments that are acknowledged; the newest stays to append to.
-        while len(self._segs) > 1:
-            first = self._segs[0]
+        segs = self._segs
+        while segs.n > 1:
+            first = segs.get(0)
             if first + self._count(first) - 1 > upto:
                 break
-            self._remove(first)
+            self._remove(segs.pop())
 
     def pending_count(self):
         """Events on flash not yet acknowledged."""
-        oldest = self._segs[0] if self._segs else self.next_seq
+        oldest = self._segs.get(0) if self._segs.n else self.next_seq
         return self.next_seq - max(self.acked + 1, oldest)
