@@ -1,9 +1,20 @@
-# The reader application: wires board, config, drivers, gate and sync together (grows with them).
+# The reader application: builds the hardware from /board.json, the stores from flash and the
+# reader's /config.json, then runs the gate, the sync link and the Wi-Fi supervisor as asyncio
+# tasks. The gate never waits on the network: sync and Wi-Fi only ever await with timeouts.
 import asyncio
+import gc
 
 import machine
 
-_WDT_MS = 8000
+from gv import VERSION
+from gv import config as C
+
+AL_PATH = "/al"
+EV_PATH = "/events"
+LOCK_PATH = "/lockouts"
+WDT_MS = 8000
+REBOOT_DELAY_MS = 1500  # let the command's result reach the host first
+
 _wdt = None
 
 
@@ -13,18 +24,163 @@ def _relax_watchdog():
         machine.WDT(timeout=3600000)
 
 
-async def _run():
+def _mkdir(path):
+    import os
+
+    try:
+        os.mkdir(path)
+    except OSError:
+        pass
+
+
+class Reader:
+    """Everything one reader runs; attributes are there to inspect at the REPL."""
+
+    def __init__(self, board, cfg):
+        global _wdt
+        from gv.allowlist.record import Keyer
+        from gv.allowlist.store import Allowlist
+        from gv.drivers.keypad import Keypad
+        from gv.drivers.outputs import Buzzer, Leds, Relay
+        from gv.events import EventLog
+        from gv.gate.lockout import Lockouts
+        from gv.gate.runner import GateRunner
+
+        self.board = board
+        self.cfg = cfg
+        # outputs first, so the door is driven shut before anything else can fail
+        relay = board["relay"]
+        self.relay = Relay(relay["pin"], relay.get("active_high", True))
+        leds = board.get("leds") or {}
+        self.leds = Leds(leds.get("green"), leds.get("red"))
+        self.buzzer = Buzzer((board.get("buzzer") or {}).get("pin"))
+        kp = board.get("keypad")
+        self.keypad = Keypad(kp["rows"], kp["cols"], kp["keys"]) if kp else None
+        self.pn532 = self._pn532(board)
+        _mkdir(AL_PATH)
+        _mkdir(EV_PATH)
+        self.allowlist = Allowlist(AL_PATH)
+        self.allowlist.open()
+        if self.allowlist.health != "ok":
+            print("allowlist: %s (version %d)" % (self.allowlist.health, self.allowlist.version))
+        self.keyer = Keyer(cfg.card_key, cfg.pin_key)
+        self.events = EventLog(EV_PATH)
+        self.lockouts = Lockouts(LOCK_PATH)
+        gc.collect()
+        _wdt = self.wdt = machine.WDT(timeout=WDT_MS)
+        self.gate = GateRunner(cfg.gate, self.pn532, self.allowlist, self.keyer, self.events,
+                               self.lockouts, self.relay, self.leds, self.buzzer, self.keypad,
+                               wdt=self.wdt)
+        self.sync = None
+        self.wifi = None
+        if cfg.broker.get("host"):
+            from gv.sync.engine import Sync
+            from gv.sync.wifi import WiFi
+
+            self.wifi = WiFi(cfg.wifi.get("ssid"), cfg.wifi.get("password"), cfg.reader_id)
+            self.sync = Sync(cfg, self.allowlist, events=self.events, on_command=self.command,
+                             health=self.health, fw="grindvakt-" + VERSION)
+        gc.collect()
+
+    @staticmethod
+    def _pn532(board):
+        from gv.board import pn532_transport
+        from gv.pn532.driver import PN532
+
+        transport, rst = pn532_transport(board)
+        irq = (board.get("pn532") or {}).get("irq")
+        pn = PN532(transport, rst=rst, irq=None if irq is None else machine.Pin(irq, machine.Pin.IN))
+        try:
+            pn.begin()
+        except Exception as e:  # noqa: BLE001 - the poll loop recovers the chip; the door stays shut
+            print("pn532: not answering at start-up (%r); will keep trying" % (e,))
+        return pn
+
+    # ---- what the host may ask (already authenticated by the sync layer) ----
+    def command(self, name, arg):
+        if name == "open":
+            return self.gate.open_once()
+        if name == "clear_lockout":
+            self.gate.clear_lockouts()
+            return True
+        if name == "set_clock":
+            self.gate.clock.set(arg)
+            return True
+        if name == "reboot":
+            asyncio.create_task(self._reboot())
+            return True
+        return None
+
+    async def _reboot(self):
+        await asyncio.sleep_ms(REBOOT_DELAY_MS)
+        machine.reset()
+
+    def health(self):
+        from gv.sync import protocol as P
+
+        bits = 0
+        if self.allowlist.need_resync:
+            bits |= P.H_ALLOWLIST
+        if getattr(self.pn532, "failures", 0) >= 3:
+            bits |= P.H_PN532
+        if self.events.dropped:
+            bits |= P.H_EVENTS
+        if not self.gate.clock.is_set():
+            bits |= P.H_CLOCK
+        return bits
+
+    async def run(self):
+        print("grindvakt %s: reader %s at %s up; allowlist v%d" % (
+            VERSION, self.cfg.reader_id, self.cfg.site, self.allowlist.version))
+        tasks = [asyncio.create_task(self.gate.run())]
+        if self.sync is not None:
+            tasks.append(asyncio.create_task(self.wifi.run()))
+            tasks.append(asyncio.create_task(self.sync.run()))
+        await asyncio.gather(*tasks)
+
+
+async def _unprovisioned(board, why):
+    # No config: nothing can be decided, so the door stays shut; blink red and keep the REPL.
     global _wdt
-    _wdt = machine.WDT(timeout=_WDT_MS)
-    print("grindvakt: reader up")
+    print("grindvakt %s: %s" % (VERSION, why))
+    red = None
+    leds = (board or {}).get("leds") or {}
+    if leds.get("red") is not None:
+        red = machine.Pin(leds["red"], machine.Pin.OUT, value=0)
+    relay = (board or {}).get("relay") or {}
+    if relay.get("pin") is not None:
+        machine.Pin(relay["pin"], machine.Pin.OUT, value=0 if relay.get("active_high", True) else 1)
+    _wdt = machine.WDT(timeout=WDT_MS)
+    on = 0
     while True:
         _wdt.feed()
-        await asyncio.sleep_ms(50)
+        if red is not None:
+            on ^= 1
+            red.value(on)
+        await asyncio.sleep_ms(1000)
 
 
 def main():
+    board = None
     try:
-        asyncio.run(_run())
+        board = C.load_board()
+        cfg = C.load()
+    except C.ConfigError as e:
+        try:
+            asyncio.run(_unprovisioned(board, str(e)))
+        except KeyboardInterrupt:
+            _relax_watchdog()
+            print("grindvakt: stopped by Ctrl-C; watchdog relaxed to 1 h")
+        return
+    try:
+        reader = Reader(board, cfg)
+        asyncio.run(reader.run())
     except KeyboardInterrupt:
         _relax_watchdog()
         print("grindvakt: stopped by Ctrl-C; watchdog relaxed to 1 h")
+    except Exception as e:  # noqa: BLE001 - fail secure: a reboot beats a half-working gate
+        import sys
+
+        sys.print_exception(e)
+        print("grindvakt: fatal error, rebooting")
+        machine.reset()

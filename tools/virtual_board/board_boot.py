@@ -10,6 +10,8 @@ import machine  # noqa: F401 - the shim, imported while its modules are still re
 import flashdev
 
 _dev = flashdev.FlashDev(blocks=int(os.getenv("GV_VB_BLOCKS") or 512), path=os.getenv("GV_VB_IMAGE"))
+vboard.FLASH_DEV = _dev
+import esp32  # noqa: E402,F401 - the shim's partition table, importable after the root changes
 try:
     _fs = vfs.VfsLfs2(_dev)
 except OSError:

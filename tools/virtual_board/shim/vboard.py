@@ -8,6 +8,7 @@ import time
 
 BOARD = {}
 CHIP = "esp32"
+FLASH_DEV = None  # the FlashDev under the root filesystem (set by board_boot)
 _sock = None
 _buf = b""
 _last_poll = 0
