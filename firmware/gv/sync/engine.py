@@ -51,7 +51,8 @@ class Sync:
             client = MQTTClient(rid, b.get("host", "127.0.0.1"), b.get("port", 8883),
                                 b.get("user", rid), b.get("password"), ssl=ctx,
                                 server_hostname=b.get("server_name") or b.get("host"),
-                                keepalive=b.get("keepalive", 30))
+                                keepalive=b.get("keepalive", 30),
+                                connect_timeout_ms=b.get("connect_timeout_ms", 5000))
         client.will = (self.t_status, b"offline", True)
         client.on_message = self._on_message
         client.on_connect = self._on_connect

@@ -289,7 +289,10 @@ def parse_hello(body):
     v = struct.unpack_from(_HELLO, body, 0)
     if len(body) != HELLO_HDR + v[7]:
         raise ProtoError(E_MALFORMED)
-    fw = bytes(body[HELLO_HDR:]).decode()
+    try:
+        fw = bytes(body[HELLO_HDR:]).decode()
+    except ValueError:  # UnicodeError is a ValueError on both ports
+        raise ProtoError(E_MALFORMED)
     return {"al_version": v[0], "snap_version": v[1], "snap_offset": v[2], "free_flash": v[3],
             "free_heap": v[4], "health": v[5], "events_pending": v[6], "fw": fw}
 

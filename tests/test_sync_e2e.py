@@ -1,0 +1,218 @@
+"""The whole sync path for real: a MicroPython reader process (unix port, real Allowlist and
+EventLog on the flash stand-in, TLS with the pinned test CA, its own broker account and ACL), a
+real mosquitto from tests/broker.py and the host engine (host_sync.syncer over paho). Only the
+registry is in memory (tests/sync_support.MemData)."""
+from __future__ import annotations
+
+import random
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gv.sync import protocol as P
+from host_sync.syncer import HostSync
+from tests.broker import Broker
+from tests.sync_support import MemData, ReaderProc, make_record, new_secret, reader_config
+from tools.netcut import NetCut
+
+SITE = "site-a"
+HEAP = "512k"  # firmware from source; the 128k figure is bench_sync's (.mpy)
+
+
+class Site:
+    def __init__(self, tmp_path, n_records=300, readers=("gate-01",), persistence=False):
+        self.rng = random.Random(7)
+        self.secrets = {r: new_secret() for r in readers}
+        self.broker = Broker(readers=[(r, SITE) for r in readers], tls=True,
+                             persistence=persistence).start()
+        self.data = MemData({r: (SITE, s) for r, s in self.secrets.items()})
+        self.records = [make_record(self.rng) for _ in range(n_records)]
+        self.data.change(SITE, self.records)
+        self.host = HostSync(self.data, "127.0.0.1", self.broker.plain_port,
+                             self.broker.host_user, self.broker.host_password)
+        self.host.start()
+        self.tmp = tmp_path
+        self.readers: list[ReaderProc] = []
+
+    def reader(self, rid="gate-01", port=None, image=None, events=0, **broker_over):
+        bc = self.broker.reader_broker_config(rid)
+        if port:
+            bc["port"] = port
+        bc.update(broker_over)
+        r = ReaderProc(self.tmp / rid, reader_config(rid, SITE, bc, self.secrets[rid]),
+                       events=events, heapsize=HEAP, image=image)
+        self.readers.append(r)
+        return r
+
+    def head(self):
+        return self.data.current_version(SITE)
+
+    def close(self):
+        for r in self.readers:
+            r.close()
+        self.host.stop()
+        self.broker.close()
+
+
+@pytest.fixture
+def site(tmp_path):
+    s = Site(tmp_path)
+    yield s
+    s.close()
+
+
+def test_rebuild_live_delta_events_and_command(site):
+    r = site.reader(events=40)
+    r.wait(lambda s: s["version"] == 1 and s["count"] == 300, what="first rebuild")
+    assert r.lookup(site.records[5][:8]) == site.records[5]
+    # an operator blocks a card: one live delta, applied and acknowledged
+    blocked = bytearray(site.records[9])
+    blocked[8] = (blocked[8] & ~7) | 3
+    v = site.data.change(SITE, [bytes(blocked)])
+    assert site.host.push(SITE) == 1
+    r.wait(lambda s: s["version"] == v and s["deltas"] == 1, what="live delta")
+    assert r.lookup(blocked[:8]) == bytes(blocked)
+    deadline = time.monotonic() + 5
+    while site.data.applied.get("gate-01") != v and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert site.data.applied["gate-01"] == v
+    # events: all 40 stored once, acknowledged, then gone from the reader's flash
+    r.wait(lambda s: s["acked"] == 40, what="events acknowledged")
+    assert sorted(seq for _, seq in site.data.events) == list(range(1, 41))
+    r.ctl("event 3")
+    r.wait(lambda s: s["acked"] == 43, what="new events")
+    # a remote command: executed once, result reported
+    ctr = site.host.command("gate-01", "open")
+    r.wait(lambda s: s["commands"] == ["open"], what="open once")
+    deadline = time.monotonic() + 5
+    while not site.data.cmd_results and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert site.data.cmd_results[0] == ("gate-01", ctr, P.C_OPEN, P.CR_OK)
+    assert site.data.hellos["gate-01"]["fw"].startswith("grindvakt")
+    assert site.data.status.get("gate-01") is True
+    assert r.stat["rejected"] == {}
+
+
+def test_offline_through_1000_changes_catches_up(site, tmp_path):
+    image = str(tmp_path / "flash.img")
+    r = site.reader(image=image)
+    r.wait(lambda s: s["version"] == 1, what="first rebuild")
+    r.ctl("quit")
+    r.proc.wait(10)
+    for i in range(1000):  # one card per change: 1,000 versions while the reader is away
+        site.data.change(SITE, [make_record(site.rng)] if i % 10 else [],
+                         removes=[site.records[i % 300][:8]] if i % 10 == 0 else [])
+    site.host.push(SITE)
+    r = site.reader(image=image)
+    s = r.wait(lambda s: s["version"] == site.head(), timeout=60, what="catch-up")
+    assert s["rebuilds"] == 0 and s["deltas"] >= 17  # deltas (~61 changes each), no rebuild
+    assert s["count"] == len(site.data.records[SITE])
+    assert r.lookup(site.records[0][:8]) is None  # removed while offline
+    last = site.data.history[SITE][-1]
+    assert r.lookup(last[1]) == last[2]
+
+
+def test_broker_restart_mid_rebuild_resumes(tmp_path):
+    s = Site(tmp_path, n_records=12000)
+    try:
+        r = s.reader()
+        r.wait(lambda st: st["chunks"] >= 10, what="rebuild under way")
+        s.broker.kill()
+        time.sleep(0.5)
+        mid = r.stat["progress"]
+        s.broker.start()
+        st = r.wait(lambda st: st["version"] == 1, timeout=60, what="rebuild finished")
+        assert mid and mid[0] == 1 and st["connects"] >= 2
+        assert st["rebuilds"] == 1  # resumed, not started over
+        assert st["chunks"] <= 12000 // 128 + 2 + 8  # at most a window resent
+        assert st["count"] == 12000
+        assert r.lookup(s.records[11999][:8]) == s.records[11999]
+    finally:
+        s.close()
+
+
+def _raw_client(b: Broker, user: str, password: str):
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"raw-{user}")
+    c.username_pw_set(user, password)
+    c.connect("127.0.0.1", b.plain_port)
+    c.loop_start()
+    return c
+
+
+def test_forged_replayed_tampered_and_fuzz_through_the_broker(site):
+    r = site.reader()
+    r.wait(lambda s: s["version"] == 1, what="first rebuild")
+    topic = P.topic(SITE, "gate-01", "in")
+    # capture a genuine delta on its way to the reader
+    seen: list[bytes] = []
+    spy = _raw_client(site.broker, site.broker.host_user, site.broker.host_password)
+    spy.on_message = lambda c, u, m: seen.append(m.payload)
+    spy.subscribe(topic, 1)
+    time.sleep(0.3)
+    v = site.data.change(SITE, [make_record(site.rng)])
+    site.host.push(SITE)
+    r.wait(lambda s: s["version"] == v, what="genuine delta")
+    deadline = time.monotonic() + 5
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.05)
+    genuine = seen[0]
+    before = r.stat["count"]
+    spy.publish(topic, genuine, qos=1)  # replayed
+    t = bytearray(genuine)
+    t[P.HDR + 25] ^= 0x04  # tampered: one record bit
+    spy.publish(topic, bytes(t), qos=1)
+    forged = P.seal(P.Key(new_secret(), "gate-01"), P.DIR_HOST, P.T_DELTA, genuine[2:10],
+                    2**60, P.delta_body(v + 1, v, v + 1, [make_record(site.rng)]))
+    spy.publish(topic, forged, qos=1)  # forged: right session, wrong secret
+    rng = random.Random(3)
+    for i in range(300):  # junk of every shape
+        spy.publish(topic, bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 1500))), qos=0)
+    # another reader's account can't even reach this reader's inbox (ACL)
+    other = _raw_client(site.broker, "gate-01", site.broker.password("gate-01"))
+    other.publish(topic, genuine, qos=1)
+    s = r.wait(lambda s: sum(s["rejected"].values()) >= 303, what="all rejected")
+    assert s["rejected"].get(str(P.E_REPLAY)) == 1
+    assert s["rejected"].get(str(P.E_MAC), 0) >= 2
+    assert (s["version"], s["count"]) == (v, before)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any(x[1] == P.E_REPLAY for x in site.data.rejects):
+        time.sleep(0.05)
+    reported = {reason for _, reason, _ in site.data.rejects}
+    assert {P.E_REPLAY, P.E_MAC} <= reported  # the host hears about it, coalesced
+    assert len(site.data.rejects) < 50
+    # and the reader still works
+    v2 = site.data.change(SITE, [make_record(site.rng)])
+    site.host.push(SITE)
+    r.wait(lambda s: s["version"] == v2, what="delta after the attack")
+    for c in (spy, other):
+        c.loop_stop()
+
+
+def test_gate_keeps_full_speed_while_broker_down_or_connect_hangs(site):
+    cut = NetCut(site.broker.port)
+    try:
+        r = site.reader(port=cut.port, connect_timeout_ms=1500, keepalive=3)
+        r.wait(lambda s: s["version"] == 1, what="first rebuild")
+        r.ctl("resetgap")
+        r.wait(lambda s: s["maxgap"] < 40, what="gap reset")
+        loops0 = r.stat["loops"]
+        cut.blackhole()  # connections accepted, then not a byte: a hung connect/handshake
+        r.wait(lambda s: not s["connected"], what="link down")
+        time.sleep(4)  # several connect attempts time out meanwhile
+        s = r.stat
+        assert s["error"] and s["connects"] == 1
+        assert s["maxgap"] < 100, s  # the 5 ms gate loop never stalled
+        assert s["loops"] - loops0 > 400  # ~1 lookup / 5 ms kept going
+        cut.restore()
+        site.broker.kill()  # and now a dead broker: connection refused, backoff
+        time.sleep(2)
+        assert r.stat["maxgap"] < 100
+        site.broker.start()
+        r.wait(lambda s: s["connected"] and s["connects"] >= 2, timeout=40, what="reconnect")
+        v = site.data.change(SITE, [make_record(site.rng)])
+        site.host.push(SITE)
+        r.wait(lambda s: s["version"] == v, what="delta after reconnect")
+    finally:
+        cut.close()
