@@ -753,7 +753,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--instance", help="this instance's name (default host name + pid)")
     x.add_argument("--lag-limit", type=float, default=DEFAULT_LAG_LIMIT_S,
                    help="seconds a reader may lag a block before it is flagged (default 60)")
-    x.add_argument("--poll", type=float, default=0.1,
+    x.add_argument("--poll", type=float, default=0.1,  # serve.DEFAULT_POLL_S
                    help="seconds between looks for new registry versions (default 0.1)")
     x.set_defaults(fn=cmd_serve)
     return p

@@ -23,6 +23,8 @@ from host_sync.store import RegistryData
 
 log = logging.getLogger("host_sync.serve")
 
+DEFAULT_POLL_S = 0.1  # how often the registry is checked for new versions (one tiny query)
+
 
 class CappedData:
     """The registry as the engine sees it, with a site's head held at the version this
