@@ -85,12 +85,10 @@ class Kit:
     def boot(self, al=None):
         """A (re)boot: fresh RAM objects over the same flash; the ticks origin is whatever now is."""
         self.ev = E.EventLog("/flash/ev")
-        c = core.settings(self.cfg)
-        self.lk = Lockouts("/flash/lock", tries=c["pin_tries"], card_lock_ms=c["card_lock_ms"],
-                           cap_ms=c["lock_cap_ms"], reader_lock_ms=c["reader_lock_ms"])
-        self.lk.load(self.now)
+        self.lk = Lockouts("/flash/lock")  # the Gate sets its tries and lengths from the config
         self.clock = Clock(self.now)
         self.gate = core.Gate(self.cfg, al or self.al, self.keyer, self.ev, self.lk, self.clock)
+        self.lk.load(self.now)
 
     def reboot(self):
         umount()

@@ -75,6 +75,11 @@ class Gate:
         self.keyer = keyer
         self.events = events
         self.lockouts = lockouts
+        # the lockout lengths and tries come from the same gate config
+        lockouts.tries = c["pin_tries"]
+        lockouts.card_lock_ms = c["card_lock_ms"]
+        lockouts.cap_ms = c["lock_cap_ms"]
+        lockouts.reader_lock_ms = c["reader_lock_ms"]
         self.clock = clock
         self.waves = Window(c["wave_count"], c["wave_window_ms"])
         self.burst = Window(c["burst_count"], c["burst_window_ms"])
