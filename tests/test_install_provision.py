@@ -39,7 +39,8 @@ def test_config_has_the_contract_shape_and_loads_on_the_device_loader():
 @pytest.mark.parametrize("field,value,why", [
     ("secret", "ab" * 16, "secret must be 32 bytes"),
     ("secret", "zz" * 32, "secret is not hex"),
-    ("reader_id", "Gate 01", "reader_id"),
+    ("reader_id", "gate 01", "reader_id"),
+    ("site", "x" * 33, "site: use 1-32"),
     ("broker", {"host": "h", "port": 70000, "tls": True, "user": "gate-01", "password": "x" * 20}, "broker.port"),
     ("broker", {"host": "h", "port": 8883, "tls": True, "user": "gate-01", "password": "x" * 20}, "broker.ca"),
     ("broker", {"host": "h", "port": 1883, "tls": False, "user": "gate-02", "password": "x" * 20}, "own account"),
@@ -67,3 +68,17 @@ def test_write_is_private_and_check_cli_shows_it_redacted(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "tools.provision", "check", "gate-09"], cwd=ROOT, env=env,
                              capture_output=True, text=True)
     assert missing.returncode == 1 and "readers add gate-09" in missing.stderr
+
+
+def test_the_host_cli_config_is_accepted_as_written(tmp_path):
+    """`host-sync readers add --config-out` writes the file deploy reads: the two agree on its shape."""
+    env = dict(os.environ, GV_DATA=str(tmp_path / "d"), GV_WIFI_PASSWORD=SECRETS["wifi"])
+    host = [sys.executable, "-m", "host_sync"]
+    for args in (["sites", "add", "site-a", "--tax-id", "5560001111"],
+                 ["readers", "add", "gate-01", "--site", "site-a", "--no-tls", "--wifi-ssid", "gates",
+                  "--broker-port", "1883", "--config-out", str(tmp_path / "gate-01.json")]):
+        p = subprocess.run(host + args, cwd=ROOT, env=env, capture_output=True, text=True)
+        assert p.returncode == 0, p.stdout + p.stderr
+    d = provision.load_config(str(tmp_path / "gate-01.json"))
+    assert d["reader_id"] == "gate-01" and d["broker"]["user"] == "gate-01" and len(d["secret"]) == 64
+    assert stat.S_IMODE((tmp_path / "gate-01.json").stat().st_mode) == 0o600

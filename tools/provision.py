@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -23,8 +22,7 @@ if str(mpy.FIRMWARE) not in sys.path:
     sys.path.insert(0, str(mpy.FIRMWARE))  # the firmware's own config loader checks the same file
 
 from gv import config as fwconfig  # noqa: E402
-
-READER_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+from gv.sync.protocol import valid_name  # noqa: E402  (ids go into MQTT topics)
 SECRET_FIELDS = (("secret",), ("wifi", "password"), ("broker", "password"),
                  ("site_keys", "card"), ("site_keys", "pin"))
 REDACTED = "<redacted>"
@@ -39,8 +37,8 @@ def readers_dir() -> Path:
 
 
 def config_path(reader_id: str, directory: Path | None = None) -> Path:
-    if not READER_ID.match(reader_id or ""):
-        raise ProvisionError(f"reader id {reader_id!r}: use 1-32 of a-z 0-9 - _")
+    if not valid_name(reader_id):
+        raise ProvisionError(f"reader id {reader_id!r}: use 1-32 of A-Z a-z 0-9 - _")
     return (directory or readers_dir()) / f"{reader_id}.json"
 
 
@@ -53,8 +51,9 @@ def problems(d: object) -> list[str]:
         fwconfig.Config(d)  # the device's own checks: ids, secret and site keys, gate section
     except fwconfig.ConfigError as e:
         out.append(str(e))
-    if isinstance(d.get("reader_id"), str) and not READER_ID.match(d["reader_id"]):
-        out.append("reader_id: use 1-32 of a-z 0-9 - _")
+    for k in ("reader_id", "site"):
+        if isinstance(d.get(k), str) and not valid_name(d[k]):
+            out.append(f"{k}: use 1-32 of A-Z a-z 0-9 - _ (it is part of the reader's MQTT topics)")
     wifi = d.get("wifi")
     if not isinstance(wifi, dict) or not isinstance(wifi.get("ssid"), str) or not wifi.get("ssid"):
         out.append("wifi.ssid missing")
