@@ -1,8 +1,8 @@
 """Per-reader config files (/config.json on the device): build, validate, store, find, show redacted.
 
-The host's `host-sync readers add` issues the reader's secret and broker account and calls
-`write_config(...)`; `python -m tools.deploy --reader <id>` finds the file with `find_config(id)` and
-writes it to the device. One file per reader, holding only that reader's own secret, stored with
+The host's `host-sync readers add <id> --config-out FILE` issues the reader's secret and broker
+account and writes this file (Python callers: `make_config(...)` + `write_config(...)`);
+`python -m tools.deploy --reader <id or FILE>` finds it with `find_config` and writes it to the device. One file per reader, holding only that reader's own secret, stored with
 mode 0600 in GV_READERS_DIR (default ~/.config/grindvakt/readers, outside any git checkout).
 Secrets never reach a log or a terminal: errors name the field, never its value, and `redacted()`
 is the only way the tools show a config.
