@@ -210,3 +210,47 @@ def test_two_instances_share_the_work_without_doing_it_twice(kind, tmp_path):
         stored = [int(re.search(r"'events_stored': (\d+)", lg).group(1)) for lg in logs]
         # every event was stored by exactly one instance, and both instances took a share
         assert sum(stored) == 20 and min(stored) > 0, stored
+
+
+def test_the_real_reader_firmware_follows_the_registry(tmp_path):
+    """The firmware's own sync engine and allowlist (MicroPython unix port) against serve."""
+    from tests.sync_support import ReaderProc
+    uid = bytes.fromhex("04010203")  # the card tests/mp/sync_reader.py logs its events for
+    with database("sqlite", tmp_path) as url, Broker(readers=[("gate-01", "site-a")]) as b:
+        op = Operator(url)
+        op.ok("sites", "add", "site-a", "--tax-id", "PL1234-5678")
+        op.ok("cards", "add", "BB-2401-000001", "--uid", uid.hex(), "--holder", "Anna Svensson",
+              "--site", "site-a")
+        op.ok("cards", "activate", "BB-2401-000001")
+        op.ok("readers", "add", "gate-01", "--site", "site-a", "--config-out",
+              str(tmp_path / "gate-01.json"), "--no-tls")
+        cfg = json.loads((tmp_path / "gate-01.json").read_text())
+        cfg["broker"] = b.reader_broker_config("gate-01")  # the test broker's account
+        head = json.loads(op.ok("sites", "list", "--json"))[0]["version"]
+        srv = _serve(url, b, "one", tmp_path)
+        reader = None
+        try:
+            _wait_serving(srv, "one", tmp_path)
+            reader = ReaderProc(tmp_path / "reader", cfg, events=3,
+                                heapsize="512k")  # firmware from source, as the sync tests
+            reader.wait(lambda s: s["version"] == head, what="rebuild")
+            key = _key(url, uid)
+            assert R.status(reader.lookup(key)) == R.ACTIVE
+            op.ok("cards", "block", "BB-2401-000001")
+            reader.wait(lambda s: s["version"] == head + 1, what="the block")
+            assert R.status(reader.lookup(key)) == R.BLOCKED
+            reader.wait(lambda s: s["acked"] >= 2, what="events acknowledged")
+            deadline = time.monotonic() + 10
+            while op("status", "site-a:%d" % (head + 1)) != 0:
+                assert time.monotonic() < deadline, op.out
+                time.sleep(0.1)
+            db = Db(url)
+            try:
+                n = db.scalar("SELECT COUNT(*) FROM events WHERE card_no = 'BB-2401-000001'")
+            finally:
+                db.close()
+            assert n == 3
+        finally:
+            if reader:
+                reader.close()
+            _stop(srv)
