@@ -74,6 +74,11 @@ class Db:
             try:
                 self._conn = sqlite3.connect(path, isolation_level=None, timeout=30,
                                              check_same_thread=False)
+                if path != ":memory:":
+                    try:  # it holds reader secrets and personal data: owner only
+                        os.chmod(path, 0o600)
+                    except OSError:
+                        pass
                 self._conn.execute("PRAGMA journal_mode=WAL")
                 self._conn.execute("PRAGMA synchronous=NORMAL")
                 self._conn.execute("PRAGMA foreign_keys=ON")

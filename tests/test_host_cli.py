@@ -195,7 +195,8 @@ def test_console_entry_points(tmp_path):
     assert p.returncode == 0 and "Exit codes" in p.stdout
     p = subprocess.run([sys.executable, "-m", "host_sync", "sites", "list"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=60)
-    assert p.returncode == 0 and (tmp_path / "d" / "grindvakt.sqlite3").exists()
+    db_file = tmp_path / "d" / "grindvakt.sqlite3"
+    assert p.returncode == 0 and stat.S_IMODE(os.stat(db_file).st_mode) == 0o600
     for area in ("cards", "readers", "ledger", "events", "broker", "status", "serve"):
         p = subprocess.run([sys.executable, "-m", "host_sync", area, "--help"], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=60)
