@@ -116,6 +116,12 @@ class VirtualSite:
 
     def start_broker(self) -> None:
         conf = self.dir / "broker" / "mosquitto.conf"
+        if os.geteuid() == 0 and "\nuser " not in conf.read_text():
+            # mosquitto started as root drops to the user "mosquitto", who can't read our 0600 files
+            import getpass
+
+            with open(conf, "a") as f:
+                f.write(f"user {getpass.getuser()}\n")
         log = open(self.dir / "mosquitto.log", "ab")
         self.broker = subprocess.Popen([mosquitto_bin(), "-c", str(conf)], stdout=log, stderr=log)
         _wait_port(self.port, 10)
