@@ -252,8 +252,15 @@ class _ColPin:
         return 1
 
 
+try:  # the codes a real driver returns (the runner maps them to the gate's)
+    from gv.pn532.driver import NO_CARD, ONE_CARD, MANY_CARDS, ERROR
+except ImportError:
+    NO_CARD, ONE_CARD, MANY_CARDS, ERROR = core.NO_CARD, core.ONE_CARD, core.MANY_CARDS, core.ERROR
+
+
 class FakePN532:
-    """poll() returns what the test put in the field; raise_next makes the next poll raise."""
+    """poll() returns what the test put in the field (with the driver's codes); error=True makes
+    every poll an ERROR, as a dead or unplugged module does."""
 
     def __init__(self):
         self._buf = bytearray(10)
@@ -268,16 +275,16 @@ class FakePN532:
         self.polls += 1
         if self.error:
             self.failures += 1
-            return core.ERROR
+            return ERROR
         if not self.field:
-            return core.NO_CARD
+            return NO_CARD
         if len(self.field) > 1:
-            return core.MANY_CARDS
+            return MANY_CARDS
         u = self.field[0]
         for i in range(len(u)):
             self._buf[i] = u[i]
         self.uid_len = len(u)
-        return core.ONE_CARD
+        return ONE_CARD
 
 
 class FakeWDT:
