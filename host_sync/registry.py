@@ -194,6 +194,8 @@ class Registry:
     def snapshot(self, site_id: str) -> tuple[int, list[tuple[bytes, bytes]]]:
         """(version, every record of the site sorted by key8), read in one transaction."""
         with self.db.tx():
+            if self.db.dialect == "postgresql" and self.db._depth == 1:  # both reads, one moment
+                self.db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             version = self.current_version(site_id)
             rows = self.db.all("SELECT key8, rec FROM allowlist WHERE site_id = ? ORDER BY key8",
                                (site_id,))
@@ -280,12 +282,19 @@ class Registry:
             return {s: self._publish(s, action, subject, recs) for s, recs in per_site.items()}
 
     def add_card(self, c: CardInput) -> dict[str, int]:
-        if self.db.scalar("SELECT 1 FROM cards WHERE card_no = ?", (c.card_no,)):
-            raise InvalidInput("card %s is already in the registry" % c.card_no)
-        other = self.find_uid(c.uid)
-        if other:
-            raise InvalidInput("UID %s already belongs to card %s" % (c.uid, other))
-        return self.add_cards([c])
+        with self.db.tx():
+            if self.db.scalar("SELECT 1 FROM cards WHERE card_no = ?", (c.card_no,)):
+                raise InvalidInput("card %s is already in the registry" % c.card_no)
+            other = self.find_uid(c.uid)
+            if other:
+                raise InvalidInput("UID %s already belongs to card %s" % (c.uid, other))
+            return self.add_cards([c])
+
+    def _lock_card(self, card_no: str) -> None:
+        """PostgreSQL: hold the card's row until commit, so two operators changing one card at
+        once are applied one after the other (SQLite's BEGIN IMMEDIATE already serialises)."""
+        if self.db.dialect == "postgresql":
+            self.db.execute("SELECT 1 FROM cards WHERE card_no = ? FOR UPDATE", (card_no,))
 
     def _republish(self, card_no: str, action: str, detail: str) -> dict[str, int]:
         """Push the card's current record to each of its sites (inside a transaction)."""
@@ -302,6 +311,7 @@ class Registry:
         """Apply a card-rule command (activate, block, ...). Returns (old, new, {site: version})."""
         card_no = ids.card_no(card_no)
         with self.db.tx():
+            self._lock_card(card_no)
             card = self.card(card_no)
             new = rules.next_status(command, card["status"])
             if new == rules.ACTIVE and card["expired"]:
@@ -316,6 +326,7 @@ class Registry:
     def add_to_site(self, card_no: str, site_id: str) -> dict[str, int]:
         card_no = ids.card_no(card_no)
         with self.db.tx():
+            self._lock_card(card_no)
             card = self.card(card_no)
             self.site(site_id)
             if site_id in card["sites"]:
@@ -332,6 +343,7 @@ class Registry:
         card_no = ids.card_no(card_no)
         pin = ids.pin_digits(pin)
         with self.db.tx():
+            self._lock_card(card_no)
             card = self.card(card_no)
             if card["status"] == rules.TERMINATED:
                 raise rules.RuleRefused("card %s is terminated" % card_no)
