@@ -138,3 +138,31 @@ def test_power_cut_at_every_write():
         # Numbering never goes back: the next event gets a fresh number.
         assert log.next_seq > max(got + [log.acked]), (n, log.next_seq, got)
         umount()
+
+
+def test_garbage_in_segments_is_skipped_never_raised():
+    import random
+
+    dev = FlashDev(blocks=64)
+    format_and_mount(dev)
+    log = _log(dev, seg_events=4, max_segments=8)
+    for i in range(10):
+        log.append(E.K_DECISION, E.R_GRANT, E.OK, b"\x01\x02\x03\x04", 4, i)
+    random.seed(7)
+    names = sorted(os.listdir("/flash/ev"))
+    seg = "/flash/ev/" + [n for n in names if n.endswith(".ev")][1]
+    with open(seg, "r+b") as f:
+        f.seek(40)
+        f.write(bytes(random.getrandbits(8) for _ in range(20)))
+    with open("/flash/ev/zz.ev", "wb") as f:  # a stray file with a name that isn't a segment
+        f.write(b"junk")
+    with open("/flash/ev/ack", "wb") as f:  # a torn ack file: events are offered again
+        f.write(b"\x05\x00")
+    umount()
+    mount(dev)
+    log = _log(dev, seg_events=4, max_segments=8)
+    got = [s for s, _ in log.pending(100)]
+    mpt.eq(log.corrupt, 1)
+    mpt.eq(got, [1, 2, 3, 4, 5, 7, 8, 9, 10])  # event 6 was hit, the rest are intact
+    mpt.eq(log.next_seq, 11)
+    umount()

@@ -169,3 +169,31 @@ def test_lockouts_table_is_bounded():
     with open("/flash/l2", "rb") as f:
         assert len(f.read()) == 11 + 4 * 14 + 4
     mpt.eq(sorted(os.listdir("/flash")).count("l2.tmp"), 0)
+
+
+def test_fuzzed_lockout_files_never_crash_and_fail_secure():
+    # Seeded garbage, truncations and bit flips of a real lockout file: load() never raises; a
+    # file that fails its CRC/format locks the reader (it can't be trusted to say "unlocked").
+    import random
+
+    kit = _kit()
+    _try(kit, "0000")
+    with open("/flash/lock", "rb") as f:
+        good = f.read()
+    random.seed(4)
+    for i in range(300):
+        b = bytearray(good)
+        how = i % 3
+        if how == 0:
+            b = bytearray(random.getrandbits(8) for _ in range(random.getrandbits(6)))
+        elif how == 1:
+            b = b[:random.getrandbits(5) % len(b)]
+        else:
+            j = random.getrandbits(8) % len(b)
+            b[j] ^= 1 << (random.getrandbits(3))
+        with open("/flash/lock", "wb") as f:
+            f.write(b)
+        lk = Lockouts("/flash/lock")
+        lk.load(1000)
+        if bytes(b) != good:
+            assert lk.reader_remaining(1000) > 0 and lk.health != "ok", (i, how)

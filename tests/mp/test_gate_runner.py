@@ -6,7 +6,8 @@ import gc
 import micropython
 import mpt
 import gate_kit
-from gate_kit import Kit, FakePin, FakePN532, FakeWDT, Matrix
+from gate_kit import Kit
+from gate_hw import FakePin, FakePN532, FakeWDT, Matrix
 from gv.allowlist import record as R
 from gv import events as E
 from gv.drivers.keypad import Keypad
@@ -322,3 +323,32 @@ def test_grant_path_allocates_nothing_but_the_event_write():
     mpt.eq(counting.writes, 1)
     mpt.eq(total - counting.write_bytes, 0)
     assert 45 <= passes <= 56, passes  # decided at hold_ms (500 ms of 10 ms passes)
+
+
+def test_async_run_entry_point():
+    # The asyncio task the app starts: real ticks, real sleeps, a card held ~0.8 s opens the door.
+    import asyncio
+
+    rig = Rig({"hold_ms": 300, "open_ms": 500})
+    rig.runner.clock = rig.kit.clock
+    seen = []
+
+    async def scenario():
+        task = asyncio.create_task(rig.runner.run())
+        await asyncio.sleep_ms(100)
+        rig.pn.field = [A]
+        for _ in range(80):
+            await asyncio.sleep_ms(10)
+            if rig.relay_on():
+                seen.append("open")
+                break
+        rig.pn.field = []
+        rig.runner.stopped = True
+        await task
+
+    asyncio.run(scenario())
+    mpt.eq(seen, ["open"])
+    mpt.eq(rig.relay_on(), False)  # run() ends with the door shut
+    kinds = [d["kind"] for d in rig.kit.events()]
+    mpt.eq(kinds.count(E.K_BOOT), 2)  # Rig's boot() and run()'s own
+    assert rig.wdt.feeds > 10
