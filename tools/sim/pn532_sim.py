@@ -193,22 +193,22 @@ class PN532Sim:
             if ln == 0 and lcs == 0xFF:  # ACK from the host: abort the running command
                 self._out = []
                 self._waiting = None
-                rx = rx[6:]
+                rx = rx[5:]
                 continue
             if ln == 0xFF and lcs == 0:  # NACK: resend the last answer
-                rx = rx[6:]
+                rx = rx[5:]
                 if self._last is not None:
                     self._out = [self._last]
                     self._busy = self.busy_reads
                 continue
             if ln == 0xFF and lcs == 0xFF:
-                if len(rx) < 8:
+                if len(rx) < 7:
                     return
-                if (rx[5] + rx[6] + rx[7]) & 0xFF:
+                if (rx[4] + rx[5] + rx[6]) & 0xFF:
                     rx = rx[2:]
                     continue
-                ln = (rx[5] << 8) | rx[6]
-                d = 8
+                ln = (rx[4] << 8) | rx[5]
+                d = 7
             else:
                 if (ln + lcs) & 0xFF:
                     rx = rx[2:]
