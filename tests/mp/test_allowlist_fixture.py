@@ -7,6 +7,7 @@ from gv.allowlist.store import Allowlist
 from flashdev import FlashDev, format_and_mount, mount, umount
 
 ROOT = "/flash/al"
+SP = 2  # shard pages: small shards, so a few thousand cards make many shards and splits
 STEP = (1 << 64) // ((1 << 20) + 1)
 ADD = 30  # cards added per delta
 
@@ -119,4 +120,4 @@ def reopen(dev):
     gc.collect()
     umount()
     mount(dev)
-    return Allowlist(ROOT, dev).open()
+    return Allowlist(ROOT, dev, SP).open()

@@ -5,7 +5,7 @@ import gc
 import mpt
 from flashdev import PowerCut, mount, umount
 from gv.allowlist.store import Allowlist
-from test_allowlist_fixture import ROOT, check, count, delta, fresh, install, snapshot_chunks
+from test_allowlist_fixture import ROOT, SP, check, count, delta, fresh, install, snapshot_chunks
 
 HEAPSIZE = "256k"  # a fresh store per simulated boot, many boots per process
 TIMEOUT = 600
@@ -15,7 +15,7 @@ N = 1100  # two shards: a compaction rewrites both, a split happens
 def _prepare(deltas):
     """A store at version 1 + deltas (log not compacted), saved as an image; returns dev, path."""
     dev = fresh(blocks=48)
-    al = Allowlist(ROOT, dev).open()
+    al = Allowlist(ROOT, dev, SP).open()
     install(al, N, 1)
     for k in range(1, 1 + deltas):
         assert al.apply_delta(k, k + 1, delta(N, k))
@@ -31,13 +31,13 @@ def _boot(dev):
     umount()
     dev.restore()
     mount(dev)
-    return Allowlist(ROOT, dev).open()
+    return Allowlist(ROOT, dev, SP).open()
 
 
 def _cut_everywhere(dev, path, scenario, old_v, new_v, after=None):
     """Run scenario with the power cut after n writes for every n; check each outcome."""
     mount(dev)
-    al = Allowlist(ROOT, dev).open()
+    al = Allowlist(ROOT, dev, SP).open()
     start = dev.writes
     scenario(al)
     total = dev.writes - start

@@ -5,7 +5,7 @@ import micropython
 import mpt
 from gv.allowlist import record as R
 from gv.allowlist.store import Allowlist
-from test_allowlist_fixture import ROOT, check, delta, fresh, install, key, reopen, count
+from test_allowlist_fixture import ROOT, SP, check, delta, fresh, install, key, reopen, count
 from flashdev import umount
 
 # 256k: these tests "reboot" several times in one process, each boot building a fresh store
@@ -16,7 +16,7 @@ N = 1500
 
 def test_empty_store_denies_and_asks_for_resync():
     dev = fresh()
-    al = Allowlist(ROOT, dev).open()
+    al = Allowlist(ROOT, dev, SP).open()
     mpt.eq(al.version, 0)
     mpt.eq(al.health, "empty")
     assert al.need_resync
@@ -26,7 +26,7 @@ def test_empty_store_denies_and_asks_for_resync():
 
 def test_snapshot_lookup_one_read_no_heap():
     dev = fresh()
-    al = Allowlist(ROOT, dev).open()
+    al = Allowlist(ROOT, dev, SP).open()
     install(al, N, 1)
     mpt.eq(al.health, "ok")
     assert not al.need_resync
@@ -52,7 +52,7 @@ def test_snapshot_lookup_one_read_no_heap():
 
 def test_deltas_compaction_reopen():
     dev = fresh()
-    al = Allowlist(ROOT, dev).open()
+    al = Allowlist(ROOT, dev, SP).open()
     install(al, N, 1)
     for k in (1, 2, 3):
         assert al.apply_delta(k, k + 1, delta(N, k))
@@ -86,7 +86,7 @@ def test_deltas_compaction_reopen():
 
 def test_delta_during_compaction():
     dev = fresh()
-    al = Allowlist(ROOT, dev).open()
+    al = Allowlist(ROOT, dev, SP).open()
     install(al, N, 1)
     assert al.apply_delta(1, 2, delta(N, 1))
     assert al.compact_step()
@@ -102,7 +102,7 @@ def test_delta_during_compaction():
 
 def test_bad_deltas_rejected():
     dev = fresh()
-    al = Allowlist(ROOT, dev).open()
+    al = Allowlist(ROOT, dev, SP).open()
     install(al, N, 1)
     mpt.raises(ValueError, al.apply_delta, 2, 3, delta(N, 1))  # does not follow
     mpt.raises(ValueError, al.apply_delta, 1, 1, delta(N, 1))
@@ -118,7 +118,7 @@ def test_bad_deltas_rejected():
 
 def test_snapshot_must_be_sorted_and_complete():
     dev = fresh()
-    al = Allowlist(ROOT, dev).open()
+    al = Allowlist(ROOT, dev, SP).open()
     install(al, N, 1)
     a = R.pack(key(3), 1, 0, 0, 9)
     b = R.pack(key(2), 1, 0, 0, 9)
@@ -135,10 +135,11 @@ def test_snapshot_must_be_sorted_and_complete():
 
 
 def test_corrupt_shard_detected_rest_still_decides():
+    N = 2500  # several shards
     dev = fresh()
-    al = Allowlist(ROOT, dev).open()
+    al = Allowlist(ROOT, dev, SP).open()
     install(al, N, 1)
-    blk = al._iblk[0]
+    blk = al._ix[8] | al._ix[9] << 8  # flash block of the first page
     umount()
     buf = bytearray(dev.block_size)
     dev.readblocks(blk, buf)
@@ -146,7 +147,7 @@ def test_corrupt_shard_detected_rest_still_decides():
     dev.writeblocks(blk, buf, 0)
     from flashdev import mount
     mount(dev)
-    al = Allowlist(ROOT, dev).open()
+    al = Allowlist(ROOT, dev, SP).open()
     assert al.health.startswith("corrupt"), al.health
     assert al.need_resync
     out = bytearray(16)
@@ -161,12 +162,12 @@ def test_corrupt_shard_detected_rest_still_decides():
 
 def test_corrupt_manifest_reported():
     dev = fresh()
-    al = Allowlist(ROOT, dev).open()
+    al = Allowlist(ROOT, dev, SP).open()
     install(al, N, 1)
     with open(ROOT + "/M", "r+b") as f:
         f.seek(5)
         f.write(b"\x99")
-    al = Allowlist(ROOT, dev).open()
+    al = Allowlist(ROOT, dev, SP).open()
     assert al.health.startswith("corrupt"), al.health
     assert al.need_resync
     assert not al.lookup(key(1), bytearray(16))
@@ -175,7 +176,7 @@ def test_corrupt_manifest_reported():
 
 def test_full_flash_keeps_last_good_version():
     dev = fresh(blocks=24)  # 96 KB: a snapshot of N fits once, not twice
-    al = Allowlist(ROOT, dev).open()
+    al = Allowlist(ROOT, dev, SP).open()
     install(al, N, 1)
     filler = b"\xa5" * 4096
     with open("/flash/filler", "wb") as f:
@@ -201,4 +202,35 @@ def test_full_flash_keeps_last_good_version():
     al = reopen(dev)
     check(al, N, v)
     mpt.eq(al.count, count(N, v))
+    umount()
+
+
+def test_inserts_split_a_shard():
+    import struct
+    from test_allowlist_fixture import STEP, rec
+    dev = fresh()
+    al = Allowlist(ROOT, dev, SP)
+    al.open()
+    install(al, N, 1)
+    before = len(al._st)
+    buf = bytearray(600 * 16)
+    for j in range(600):  # all between cards 0 and 1: one shard takes them all
+        buf[j * 16:j * 16 + 16] = rec(j, 9)
+        struct.pack_into(">Q", buf, j * 16, STEP + 1 + j * 1000)
+    added = [bytes(buf[j * 16:j * 16 + 16]) for j in range(600)]
+    assert al.apply_delta(1, 2, buf)
+    buf = None
+    while al.compact_step():
+        pass
+    assert len(al._st) > before, (before, len(al._st))
+    out = bytearray(16)
+    for r in added:
+        assert al.lookup(r[0:8], out) and out == r
+    mpt.eq(al.count, N + 600)
+    mpt.eq(sum(1 for _ in al.items()), N + 600)
+    al = None
+    al = reopen(dev)
+    mpt.eq(al.health, "ok")
+    for r in added[::7]:
+        assert al.lookup(r[0:8], out) and out == r
     umount()

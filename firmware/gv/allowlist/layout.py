@@ -15,11 +15,15 @@ MAGIC_SNAP = b"GVAs"
 FORMAT = const(1)
 PAGE_HDR = const(16)  # magic 4, tag 4, page_no 2, nrec 2, crc32 of the records 4
 REC = const(16)
-SHARD_PAGES = const(4)  # a shard is at most this many pages (~1000 cards, 16 KB)
-SHARD_RECS = const(1017)  # records in SHARD_PAGES full pages: 255 + 3 * 254
+# Shards are written full (SHARD_PAGES full pages: 4065 cards, 64 KB), grow page by page as
+# cards are added, and split evenly beyond 1.5 times that: only a shard's last page is ever part-full,
+# which is what keeps 100,000 cards inside the 2 MiB partition with the firmware beside them.
+SHARD_PAGES = const(16)  # split past 1.5 times this
 LOG_SOFT = const(512)  # compaction is due above this many log records
-LOG_HARD = const(2048)  # a delta that would pass this compacts first (RAM bound: 32 KB)
-DELTA_MAX = const(2048)  # larger changes go as a snapshot
+LOG_HARD = const(1024)  # a delta that would pass this compacts first (RAM bound: 16 KB)
+DELTA_MAX = const(1024)
+MAX_DFILES = const(4)  # delta files before they are folded into one  # larger changes go as a snapshot
+IX = const(12)  # bytes of RAM index a page: first key 8, block 2, records 1, data offset 1
 SCAN = const(64)  # bytes read per block when scanning for page headers
 MIN_FILE = const(256)  # a shard file never shorter (LittleFS keeps files <= 128 B inline)
 ENOSPC = const(28)
@@ -93,29 +97,121 @@ class _Shard:
         self.crc = crc
 
 
+class ShardTable:
+    """The shard list as one bytearray of SHARD_N-byte entries (the manifest's own encoding):
+    one allocation instead of hundreds of small objects scattered over a 100 KB heap."""
+
+    def __init__(self, cap=8):
+        self.buf = bytearray(max(cap, 1) * SHARD_N)
+        self.n = 0
+
+    @staticmethod
+    def load(data, off, n):
+        t = ShardTable(n + 8)
+        t.buf[0:n * SHARD_N] = memoryview(data)[off:off + n * SHARD_N]
+        t.n = n
+        return t
+
+    def __len__(self):
+        return self.n
+
+    def first(self, i):
+        return bytes(self.buf[i * SHARD_N:i * SHARD_N + 8])
+
+    def cmp_first(self, i, key):
+        return _cmp8(self.buf, i * SHARD_N, key, 0)
+
+    def tag(self, i):
+        return struct.unpack_from("<I", self.buf, i * SHARD_N + 8)[0]
+
+    def nrec(self, i):
+        return struct.unpack_from("<I", self.buf, i * SHARD_N + 12)[0]
+
+    def crc(self, i):
+        return struct.unpack_from("<I", self.buf, i * SHARD_N + 16)[0]
+
+    def total(self):
+        t = 0
+        for i in range(self.n):
+            t += self.nrec(i)
+        return t
+
+    def _room(self, k):
+        if (self.n + k) * SHARD_N > len(self.buf):
+            nb = bytearray((self.n + k + 16) * SHARD_N)
+            nb[0:self.n * SHARD_N] = memoryview(self.buf)[0:self.n * SHARD_N]
+            self.buf = nb
+
+    def append(self, s):
+        self._room(1)
+        struct.pack_into(SHARD, self.buf, self.n * SHARD_N, s.first, s.tag, s.nrec, s.crc)
+        self.n += 1
+
+    def set_first(self, i, key):
+        self.buf[i * SHARD_N:i * SHARD_N + 8] = key
+
+    def splice(self, i, news):
+        """Replace entry i by the shards in news (in place, tail moved by hand: no copy on heap)."""
+        k = len(news)
+        self._room(k)
+        b = self.buf
+        if k != 1:
+            lo = (i + 1) * SHARD_N
+            hi = self.n * SHARD_N
+            d = (k - 1) * SHARD_N
+            if d > 0:
+                for j in range(hi - 1, lo - 1, -1):
+                    b[j + d] = b[j]
+            else:
+                for j in range(lo, hi):
+                    b[j + d] = b[j]
+        for j in range(k):
+            s = news[j]
+            struct.pack_into(SHARD, b, (i + j) * SHARD_N, s.first, s.tag, s.nrec, s.crc)
+        self.n += k - 1
+
+    def write(self, f, crc, i=-1, news=None):
+        """Write the entries to f (entry i replaced by news if given); returns the running crc32."""
+        mv = memoryview(self.buf)
+        parts = ((0, self.n),) if news is None else ((0, i), (i + 1, self.n))
+        for a, b in parts:
+            if b > a:
+                chunk = mv[a * SHARD_N:b * SHARD_N]
+                f.write(chunk)
+                crc = crc32(chunk, crc)
+            if news is not None and a == 0:
+                e = bytearray(SHARD_N)
+                for s in news:
+                    struct.pack_into(SHARD, e, 0, s.first, s.tag, s.nrec, s.crc)
+                    f.write(e)
+                    crc = crc32(e, crc)
+        return crc
+
+
 class _ShardWriter:
     """Writes one shard file page by page from sorted records."""
 
-    def __init__(self, root, first, page):
+    def __init__(self, root, first, page, maxp=SHARD_PAGES):
         self.tag = _tag()
         self.path = "%s/s%08x" % (root, self.tag)
         self.first = bytes(first)
         self.f = open(self.path, "wb")
         self.page = page  # a BLOCK-sized buffer reused across writers (no 4 KB allocation each)
+        self.maxp = maxp
         self.pno = 0
         self.n = 0  # records in the current page
         self.nrec = 0
         self.crc = 0
 
     def full(self):
-        return self.pno == SHARD_PAGES - 1 and self.n == page_cap(self.pno)
+        return self.pno == self.maxp - 1 and self.n == page_cap(self.pno)
 
     def add(self, rec):
         o = PAGE_HDR + self.n * REC
         self.page[o:o + REC] = rec
         self.n += 1
         self.nrec += 1
-        if self.n == page_cap(self.pno) and self.pno < SHARD_PAGES - 1:
+        if self.n == page_cap(self.pno) and self.pno < self.maxp - 1:
             self._flush(True)
 
     def _flush(self, pad):
@@ -171,19 +267,23 @@ def _exists(p):
         return False
 
 
-def _sort_unique(buf):
-    # Sort 16-byte records by key; of equal keys the last one wins. Allocates (update path only).
-    n = len(buf) // REC
-    idx = list(range(n))
+def _sort_records(buf, n):
+    # Shell sort of n 16-byte records by key, in place (no per-record objects on the heap;
+    # a delta that is already sorted, as the host sends it, costs n - 1 compares a gap).
+    tmp = bytearray(REC)
     mv = memoryview(buf)
-    idx.sort(key=lambda i: (bytes(mv[i * REC:i * REC + 8]), i))
-    out = bytearray()
-    for j in range(n):
-        i = idx[j]
-        if j + 1 < n and bytes(mv[idx[j + 1] * REC:idx[j + 1] * REC + 8]) == bytes(mv[i * REC:i * REC + 8]):
+    for gap in (701, 301, 132, 57, 23, 10, 4, 1):
+        if gap >= n:
             continue
-        out += mv[i * REC:i * REC + REC]
-    return out
+        for i in range(gap, n):
+            if _cmp8(buf, (i - gap) * REC, buf, i * REC) <= 0:
+                continue
+            tmp[0:REC] = mv[i * REC:i * REC + REC]
+            j = i
+            while j >= gap and _cmp8(buf, (j - gap) * REC, tmp, 0) > 0:
+                mv[j * REC:j * REC + REC] = mv[(j - gap) * REC:(j - gap) * REC + REC]
+                j -= gap
+            mv[j * REC:j * REC + REC] = tmp
 
 
 def _merge(a, b):
@@ -191,6 +291,10 @@ def _merge(a, b):
     # (a growing bytearray would fragment the small heap).
     na = len(a) // REC
     nb = len(b) // REC
+    if not na:
+        return b
+    if not nb:
+        return a
     i = j = same = 0
     while i < na and j < nb:
         c = _cmp8(a, i * REC, b, j * REC)

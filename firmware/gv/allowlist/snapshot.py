@@ -1,22 +1,26 @@
 # Full snapshot install, resumable after a power cut (functions on an Allowlist).
+# New shard files are written beside the live ones; a small state file S (temp + rename after
+# every finished shard) records them, so a cut loses at most the shard being written. The
+# manifest switch in end_snapshot is the single moment the reader moves to the new version.
 import os
 import struct
 from binascii import crc32
 from gv.allowlist.layout import (
-    MAGIC_SNAP, REC, SHARD, SNAP_HDR, _ShardWriter, _cmp8,
-    _rm, _wfile,
+    MAGIC_SNAP, REC, SNAP_HDR, ShardTable, _ShardWriter, _cmp8, _rm,
 )
+
+ZERO8 = b"\x00" * 8
 
 
 def _save_snap(self):
-    v, c, shards = self._snap["version"], self._snap["count"], self._snap["shards"]
-    rec = sum(s.nrec for s in shards)
-    out = bytearray(struct.pack(SNAP_HDR, MAGIC_SNAP, v, c, rec, len(shards)))
-    for s in shards:
-        out += struct.pack(SHARD, s.first, s.tag, s.nrec, s.crc)
-    out += struct.pack("<I", crc32(out))
+    sn = self._snap
+    st = sn["st"]
+    hdr = struct.pack(SNAP_HDR, MAGIC_SNAP, sn["version"], sn["count"], st.total(), len(st))
     tmp = self._p("S.tmp")
-    _wfile(tmp, out)
+    with open(tmp, "wb") as f:
+        f.write(hdr)
+        crc = st.write(f, crc32(hdr))
+        f.write(struct.pack("<I", crc))
     os.rename(tmp, self._p("S"))
 
 
@@ -25,34 +29,34 @@ def snapshot_progress(self):
     cut, call begin_snapshot(version, count) again and send from record index received."""
     if self._snap is not None:
         s = self._snap
-        return (s["version"], s["count"], sum(x.nrec for x in s["shards"]))
+        return (s["version"], s["count"], s["st"].total())
     st = self._load_snap()
     return None if st is None else (st[0], st[1], st[2])
 
 
 def begin_snapshot(self, version, count):
     """Start (or resume, same version and count) installing a full snapshot of count records,
-    sent sorted by key through snapshot_chunk."""
+    sent sorted by key through snapshot_chunk. Returns the records already durably received."""
     self._cgen = None
-    st = self._load_snap()
+    prev = self._load_snap()
     if self._snap is not None and self._snap["w"] is not None:
         self._snap["w"].abort()
-    if st is not None and st[0] == version and st[1] == count:
-        shards = st[3]
+    if prev is not None and prev[0] == version and prev[1] == count:
+        st = prev[3]
     else:
-        if st is not None:
-            for s in st[3]:
-                _rm(self._p("s%08x" % s.tag))
-        shards = []
-    self._snap = {"version": version, "count": count, "shards": shards, "w": None,
-                  "last": shards[-1].first if shards else None, "lastkey": None}
+        if prev is not None:
+            for i in range(len(prev[3])):
+                _rm(self._p("s%08x" % prev[3].tag(i)))
+        st = ShardTable(count // self._srecs + 2)  # one allocation for the whole install
+    self._snap = {"version": version, "count": count, "st": st, "w": None,
+                  "lk": bytearray(8), "has_lk": False}
     try:
         _save_snap(self)
     except OSError as e:
         self._snap = None
         self._storage_failed(e, (self._p("S.tmp"),))
         raise
-    return sum(s.nrec for s in shards)
+    return st.total()
 
 
 def snapshot_chunk(self, records_bytes):
@@ -63,21 +67,22 @@ def snapshot_chunk(self, records_bytes):
     mv = memoryview(records_bytes)
     if len(mv) % REC:
         raise ValueError("chunk is not whole records")
+    lk = sn["lk"]
     try:
         for i in range(len(mv) // REC):
-            r = mv[i * REC:i * REC + REC]
-            if not 1 <= (r[8] & 7) <= 5:
+            o = i * REC
+            if not 1 <= (mv[o + 8] & 7) <= 5:
                 raise ValueError("bad record status")
-            lk = sn["lastkey"]
-            if lk is not None and _cmp8(r, 0, lk, 0) <= 0:
+            if sn["has_lk"] and _cmp8(mv, o, lk, 0) <= 0:
                 raise ValueError("snapshot records not sorted")
-            sn["lastkey"] = bytes(r[0:8])
+            lk[0:8] = mv[o:o + 8]
+            sn["has_lk"] = True
             w = sn["w"]
             if w is None:
-                w = sn["w"] = _ShardWriter(self.root, b"\x00" * 8 if not sn["shards"] else r[0:8], self._wbuf())
-            w.add(r)
+                w = sn["w"] = _ShardWriter(self.root, ZERO8 if not len(sn["st"]) else lk, self._wbuf(), self._sp)
+            w.add(mv[o:o + REC])
             if w.full():
-                sn["shards"].append(w.close())
+                sn["st"].append(w.close())
                 sn["w"] = None
                 _save_snap(self)
     except OSError as e:
@@ -90,29 +95,30 @@ def end_snapshot(self):
     sn = self._snap
     if sn is None:
         raise ValueError("no snapshot begun")
+    st = sn["st"]
     try:
         if sn["w"] is not None:
-            sn["shards"].append(sn["w"].close())
+            st.append(sn["w"].close())
             sn["w"] = None
-        shards = sn["shards"]
-        if not shards:
-            shards.append(_ShardWriter(self.root, b"\x00" * 8, self._wbuf()).close())
-        total = sum(s.nrec for s in shards)
+        if not len(st):
+            st.append(_ShardWriter(self.root, ZERO8, self._wbuf()).close())
+        total = st.total()
         if total != sn["count"]:
             raise ValueError("snapshot has %d records, announced %d" % (total, sn["count"]))
-        shards[0].first = b"\x00" * 8
-        old_s, old_d = self._shards, self._dtags
-        self._write_manifest(sn["version"], total, shards, [])
+        st.set_first(0, ZERO8)
+        old_st, old_d = self._st, self._dtags
+        self._write_manifest(sn["version"], total, st, [])
     except OSError as e:
         self._storage_failed(e, (self._p("M.tmp"),))
         raise
     self._snap = None
     _rm(self._p("S"))
-    for s in old_s:
-        _rm(self._p("s%08x" % s.tag))
+    for i in range(len(old_st)):
+        _rm(self._p("s%08x" % old_st.tag(i)))
     for d in old_d:
         _rm(self._p("d%08x" % d[0]))
-    self._shards = shards
+    old_st = None
+    self._st = st
     self._dtags = []
     self._log = bytearray(0)
     self._nlog = 0
@@ -125,4 +131,3 @@ def end_snapshot(self):
     else:
         self.health = "ok"
         self.need_resync = False
-

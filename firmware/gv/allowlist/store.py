@@ -8,13 +8,12 @@
 # never moves the blocks of a file that is not rewritten, so the map holds until we replace it.
 import os
 import struct
-from array import array
 from binascii import crc32
 from gv.allowlist.layout import (
     BLOCK, ENOSPC, FORMAT, LOG_SOFT, MAGIC_DELTA, MAGIC_MAN,
     MAGIC_PAGE, MAGIC_SNAP, PAGE_HDR, REC, SCAN, SHARD_PAGES,
     DELTA, DELTA_N, DHDR, DHDR_N, MAN_HDR, MAN_HDR_N,
-    SHARD, SHARD_N, SNAP_HDR, SNAP_HDR_N, _Shard, _cmp8,
+    SHARD, SHARD_N, SNAP_HDR, SNAP_HDR_N, ShardTable, _cmp8, IX,
     _exists, _merge, _ptr_bytes, _rfile, _rm, _round,
     _wfile, page_cap,
 )
@@ -24,23 +23,28 @@ class Allowlist:
     """The reader's allowlist. dev: the block device under the LittleFS that holds root (the
     ESP32's flash partition is found by itself; the unix port passes the FlashDev)."""
 
-    def __init__(self, root, dev=None):
+    def __init__(self, root, dev=None, shard_pages=SHARD_PAGES):
         self.root = root
+        # shard size: written full at shard_pages pages, split past 1.5 times that (tests use
+        # small shards so a few thousand cards exercise many shards and splits)
+        self._sp = shard_pages
+        self._mp = shard_pages * 3 // 2
+        self._srecs = _recs(self._sp)
+        self._mrecs = _recs(self._mp)
         self._dev = dev if dev is not None else _find_dev()
         self.version = 0
         self.count = 0
         self.health = "empty"
         self.need_resync = True
-        self._shards = []
+        self._st = ShardTable()
         self._dtags = []  # (tag, nrec, crc) of each delta file in the manifest, oldest first
         self._log = bytearray(0)
         self._nlog = 0
         self._page = bytearray(BLOCK)
         self._pmv = memoryview(self._page)
-        self._ikeys = bytearray(0)
-        self._iblk = array("H")
-        self._inrec = array("H")
-        self._ioff = array("H")
+        # Page index, IX bytes a page: first key (8), flash block (2, LE), records (1), data
+        # offset in the block (1). One bytearray, reused across rebuilds while it is big enough.
+        self._ix = bytearray(0)
         self._np = 0
         self._cgen = None
         self._snap = None
@@ -65,7 +69,7 @@ class Allowlist:
         except (OSError, ValueError) as e:
             if _exists(self._p("M")):
                 problems.append("manifest unreadable")
-            self._shards = []
+            self._st = ShardTable()
             self._dtags = []
             self.version = 0
             self.count = 0
@@ -107,34 +111,31 @@ class Allowlist:
             raise ValueError("manifest format")
         if len(data) != MAN_HDR_N + ns * SHARD_N + nd * DELTA_N + 4:
             raise ValueError("manifest length")
-        o = MAN_HDR_N
-        shards = []
-        for _ in range(ns):
-            shards.append(_Shard(*struct.unpack_from(SHARD, data, o)))
-            o += SHARD_N
+        st = ShardTable.load(data, MAN_HDR_N, ns)
+        o = MAN_HDR_N + ns * SHARD_N
         dt = []
         for _ in range(nd):
             dt.append(struct.unpack_from(DELTA, data, o))
             o += DELTA_N
-        self._shards = shards
+        self._st = st
         self._dtags = dt
         self.version = version
         self.count = count
 
-    def _manifest_bytes(self, version, count, shards, dtags):
-        out = bytearray(struct.pack(MAN_HDR, MAGIC_MAN, FORMAT, 0, 0, version, count,
-                                    len(shards), len(dtags)))
-        for s in shards:
-            out += struct.pack(SHARD, s.first, s.tag, s.nrec, s.crc)
-        for d in dtags:
-            out += struct.pack(DELTA, d[0], d[1], d[2])
-        out += struct.pack("<I", crc32(out))
-        return out
-
-    def _write_manifest(self, version, count, shards, dtags):
-        # The single atomic switch: LittleFS rename is all-or-nothing.
+    def _write_manifest(self, version, count, st, dtags, i=-1, news=None):
+        """The single atomic switch: write M.tmp, rename over M (LittleFS rename is all-or-nothing).
+        Entry i of st is written as the shards in news when given (st itself is not changed)."""
         tmp = self._p("M.tmp")
-        _wfile(tmp, self._manifest_bytes(version, count, shards, dtags))
+        ns = len(st) + (len(news) - 1 if news is not None else 0)
+        hdr = struct.pack(MAN_HDR, MAGIC_MAN, FORMAT, 0, 0, version, count, ns, len(dtags))
+        with open(tmp, "wb") as f:
+            f.write(hdr)
+            crc = st.write(f, crc32(hdr), i, news)
+            for d in dtags:
+                e = struct.pack(DELTA, d[0], d[1], d[2])
+                f.write(e)
+                crc = crc32(e, crc)
+            f.write(struct.pack("<I", crc))
         os.rename(tmp, self._p("M"))
 
     def _read_delta(self, tag, nrec, crc):
@@ -153,26 +154,8 @@ class Allowlist:
         self._log = log
         self._nlog = len(log) // REC
 
-    def _scan(self, want):
-        """Physical block of every page of the shard files in want {tag: npages}: {(tag, pno): blk}."""
-        found = {}
-        dev = self._dev
-        if dev is None:
-            return found
-        hdr = bytearray(SCAN)
-        nblocks = dev.ioctl(4, 0)
-        for b in range(nblocks):
-            dev.readblocks(b, hdr, 0)
-            for o in range(0, SCAN - PAGE_HDR + 1, 4):
-                if hdr[o] == 0x47 and hdr[o:o + 4] == MAGIC_PAGE:
-                    _, tag, pno, n, _ = struct.unpack_from("<4sIHHI", hdr, o)
-                    if tag in want and pno < want[tag] and _ptr_bytes(pno) == o:
-                        found[(tag, pno)] = b
-                    break
-        return found
-
-    def _pages_of(self, s):
-        n, p, left = 0, 0, s.nrec
+    def _pages_of(self, nrec):
+        n, p, left = 0, 0, nrec
         while left > 0:
             left -= page_cap(p)
             p += 1
@@ -180,63 +163,99 @@ class Allowlist:
         return n
 
     def _build_index(self, verify):
-        """In-RAM page index: first key, physical block, record count, data offset of every page."""
-        want = {}
-        for s in self._shards:
-            want[s.tag] = self._pages_of(s)
-        found = self._scan(want)
-        keys = bytearray()
-        blk = array("H")
-        nrec = array("H")
-        off = array("H")
+        """In-RAM page index, found by reading the first SCAN bytes of every flash block: LittleFS
+        keeps a file's data blocks where they are until the file is rewritten. With verify, every
+        page is read whole and checked against its crc and its shard's crc (boot, snapshot)."""
+        st = self._st
+        ns = len(st)
+        base = bytearray(4 * (ns + 1))  # first page index of each shard (u32 LE)
+        tags = {}
+        np = 0
+        for i in range(ns):
+            struct.pack_into("<I", base, 4 * i, np)
+            np += self._pages_of(st.nrec(i))
+            tags[st.tag(i)] = i
+        struct.pack_into("<I", base, 4 * ns, np)
+        if len(self._ix) < np * IX:
+            # room to grow taken at once (shards split as cards are added): no realloc per step
+            self._ix = None
+            self._ix = bytearray((np + np // 4 + 32) * IX)
+        ix = self._ix
+        for j in range(np):
+            ix[j * IX + 8] = 0xFF
+            ix[j * IX + 9] = 0xFF
+        dev = self._dev
+        if dev is not None and np:
+            hdr = bytearray(SCAN)
+            for b in range(dev.ioctl(4, 0)):
+                dev.readblocks(b, hdr, 0)
+                for o in range(0, SCAN - PAGE_HDR + 1, 4):
+                    if hdr[o] == 0x47 and hdr[o + 1] == 0x56 and hdr[o:o + 4] == MAGIC_PAGE:
+                        tag, pno = struct.unpack_from("<IH", hdr, o + 4)
+                        i = tags.get(tag)
+                        if i is not None and _ptr_bytes(pno) == o:
+                            j = struct.unpack_from("<I", base, 4 * i)[0] + pno
+                            if j < struct.unpack_from("<I", base, 4 * i + 4)[0]:
+                                ix[j * IX + 8] = b & 0xFF
+                                ix[j * IX + 9] = b >> 8
+                        break
+        tags = None
+        page = self._page
+        k = 0  # pages kept: a bad shard's pages are dropped, its cards denied until a resend
         bad = 0
-        for s in self._shards:
-            np = want[s.tag]
-            ok = True
+        for i in range(ns):
+            j0 = struct.unpack_from("<I", base, 4 * i)[0]
+            j1 = struct.unpack_from("<I", base, 4 * i + 4)[0]
             crc = 0
-            pages = []
-            for p in range(np):
-                b = found.get((s.tag, p))
-                if b is None:
+            ok = True
+            k0 = k
+            for j in range(j0, j1):
+                p = j - j0
+                b = ix[j * IX + 8] | ix[j * IX + 9] << 8
+                if b == 0xFFFF:
                     ok = False
                     break
-                self._dev.readblocks(b, self._page, 0)
                 o = _ptr_bytes(p)
-                magic, tag, pno, n, c = struct.unpack_from("<4sIHHI", self._page, o)
-                body = self._pmv[o + PAGE_HDR:o + PAGE_HDR + n * REC]
-                if verify and (n > page_cap(p) or crc32(body) != c):
+                if verify:
+                    dev.readblocks(b, page, 0)
+                else:
+                    dev.readblocks(b, memoryview(page)[:o + PAGE_HDR + 8], 0)
+                n = page[o + 10] | page[o + 11] << 8
+                if n > page_cap(p):
                     ok = False
                     break
-                crc = crc32(body, crc)
-                pages.append((bytes(self._pmv[o + PAGE_HDR:o + PAGE_HDR + 8]), b, n, o))
-            if ok and verify and crc != s.crc:
+                if verify:
+                    body = self._pmv[o + PAGE_HDR:o + PAGE_HDR + n * REC]
+                    if crc32(body) != struct.unpack_from("<I", page, o + 12)[0]:
+                        ok = False
+                        break
+                    crc = crc32(body, crc)
+                e = k * IX
+                ix[e:e + 8] = page[o + PAGE_HDR:o + PAGE_HDR + 8]
+                ix[e + 8] = b & 0xFF
+                ix[e + 9] = b >> 8
+                ix[e + 10] = n
+                ix[e + 11] = o
+                k += 1
+            if ok and verify and crc != st.crc(i):
                 ok = False
             if not ok:
                 bad += 1
-                continue  # its cards are unknown here: denied until the host resends
-            for k, b, n, o in pages:
-                keys += k
-                blk.append(b)
-                nrec.append(n)
-                off.append(o)
-        self._ikeys = keys
-        self._iblk = blk
-        self._inrec = nrec
-        self._ioff = off
-        self._np = len(blk)
+                k = k0
+        self._np = k
         return bad
 
     def _collect_garbage(self):
         keep = {"M"}
-        for s in self._shards:
-            keep.add("s%08x" % s.tag)
+        for i in range(len(self._st)):
+            keep.add("s%08x" % self._st.tag(i))
         for d in self._dtags:
             keep.add("d%08x" % d[0])
         snap = self._load_snap()
         if snap:
             keep.add("S")
-            for s in snap[3]:
-                keep.add("s%08x" % s.tag)
+            for i in range(len(snap[3])):
+                keep.add("s%08x" % snap[3].tag(i))
         try:
             names = [e[0] for e in os.ilistdir(self.root)]
         except OSError:
@@ -267,13 +286,13 @@ class Allowlist:
             else:
                 hi = mid - 1
         # the last page whose first key <= key8
-        keys = self._ikeys
+        ix = self._ix
         lo = 0
         hi = self._np - 1
         p = -1
         while lo <= hi:
             mid = (lo + hi) >> 1
-            if _cmp8(keys, mid * 8, key8, 0) <= 0:
+            if _cmp8(ix, mid * IX, key8, 0) <= 0:
                 p = mid
                 lo = mid + 1
             else:
@@ -282,17 +301,17 @@ class Allowlist:
             return False
         page = self._page
         try:
-            self._dev.readblocks(self._iblk[p], page, 0)
+            self._dev.readblocks(ix[p * IX + 8] | ix[p * IX + 9] << 8, page, 0)
         except OSError:
             return False
-        base = self._ioff[p]
+        base = ix[p * IX + 11]
         if page[base] != 0x47 or page[base + 1] != 0x56:  # not our page any more: fail secure
             self.health = "corrupt: page moved"
             self.need_resync = True
             return False
         base += PAGE_HDR
         lo = 0
-        hi = self._inrec[p] - 1
+        hi = ix[p * IX + 10] - 1
         while lo <= hi:
             mid = (lo + hi) >> 1
             o = base + mid * REC
@@ -311,10 +330,11 @@ class Allowlist:
         """Every live record, sorted (for checks and diagnostics; reads the whole store)."""
         log = memoryview(self._log)
         li = 0
+        ix = self._ix
         for p in range(self._np):
-            self._dev.readblocks(self._iblk[p], self._page, 0)
-            base = self._ioff[p] + PAGE_HDR
-            for i in range(self._inrec[p]):
+            self._dev.readblocks(ix[p * IX + 8] | ix[p * IX + 9] << 8, self._page, 0)
+            base = ix[p * IX + 11] + PAGE_HDR
+            for i in range(ix[p * IX + 10]):
                 r = bytes(self._pmv[base + i * REC:base + i * REC + REC])
                 while li < self._nlog and _cmp8(log, li * REC, r, 0) < 0:
                     if log[li * REC + 8]:
@@ -351,20 +371,17 @@ class Allowlist:
             magic, version, count, received, ns = struct.unpack_from(SNAP_HDR, data, 0)
             if magic != MAGIC_SNAP:
                 return None
-            o = SNAP_HDR_N
-            shards = []
-            for _ in range(ns):
-                shards.append(_Shard(*struct.unpack_from(SHARD, data, o)))
-                o += SHARD_N
-            return (version, count, received, shards)
+            if len(data) != SNAP_HDR_N + ns * SHARD_N + 4:
+                return None
+            return (version, count, received, ShardTable.load(data, SNAP_HDR_N, ns))
         except (ValueError, IndexError):
             return None
 
     def flash_bytes(self):
         """Bytes of flash the live store occupies (whole blocks of its files plus the manifest)."""
         n = 0
-        for s in self._shards:
-            n += self._pages_of(s) * BLOCK
+        for i in range(len(self._st)):
+            n += self._pages_of(self._st.nrec(i)) * BLOCK
         for d in self._dtags:
             n += _round(DHDR_N + d[1] * REC)
         return n + BLOCK
@@ -405,6 +422,13 @@ class Allowlist:
         """(version, count, records durably received) of an unfinished snapshot, else None."""
         from gv.allowlist import snapshot
         return snapshot.snapshot_progress(self)
+
+
+def _recs(pages):
+    n = 0
+    for p in range(pages):
+        n += page_cap(p)
+    return n
 
 
 def _find_dev():

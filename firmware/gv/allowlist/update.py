@@ -3,13 +3,58 @@ import os
 import struct
 from binascii import crc32
 from gv.allowlist.layout import (
-    BLOCK, SHARD_RECS, DELTA_MAX, LOG_HARD, LOG_SOFT, MAGIC_DELTA, PAGE_HDR,
+    BLOCK, MAX_DFILES, DELTA_MAX, LOG_HARD, LOG_SOFT, MAGIC_DELTA, PAGE_HDR,
     REC, DHDR, _ShardWriter, _cmp8, _merge, _ptr_bytes,
-    _rm, _sort_unique, _tag, _wfile, page_cap,
+    _rm, _sort_records, _tag, page_cap,
 )
 
 
 # ---------------------------------------------------------------- deltas
+def _collect(records):
+    # The delta as one sorted bytearray of 16-byte records (a removal is key8 + 8 zero bytes).
+    # records: packed bytes of such records, or an iterable of (key8, rec16 or None).
+    if isinstance(records, (bytes, bytearray, memoryview)):
+        if len(records) % REC:
+            raise ValueError("delta is not whole records")
+        buf = bytearray(records)
+        n = len(buf) // REC
+    else:
+        buf = bytearray(REC * (len(records) if isinstance(records, (list, tuple)) else 64))
+        n = 0
+        for k, r in records:
+            if len(k) != 8:
+                raise ValueError("key must be 8 bytes")
+            if r is not None and (len(r) != REC or _cmp8(r, 0, k, 0) != 0):
+                raise ValueError("bad record")
+            if (n + 1) * REC > len(buf):  # grow by doubling, by hand (one copy per doubling)
+                nb = bytearray(2 * len(buf))
+                nb[0:len(buf)] = buf
+                buf = nb
+            o = n * REC
+            buf[o:o + 8] = k
+            if r is None:
+                for i in range(o + 8, o + REC):
+                    buf[i] = 0
+            else:
+                buf[o + 8:o + REC] = r[8:REC]
+            n += 1
+            if n > DELTA_MAX:
+                raise ValueError("delta too large: send a snapshot")
+    if n > DELTA_MAX:
+        raise ValueError("delta too large: send a snapshot")
+    for i in range(n):
+        st = buf[i * REC + 8]
+        if st and not 1 <= (st & 7) <= 5:
+            raise ValueError("bad record status")
+        if not st and any(buf[i * REC + 9:i * REC + REC]):
+            raise ValueError("bad removal")
+    _sort_records(buf, n)
+    for i in range(1, n):
+        if _cmp8(buf, (i - 1) * REC, buf, i * REC) == 0:
+            raise ValueError("delta names a card twice")
+    return buf if len(buf) == n * REC else buf[0:n * REC]
+
+
 def apply_delta(self, from_version, to_version, records):
     """Apply one delta (from_version -> to_version): records is an iterable of
     (key8, rec16) or (key8, None) to remove. Returns True when applied; False when the flash
@@ -17,41 +62,35 @@ def apply_delta(self, from_version, to_version, records):
     ValueError on a delta that does not fit this store."""
     if from_version != self.version or to_version <= from_version:
         raise ValueError("delta %d->%d does not follow version %d" % (from_version, to_version, self.version))
-    buf = bytearray()
-    n = 0
-    for k, r in records:
-        if len(k) != 8:
-            raise ValueError("key must be 8 bytes")
-        if r is None:
-            buf += k
-            buf += b"\x00" * 8
-        else:
-            if len(r) != REC or bytes(r[0:8]) != bytes(k) or not 1 <= (r[8] & 7) <= 5:
-                raise ValueError("bad record")
-            buf += r
-        n += 1
-        if n > DELTA_MAX:
-            raise ValueError("delta too large: send a snapshot")
-    d = _sort_unique(buf)
+    d = _collect(records)
     if self._nlog + len(d) // REC > LOG_HARD:
         while compact_step(self):
             pass
     count = _count_after(self, d)
+    log = _merge(self._log, d)
+    # Every delta file takes a whole flash block however small it is: past MAX_DFILES files the
+    # new file holds the whole merged log and replaces them all (not while a compaction runs,
+    # which counts on the files it started with).
+    whole = len(self._dtags) >= MAX_DFILES and self._cgen is None
+    body = log if whole else d
     tag = _tag()
     path = self._p("d%08x" % tag)
-    crc = crc32(d)
-    dtags = self._dtags + [(tag, len(d) // REC, crc)]
+    crc = crc32(body)
+    dtags = ([] if whole else self._dtags) + [(tag, len(body) // REC, crc)]
     try:
         with open(path, "wb") as f:
-            f.write(struct.pack(DHDR, MAGIC_DELTA, from_version, to_version, len(d) // REC, crc))
-            f.write(d)
-        self._write_manifest(to_version, count, self._shards, dtags)
+            f.write(struct.pack(DHDR, MAGIC_DELTA, from_version, to_version, len(body) // REC, crc))
+            f.write(body)
+        self._write_manifest(to_version, count, self._st, dtags)
     except OSError as e:
         self._storage_failed(e, (path, self._p("M.tmp")))
         return False
+    if whole:
+        for t in self._dtags:
+            _rm(self._p("d%08x" % t[0]))
     self._dtags = dtags
-    self._log = _merge(self._log, d)
-    self._nlog = len(self._log) // REC
+    self._log = log
+    self._nlog = len(log) // REC
     self.version = to_version
     self.count = count
     if self.health == "empty" or self.health.startswith("full"):
@@ -92,44 +131,37 @@ def compact_step(self):
         self._cgen = None
         return False
     except OSError as e:
+        # RAM follows the manifest only after each switch, so it still matches the flash
         self._cgen = None
-        self._storage_failed(e, ())
-        _reload_quiet(self)
+        self._storage_failed(e, (self._p("M.tmp"),))
         return False
-
-
-def _reload_quiet(self):
-    try:
-        self._load_manifest()
-        self._rebuild_log()
-        self._build_index(verify=False)
-    except (OSError, ValueError):
-        pass
 
 
 def _compact(self):
     ndel = len(self._dtags)  # deltas folded by this run; later ones stay in the log
     i = 0
-    while i < len(self._shards):
-        s = self._shards[i]
-        hi = self._shards[i + 1].first if i + 1 < len(self._shards) else None
-        lo_i, hi_i = _log_range(self, s.first, hi)
+    while i < len(self._st):
+        st = self._st
+        first = st.first(i)
+        tag = st.tag(i)
+        hi = st.first(i + 1) if i + 1 < len(st) else None
+        lo_i, hi_i = _log_range(self, first, hi)
         if lo_i == hi_i:
             i += 1
             continue
-        # An overflowing shard splits evenly, so each part has room to grow before it splits again.
-        target = SHARD_RECS
-        if s.nrec + (hi_i - lo_i) > SHARD_RECS:
+        # A shard grows page by page; past 1.5x its written size it splits evenly.
+        target = self._mrecs
+        if st.nrec(i) + (hi_i - lo_i) > self._mrecs:
             n = 0
             for _ in _merged_shard(self, i, lo_i, hi_i):
                 n += 1
-            parts = (n + SHARD_RECS * 3 // 4 - 1) // (SHARD_RECS * 3 // 4) if n > SHARD_RECS else 1
+            parts = (n + self._srecs - 1) // self._srecs if n > self._mrecs else 1
             target = (n + parts - 1) // parts
         news = []
         w = None
         for r in _merged_shard(self, i, lo_i, hi_i):
             if w is None:
-                w = _ShardWriter(self.root, s.first if not news else r[0:8], self._wbuf())
+                w = _ShardWriter(self.root, first if not news else r[0:8], self._wbuf(), self._mp)
             pno = w.pno
             w.add(r)
             if w.nrec == target or w.full():
@@ -141,19 +173,23 @@ def _compact(self):
         if w is not None:
             news.append(w.close())
         if not news:  # shard emptied: keep an empty one so key ranges stay contiguous
-            w = _ShardWriter(self.root, s.first, self._wbuf())
+            w = _ShardWriter(self.root, first, self._wbuf())
             news.append(w.close())
-        news[0].first = s.first
-        shards = self._shards[:i] + news + self._shards[i + 1:]
-        self._write_manifest(self.version, self.count, shards, self._dtags)
-        _rm(self._p("s%08x" % s.tag))
-        self._shards = shards
+        news[0].first = first
+        try:
+            self._write_manifest(self.version, self.count, st, self._dtags, i, news)
+        except OSError:
+            for n in news:
+                _rm(self._p("s%08x" % n.tag))
+            raise
+        st.splice(i, news)  # RAM follows the manifest only once it is switched
+        _rm(self._p("s%08x" % tag))
         self._build_index(verify=False)
         i += len(news)
         yield
     # every folded delta is now in the shards: drop them from the manifest
     rest = self._dtags[ndel:]
-    self._write_manifest(self.version, self.count, self._shards, rest)
+    self._write_manifest(self.version, self.count, self._st, rest)
     for d in self._dtags[:ndel]:
         _rm(self._p("d%08x" % d[0]))
     self._dtags = rest
@@ -194,14 +230,11 @@ def _merged_shard(self, i, lo_i, hi_i):
 
 def _shard_records(self, i):
     # Page by page into one buffer of its own (lookups between steps use the store's buffer).
-    s = self._shards[i]
-    if self._rbuf is None:
-        self._rbuf = bytearray(BLOCK)
     buf = self._rbuf
     mv = memoryview(buf)
-    with open(self._p("s%08x" % s.tag), "rb") as f:
+    with open(self._p("s%08x" % self._st.tag(i)), "rb") as f:
         p = 0
-        left = s.nrec
+        left = self._st.nrec(i)
         while left > 0:
             n = min(left, page_cap(p))
             size = BLOCK - _ptr_bytes(p) if left > n else PAGE_HDR + n * REC
