@@ -441,8 +441,11 @@ def cmd_ledger_show(ctx: Ctx) -> int:
     ctx.say("Staff ledger (personalliggare), site %s (%s), site ID number %s, %s (%s)"
             % (site["id"], site["name"], site["tax_site_id"], day.isoformat(), a.tz))
     table = ledger.shift_rows(rows, tz)
-    ctx.say(*_table([[r[3], r[4], r[1], r[2], r[6][11:16] if r[6] else "",
-                      r[7][11:16] if r[7] and r[7][0].isdigit() else r[7], r[8],
+    def hm(t: str) -> str:  # the time, with the date when it is not the day shown
+        if not t or not t[0].isdigit():
+            return t
+        return t[11:16] if t[:10] == day.isoformat() else t[5:16]
+    ctx.say(*_table([[r[3], r[4], r[1], r[2], hm(r[6]), hm(r[7]), r[8],
                       "corrected" if r[9] else ""] for r in table],
                     ("NAME", "PERSONAL-ID", "CONTRACTOR", "ORG-NO", "START", "END", "READERS", "")))
     ctx.say("%d shift(s); %d person(s) on site now" % (len(rows), sum(1 for r in rows if r["end"] is None)))
