@@ -151,6 +151,12 @@ class PN532Sim:
             return
         self._faults[kind] = self._faults.get(kind, 0) + count
 
+    def _faults_pending(self):
+        for v in self._faults.values():
+            if v:
+                return True
+        return False
+
     def clear_faults(self):
         self._faults = {}
         self.hung = False
@@ -288,6 +294,8 @@ class PN532Sim:
             f = f[:-2] + bytes(((f[-2] + 1 + self._rand() % 255) & 0xFF, 0))
         if self._take("truncate"):
             f = f[:self._rand() % (len(f) - 1) + 1]
+            if self.bus != "uart":  # the chip lets go of SDA/MISO mid-frame: the pull-up reads 1s
+                f += b"\xff" * 8
         if self._take("flip"):
             i = self._rand() % len(f)
             f = f[:i] + bytes((f[i] ^ (1 + self._rand() % 255),)) + f[i + 1:]
