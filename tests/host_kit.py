@@ -143,6 +143,8 @@ class ProtocolReader:
 
     def _on_connect(self, client, userdata, flags, rc, props) -> None:
         P = self.P
+        with self.lock:  # a new session on every connect, as the firmware does
+            self.nonce, self.counter, self.host_counter = os.urandom(8), 0, 0
         client.subscribe(P.topic(self.site, self.rid, "in"), qos=1)
         client.publish(P.topic(self.site, self.rid, "status"), b"online", qos=1, retain=True)
         self._send("hello", P.T_HELLO, P.hello_body(self.version, 0, 0, 1_000_000, 60_000, 0, 0,

@@ -150,6 +150,15 @@ def test_serve_pushes_blocks_and_collects_events(tmp_path):
             assert r2.version == 0 and r2.received == []  # a forged HELLO gets no answer
             assert "rejected message from gate-02" in (tmp_path / "serve-one.log").read_text()
 
+            # the broker restarts while the operator blocks another card: after reconnecting,
+            # serve answers the reader's new HELLO with what it missed
+            b.stop()
+            op.ok("cards", "block", "BB-2401-000002")
+            time.sleep(0.5)
+            b.start()
+            r1.wait(lambda r: r.version == head + 2, timeout=30, what="the block made offline")
+            assert R.status(r1.records[_key(url, UIDS[1])]) == R.BLOCKED
+
             r1.close()  # goes offline
             deadline = time.monotonic() + 10
             while json.loads(op.ok("readers", "list", "--json"))[0]["online"]:
