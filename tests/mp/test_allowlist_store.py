@@ -213,24 +213,31 @@ def test_inserts_split_a_shard():
     al.open()
     install(al, N, 1)
     before = len(al._st)
+    def added(j):  # 600 cards all between cards 0 and 1: one shard takes them all
+        r = bytearray(rec(j, 9))
+        struct.pack_into(">Q", r, 0, STEP + 1 + j * 1000)
+        return r
+
     buf = bytearray(600 * 16)
-    for j in range(600):  # all between cards 0 and 1: one shard takes them all
-        buf[j * 16:j * 16 + 16] = rec(j, 9)
-        struct.pack_into(">Q", buf, j * 16, STEP + 1 + j * 1000)
-    added = [bytes(buf[j * 16:j * 16 + 16]) for j in range(600)]
+    for j in range(600):
+        buf[j * 16:j * 16 + 16] = added(j)
     assert al.apply_delta(1, 2, buf)
     buf = None
     while al.compact_step():
         pass
     assert len(al._st) > before, (before, len(al._st))
     out = bytearray(16)
-    for r in added:
+    for j in range(600):
+        r = added(j)
         assert al.lookup(r[0:8], out) and out == r
     mpt.eq(al.count, N + 600)
     mpt.eq(sum(1 for _ in al.items()), N + 600)
+    ix = bytes(al._ix[:al._np * 12])  # spliced step by step during compaction
     al = None
     al = reopen(dev)
     mpt.eq(al.health, "ok")
-    for r in added[::7]:
+    mpt.eq(bytes(al._ix[:al._np * 12]), ix, "index spliced == index rebuilt at boot")
+    for j in range(0, 600, 7):
+        r = added(j)
         assert al.lookup(r[0:8], out) and out == r
     umount()

@@ -88,13 +88,14 @@ def _rm(path):
 
 
 class _Shard:
-    __slots__ = ("first", "tag", "nrec", "crc")
+    __slots__ = ("first", "tag", "nrec", "crc", "pages")
 
-    def __init__(self, first, tag, nrec, crc):
+    def __init__(self, first, tag, nrec, crc, pages=None):
         self.first = bytes(first)
         self.tag = tag
         self.nrec = nrec
         self.crc = crc
+        self.pages = pages  # [(first key, records)] of each page, from the writer
 
 
 class ShardTable:
@@ -198,6 +199,7 @@ class _ShardWriter:
         self.f = open(self.path, "wb")
         self.page = page  # a BLOCK-sized buffer reused across writers (no 4 KB allocation each)
         self.maxp = maxp
+        self.pages = []
         self.pno = 0
         self.n = 0  # records in the current page
         self.nrec = 0
@@ -220,6 +222,7 @@ class _ShardWriter:
         c = crc32(body)
         self.crc = crc32(body, self.crc)
         struct.pack_into("<4sIHHI", self.page, 0, MAGIC_PAGE, self.tag, self.pno, n, c)
+        self.pages.append((bytes(self.page[PAGE_HDR:PAGE_HDR + 8]), n))
         # A full page fills its data block; a last page is at least MIN_FILE so LittleFS never
         # keeps the shard inline in its metadata (it must live in data blocks to be found).
         size = BLOCK - _ptr_bytes(self.pno) if pad else max(PAGE_HDR + n * REC, MIN_FILE)
@@ -243,7 +246,7 @@ class _ShardWriter:
             self.abort()
             raise
         self.f = None
-        return _Shard(self.first, self.tag, self.nrec, self.crc)
+        return _Shard(self.first, self.tag, self.nrec, self.crc, self.pages)
 
     def abort(self):
         if self.f:
@@ -286,41 +289,36 @@ def _sort_records(buf, n):
             mv[j * REC:j * REC + REC] = tmp
 
 
-def _merge(a, b):
-    # Union of two sorted record arrays; b's record wins on equal keys. Sized exactly up front
-    # (a growing bytearray would fragment the small heap).
-    na = len(a) // REC
-    nb = len(b) // REC
-    if not na:
-        return b
-    if not nb:
-        return a
-    i = j = same = 0
+def _merge_into(log, na, b, nb):
+    """Merge the nb sorted records of b into the na sorted records at the start of log, in place
+    (log has the capacity: LOG_HARD records, taken at boot); b wins on equal keys. Returns the new
+    record count. Works backwards so nothing is overwritten before it is read; no heap."""
+    same = 0
+    i = j = 0
     while i < na and j < nb:
-        c = _cmp8(a, i * REC, b, j * REC)
+        c = _cmp8(log, i * REC, b, j * REC)
         if c <= 0:
             i += 1
         if c >= 0:
             j += 1
         if c == 0:
             same += 1
-    out = bytearray((na + nb - same) * REC)
-    ma = memoryview(a)
-    mb = memoryview(b)
-    i = j = o = 0
-    while i < na and j < nb:
-        c = _cmp8(a, i * REC, b, j * REC)
-        if c < 0:
-            out[o:o + REC] = ma[i * REC:i * REC + REC]
-            i += 1
+    n = na + nb - same
+    if n * REC > len(log):
+        raise ValueError("delta log over capacity")
+    i = na - 1
+    j = nb - 1
+    o = n - 1
+    mv = memoryview(log)
+    while j >= 0:
+        c = _cmp8(log, i * REC, b, j * REC) if i >= 0 else -1
+        if c > 0:
+            mv[o * REC:o * REC + REC] = mv[i * REC:i * REC + REC]
+            i -= 1
         else:
-            out[o:o + REC] = mb[j * REC:j * REC + REC]
-            j += 1
+            mv[o * REC:o * REC + REC] = b[j * REC:j * REC + REC]
+            j -= 1
             if c == 0:
-                i += 1
-        o += REC
-    if i < na:
-        out[o:] = ma[i * REC:]
-    elif j < nb:
-        out[o:] = mb[j * REC:]
-    return out
+                i -= 1
+        o -= 1
+    return n

@@ -120,7 +120,6 @@ def end_snapshot(self):
     old_st = None
     self._st = st
     self._dtags = []
-    self._log = bytearray(0)
     self._nlog = 0
     self.version = sn["version"]
     self.count = total

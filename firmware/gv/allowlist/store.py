@@ -14,7 +14,7 @@ from gv.allowlist.layout import (
     MAGIC_PAGE, MAGIC_SNAP, PAGE_HDR, REC, SCAN, SHARD_PAGES,
     DELTA, DELTA_N, DHDR, DHDR_N, MAN_HDR, MAN_HDR_N,
     SHARD, SHARD_N, SNAP_HDR, SNAP_HDR_N, ShardTable, _cmp8, IX,
-    _exists, _merge, _ptr_bytes, _rfile, _rm, _round,
+    _exists, _merge_into, _ptr_bytes, LOG_HARD, _rfile, _rm, _round,
     _wfile, page_cap,
 )
 
@@ -38,7 +38,9 @@ class Allowlist:
         self.need_resync = True
         self._st = ShardTable()
         self._dtags = []  # (tag, nrec, crc) of each delta file in the manifest, oldest first
-        self._log = bytearray(0)
+        # The delta log: sorted records (a removal has status 0), merged in place in a buffer of
+        # LOG_HARD records taken at boot, so a stream of deltas never fragments the heap.
+        self._log = bytearray(LOG_HARD * REC)
         self._nlog = 0
         self._page = bytearray(BLOCK)
         self._pmv = memoryview(self._page)
@@ -77,7 +79,6 @@ class Allowlist:
             self._rebuild_log()
         except (OSError, ValueError):
             problems.append("delta log unreadable")
-            self._log = bytearray(0)
             self._nlog = 0
         bad = self._build_index(verify=True)
         if bad:
@@ -147,12 +148,13 @@ class Allowlist:
         return data
 
     def _rebuild_log(self):
-        log = bytearray(0)
+        self._nlog = 0
+        n = 0
         for tag, nrec, crc in self._dtags:
             d = self._read_delta(tag, nrec, crc)
-            log = _merge(log, memoryview(d)[DHDR_N:])
-        self._log = log
-        self._nlog = len(log) // REC
+            n = _merge_into(self._log, n, memoryview(d)[DHDR_N:], nrec)
+            d = None
+        self._nlog = n
 
     def _pages_of(self, nrec):
         n, p, left = 0, 0, nrec

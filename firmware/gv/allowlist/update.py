@@ -3,8 +3,8 @@ import os
 import struct
 from binascii import crc32
 from gv.allowlist.layout import (
-    BLOCK, MAX_DFILES, DELTA_MAX, LOG_HARD, LOG_SOFT, MAGIC_DELTA, PAGE_HDR,
-    REC, DHDR, _ShardWriter, _cmp8, _merge, _ptr_bytes,
+    BLOCK, IX, MAGIC_PAGE, SCAN, MAX_DFILES, DELTA_MAX, LOG_HARD, LOG_SOFT, MAGIC_DELTA, PAGE_HDR,
+    REC, DHDR, _ShardWriter, _cmp8, _merge_into, _ptr_bytes,
     _rm, _sort_records, _tag, page_cap,
 )
 
@@ -13,10 +13,11 @@ from gv.allowlist.layout import (
 def _collect(records):
     # The delta as one sorted bytearray of 16-byte records (a removal is key8 + 8 zero bytes).
     # records: packed bytes of such records, or an iterable of (key8, rec16 or None).
+    # A bytearray is sorted in place (no second copy of a 16 KB delta on a small heap).
     if isinstance(records, (bytes, bytearray, memoryview)):
         if len(records) % REC:
             raise ValueError("delta is not whole records")
-        buf = bytearray(records)
+        buf = records if isinstance(records, bytearray) else bytearray(records)
         n = len(buf) // REC
     else:
         buf = bytearray(REC * (len(records) if isinstance(records, (list, tuple)) else 64))
@@ -67,12 +68,13 @@ def apply_delta(self, from_version, to_version, records):
         while compact_step(self):
             pass
     count = _count_after(self, d)
-    log = _merge(self._log, d)
+    # merged in place now; if the flash refuses, the log is read back from the delta files
+    nlog = _merge_into(self._log, self._nlog, d, len(d) // REC)
     # Every delta file takes a whole flash block however small it is: past MAX_DFILES files the
     # new file holds the whole merged log and replaces them all (not while a compaction runs,
     # which counts on the files it started with).
     whole = len(self._dtags) >= MAX_DFILES and self._cgen is None
-    body = log if whole else d
+    body = memoryview(self._log)[:nlog * REC] if whole else d
     tag = _tag()
     path = self._p("d%08x" % tag)
     crc = crc32(body)
@@ -84,13 +86,17 @@ def apply_delta(self, from_version, to_version, records):
         self._write_manifest(to_version, count, self._st, dtags)
     except OSError as e:
         self._storage_failed(e, (path, self._p("M.tmp")))
+        try:
+            self._rebuild_log()
+        except (OSError, ValueError):
+            self._nlog = 0
+            self.health = "corrupt: delta log unreadable"
         return False
     if whole:
         for t in self._dtags:
             _rm(self._p("d%08x" % t[0]))
     self._dtags = dtags
-    self._log = log
-    self._nlog = len(log) // REC
+    self._nlog = nlog
     self.version = to_version
     self.count = count
     if self.health == "empty" or self.health.startswith("full"):
@@ -149,17 +155,23 @@ def _compact(self):
         if lo_i == hi_i:
             i += 1
             continue
+        # a private copy of this shard's log entries: deltas applied between steps merge into
+        # the log in place and must not shift what this merge is reading
+        part = bytes(memoryview(self._log)[lo_i * REC:hi_i * REC])
+        npart = hi_i - lo_i
         # A shard grows page by page; past 1.5x its written size it splits evenly.
         target = self._mrecs
-        if st.nrec(i) + (hi_i - lo_i) > self._mrecs:
+        if st.nrec(i) + npart > self._mrecs:
             n = 0
-            for _ in _merged_shard(self, i, lo_i, hi_i):
+            for _ in _merged_shard(self, i, part, npart):
                 n += 1
+                if not n & 255:
+                    yield  # about one page read
             parts = (n + self._srecs - 1) // self._srecs if n > self._mrecs else 1
             target = (n + parts - 1) // parts
         news = []
         w = None
-        for r in _merged_shard(self, i, lo_i, hi_i):
+        for r in _merged_shard(self, i, part, npart):
             if w is None:
                 w = _ShardWriter(self.root, first if not news else r[0:8], self._wbuf(), self._mp)
             pno = w.pno
@@ -182,9 +194,35 @@ def _compact(self):
             for n in news:
                 _rm(self._p("s%08x" % n.tag))
             raise
+        p0 = _first_page(self, i)
+        old = self._pages_of(st.nrec(i))
         st.splice(i, news)  # RAM follows the manifest only once it is switched
+        yield
+        # Find the new pages on flash a slice of the device per step; meanwhile lookups keep
+        # using the old shard file, which is deleted only once the index points at the new one.
+        want = {}
+        for k in range(len(news)):
+            want[news[k].tag] = k
+        blks = [bytearray(2 * len(n.pages)) for n in news]
+        found = 0
+        hdr = bytearray(SCAN)
+        dev = self._dev
+        nb = dev.ioctl(4, 0) if dev is not None else 0
+        for b in range(nb):
+            dev.readblocks(b, hdr, 0)
+            for o in range(0, SCAN - PAGE_HDR + 1, 4):
+                if hdr[o] == 0x47 and hdr[o + 1] == 0x56 and hdr[o:o + 4] == MAGIC_PAGE:
+                    t, pno = struct.unpack_from("<IH", hdr, o + 4)
+                    k = want.get(t)
+                    if k is not None and pno < len(news[k].pages) and _ptr_bytes(pno) == o:
+                        struct.pack_into("<H", blks[k], 2 * pno, b)
+                        found += 1
+                    break
+            if b & 63 == 63:
+                yield
+        if not _splice_index(self, p0, old, news, blks, found):
+            self._build_index(verify=False)
         _rm(self._p("s%08x" % tag))
-        self._build_index(verify=False)
         i += len(news)
         yield
     # every folded delta is now in the shards: drop them from the manifest
@@ -194,6 +232,45 @@ def _compact(self):
         _rm(self._p("d%08x" % d[0]))
     self._dtags = rest
     self._rebuild_log()
+
+
+def _first_page(self, i):
+    # Index position of shard i's first page, or None when the index is not complete (a bad
+    # shard was dropped at boot): then the index is rebuilt whole instead of spliced.
+    p = 0
+    total = 0
+    for j in range(len(self._st)):
+        n = self._pages_of(self._st.nrec(j))
+        if j < i:
+            p += n
+        total += n
+    return p if total == self._np else None
+
+
+def _splice_index(self, p0, old, news, blks, found):
+    """Replace the old pages of a shard in the index by the new shards' pages (in place)."""
+    k = 0
+    for n in news:
+        k += len(n.pages)
+    if p0 is None or found != k or (self._np - old + k) * IX > len(self._ix):
+        return False
+    ix = self._ix
+    mv = memoryview(ix)
+    tail = (p0 + old) * IX
+    mv[(p0 + k) * IX:(self._np - old + k) * IX] = mv[tail:self._np * IX]  # memmove
+    e = p0 * IX
+    for j in range(len(news)):
+        pages = news[j].pages
+        for pno in range(len(pages)):
+            first, n = pages[pno]
+            ix[e:e + 8] = first
+            ix[e + 8] = blks[j][2 * pno]
+            ix[e + 9] = blks[j][2 * pno + 1]
+            ix[e + 10] = n
+            ix[e + 11] = _ptr_bytes(pno)
+            e += IX
+    self._np += k - old
+    return True
 
 
 def _log_range(self, lo_key, hi_key):
@@ -207,10 +284,9 @@ def _log_range(self, lo_key, hi_key):
     return a, b
 
 
-def _merged_shard(self, i, lo_i, hi_i):
-    # The shard's records with log[lo_i:hi_i] applied (later entries win; status 0 removes).
-    log = self._log
-    li = lo_i
+def _merged_shard(self, i, log, hi_i):
+    # The shard's records with its log entries applied (log wins; status 0 removes).
+    li = 0
     for r in _shard_records(self, i):
         while li < hi_i and _cmp8(log, li * REC, r, 0) < 0:
             if log[li * REC + 8]:
