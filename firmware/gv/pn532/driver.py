@@ -7,6 +7,7 @@
 # step per poll so the asyncio loop never waits on the reset (docs/pn532.md, "Blocking").
 from gv.compat import const, ticks_diff, ticks_ms
 from gv.pn532 import frame
+from gv.pn532.transport import READ_ACK, READ_FULL, READ_SHORT
 
 try:
     from time import sleep_ms
@@ -116,6 +117,7 @@ class PN532:
         self.resets = 0  # recoveries started (RSTPD_N pulses or bus re-inits)
         self.naks = 0  # status reads the bus refused (I2C NACK while busy)
         self.retransmits = 0  # answers re-requested with a NACK after a checksum error
+        self.long_reads = 0  # answers longer than RESP_SHORT, re-read in full
         self.polls = 0
         self.last_error = E_NONE
         self._state = _CONFIG
@@ -293,21 +295,22 @@ class PN532:
             t.send(tx)
         except OSError:
             return _R_BUS
-        r = self._answer(True, self.ack_ms)
+        r = self._answer(READ_ACK, self.ack_ms)
         if r != frame.IS_ACK:
             if r == frame.IS_NACK:
                 return _R_NACK
             if r == _R_BUS:
                 return r
             return _R_NO_ACK
-        r = self._answer(False, resp_ms)
+        r = self._answer(READ_SHORT, resp_ms)
+        if r == frame.INCOMPLETE and t.fixed:
+            # longer than the usual answer (two cards, 10-byte UID, long ATS): the chip resends
+            # its last answer on NACK, this time read in full
+            self.long_reads += 1
+            r = self._resend(READ_FULL, resp_ms)
         if r < 0 and r != _R_TIMEOUT and r != _R_BUS and r != frame.IS_ERROR:
-            self.retransmits += 1  # corrupted on the wire: the chip resends its last answer on NACK
-            try:
-                t.send(frame.NACK)
-            except OSError:
-                return _R_BUS
-            r = self._answer(False, resp_ms)
+            self.retransmits += 1  # corrupted on the wire: ask once more
+            r = self._resend(READ_FULL, resp_ms)
         if r >= 0:
             d = r >> 16
             if (r & 0xFFFF) < 2 or t.buf[d] != frame.TFI_CHIP or t.buf[d + 1] != cmd + 1:
@@ -321,7 +324,14 @@ class PN532:
             return r
         return _R_FRAME
 
-    def _answer(self, ack, ms):
+    def _resend(self, size, ms):
+        try:
+            self.t.send(frame.NACK)
+        except OSError:
+            return _R_BUS
+        return self._answer(size, ms)
+
+    def _answer(self, size, ms):
         t = self.t
         irq = self.irq
         t.restart()
@@ -336,7 +346,7 @@ class PN532:
                 self.naks += 1
             if rdy:
                 try:
-                    end = t.pull(ack)
+                    end = t.pull(size)
                 except OSError:
                     return _R_BUS
                 if end > t.off:

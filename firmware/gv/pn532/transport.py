@@ -4,14 +4,20 @@
 #   prepare(n)        reserve what sending an n-byte frame needs, so send() allocates nothing
 #   send(frame)       write one host frame (raises OSError on a bus error)
 #   ready()           True when the chip has an answer (status byte bit 0 / bytes waiting)
-#   pull(ack)         fetch (more of) the answer into .buf; returns the end index; frame bytes
-#                     start at .off. fixed=True buses read a whole answer in one transfer.
+#   pull(size)        fetch (more of) the answer into .buf; returns the end index; frame bytes
+#                     start at .off. size is READ_ACK, READ_SHORT or READ_FULL: fixed=True buses
+#                     read that many bytes in one transfer (I2C/SPI cannot know the length
+#                     first); the HSU just takes what has arrived.
 # Nothing here allocates after construction and prepare().
 from gv.compat import const
 
 I2C_ADDR = const(0x24)
 ACK_LEN = const(6)
 RESP_MAX = const(80)  # frame bytes read for an answer: two targets, 10-byte UIDs, 16-byte ATS each
+RESP_SHORT = const(28)  # one card, 7-byte UID, 6-byte ATS (a DESFire): the usual answer in one read
+READ_ACK = const(0)
+READ_SHORT = const(1)
+READ_FULL = const(2)
 
 _WAKE_HSU = b"\x55\x55" + bytes(14)  # 0x55 wakes the HSU, the zeros give it time (UM0701-02 §7.2.11)
 
@@ -46,8 +52,7 @@ class I2CTransport:
         self.buf = bytearray(1 + RESP_MAX)
         self._st = bytearray(1)
         mv = memoryview(self.buf)
-        self._ackv = mv[:1 + ACK_LEN]
-        self._respv = mv[:1 + RESP_MAX]
+        self._views = (mv[:1 + ACK_LEN], mv[:1 + RESP_SHORT], mv[:1 + RESP_MAX])
 
     def wake(self):
         try:  # an address match wakes a powered-down PN532
@@ -71,8 +76,8 @@ class I2CTransport:
         self.i2c.readfrom_into(self.addr, self._st)
         return self._st[0] & 1 == 1
 
-    def pull(self, ack):
-        v = self._ackv if ack else self._respv
+    def pull(self, size):
+        v = self._views[size]
         self.i2c.readfrom_into(self.addr, v)
         if not self.buf[0] & 1:  # the status byte says this was not the answer
             return 1
@@ -116,7 +121,8 @@ class UARTTransport:
     def ready(self):
         return self.uart.any() > 0
 
-    def pull(self, ack):
+    def pull(self, size):
+        ack = size == READ_ACK
         u = self.uart
         buf = self.buf
         one = self._one
@@ -151,10 +157,8 @@ class SPITransport:
         self._st = bytearray(2)
         mv = memoryview(self.buf)
         tv = memoryview(self._tx)
-        self._ackv = mv[:1 + ACK_LEN]
-        self._respv = mv[:1 + RESP_MAX]
-        self._rdack = tv[:1 + ACK_LEN]
-        self._rdresp = tv[:1 + RESP_MAX]
+        self._views = (mv[:1 + ACK_LEN], mv[:1 + RESP_SHORT], mv[:1 + RESP_MAX])
+        self._txviews = (tv[:1 + ACK_LEN], tv[:1 + RESP_SHORT], tv[:1 + RESP_MAX])
         self._wviews = {}
         self._wbuf = bytearray(1 + RESP_MAX)
         self._sr[0] = self._b(SPI_SR)
@@ -203,9 +207,9 @@ class SPITransport:
             self.cs.value(1)
         return self._b(self._st[1]) & 1 == 1
 
-    def pull(self, ack):
-        v = self._ackv if ack else self._respv
-        t = self._rdack if ack else self._rdresp
+    def pull(self, size):
+        v = self._views[size]
+        t = self._txviews[size]
         self._tx[0] = self._b(SPI_DR)
         self.cs.value(0)
         try:
