@@ -129,7 +129,8 @@ class ReaderProc:
     """tests/mp/sync_reader.py in a micropython process; .stat is its latest STAT line."""
 
     def __init__(self, workdir: Path, config: dict, events: int = 0, heapsize: str = "128k",
-                 image: str | None = None, stat_ms: int = 100, blocks: int = 512):
+                 image: str | None = None, stat_ms: int = 100, blocks: int = 512,
+                 mpy_dir: str | None = None, live_heap: bool = False):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "config.json").write_text(json.dumps(config))
@@ -137,8 +138,14 @@ class ReaderProc:
                          GV_SYNC_STAT_MS=str(stat_ms), GV_SYNC_BLOCKS=str(blocks))
         if image:
             env["GV_SYNC_IMAGE"] = image
+        if live_heap:
+            env["GV_SYNC_LIVE"] = "1"
+        script = ["tests/mp/sync_reader.py"]
+        if mpy_dir:  # precompiled, as a reader runs its firmware
+            env["MICROPYPATH"] = os.pathsep.join([".frozen", mpy_dir])
+            script = ["-m", "sync_reader"]
         self.proc = subprocess.Popen(
-            [mpy.micropython_bin(), "-X", f"heapsize={heapsize}", "tests/mp/sync_reader.py"],
+            [mpy.micropython_bin(), "-X", f"heapsize={heapsize}", *script],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.stat: dict = {}
         self.lines: list[str] = []
@@ -200,3 +207,19 @@ class ReaderProc:
 
 def new_secret() -> bytes:
     return secrets.token_bytes(32)
+
+
+def compile_mpy(dest: Path) -> str:
+    """The firmware, the flash stand-in and the test reader as .mpy files in dest (bytecode
+    only, what mpy-cross makes for a board): no compiling in the reader's heap."""
+    dest = Path(dest)
+    srcs = {"flashdev.py": ROOT / "tools/sim/flashdev.py",
+            "sync_reader.py": ROOT / "tests/mp/sync_reader.py"}
+    for f in sorted((ROOT / "firmware").rglob("*.py")):
+        srcs[str(f.relative_to(ROOT / "firmware"))] = f
+    for rel, src in srcs.items():
+        out = dest / rel.replace(".py", ".mpy")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([mpy.mpy_cross_bin(), "-o", str(out), str(src)], check=True,
+                       capture_output=True)
+    return str(dest)

@@ -11,8 +11,6 @@ import json
 import os
 import sys
 
-import micropython
-
 import flashdev
 from gv.allowlist.store import Allowlist
 gc.collect()
@@ -52,7 +50,27 @@ def on_command(name, arg):
 
 
 sync = Sync(cfg, al, events=log, on_command=on_command)
-gate = {"loops": 0, "maxgap": 0, "last": None, "found": 0}
+gate = {"loops": 0, "maxgap": 0, "last": None, "found": 0, "heap": 0}
+_handler = sync.client.on_message
+
+
+LIVE = os.getenv("GV_SYNC_LIVE")
+
+
+def sampled(topic, msg):
+    # with GV_SYNC_LIVE (bench): the live heap right after each message (a collection first,
+    # so garbage doesn't count), while the message and its buffers are still referenced
+    _handler(topic, msg)
+    if LIVE:
+        gc.collect()
+        a = gc.mem_alloc()
+        if a > gate["heap"]:
+            gate["heap"] = a
+
+
+sync.client.on_message = sampled
+gc.collect()
+gate["base"] = gc.mem_alloc()  # code, stores and engine, before any network
 KEY = bytearray(8)
 REC = bytearray(16)
 
@@ -80,7 +98,8 @@ def stat():
             "commands": commands, "rejected": dict((str(k), v) for k, v in sync.rejected.items()),
             "acked": log.acked, "next_seq": log.next_seq, "events_sent": sync.events_sent,
             "maxgap": gate["maxgap"], "loops": gate["loops"], "head": sync.head,
-            "mem_peak": micropython.mem_peak(), "mem_free": gc.mem_free(),
+            "heap_peak": gate["heap"], "heap_base": gate["base"], "mem_free": gc.mem_free(), "mem_alloc": gc.mem_alloc(),
+            "rx_bytes": c.rx_bytes, "tx_bytes": c.tx_bytes,
             "flash_written": dev.bytes_written, "error": c.last_error,
             "sync_error": sync.last_error}
 
@@ -109,6 +128,10 @@ async def control():
                 gate["maxgap"] = 0
             elif w[0] == "resetflash":
                 dev.reset_counters()
+            elif w[0] == "resetnet":
+                sync.client.rx_bytes = sync.client.tx_bytes = 0
+                gc.collect()
+                gate["heap"] = gc.mem_alloc()
             elif w[0] == "quit":
                 print("STAT", json.dumps(stat()))
                 sys.exit(0)

@@ -83,6 +83,8 @@ class MQTTClient:
         self.failures = 0  # consecutive failed attempts
         self.last_error = None  # a short string: why the last connection ended
         self.dropped = 0  # incoming packets too large to take (skipped unparsed)
+        self.rx_bytes = 0  # MQTT bytes received and sent (before TLS framing)
+        self.tx_bytes = 0
         self._stream = None
         self._wlock = asyncio.Lock()
         self._pid = 0
@@ -201,6 +203,7 @@ class MQTTClient:
         async with self._wlock:
             s.write(pkt)
             await s.drain()
+        self.tx_bytes += len(pkt)
 
     async def _open(self):
         ai = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0]
@@ -288,6 +291,7 @@ class MQTTClient:
                     if shift > 21:
                         raise MQTTError("bad length")
                 self._rx = ticks_ms()
+                self.rx_bytes += 2 + shift // 7 + n
                 if n > self.max_packet:
                     # too big to take into the heap: skip it in small pieces
                     self.dropped += 1

@@ -1,0 +1,125 @@
+"""Sync figures (issue 5), measured end to end: a MicroPython reader (unix port, -X heapsize=128k,
+firmware precompiled to .mpy as a board runs it, real Allowlist and EventLog on the 2 MiB flash
+stand-in, TLS with a pinned CA) against a real mosquitto and the host engine over paho.
+
+- sync.rebuild_100k_wire_bytes_per_card: MQTT bytes both ways (PUBLISH/PUBACK framing, topics,
+  envelopes, the reader's SYNCs) counted by the reader's client during a 100,000-card rebuild,
+  per card; before TLS record framing (~29 B per message with AES-GCM, i.e. ~0.3 B per card).
+  The raw figure (no zlib) is computed from the same host code for comparison.
+- sync.reader_heap_peak_bytes: the highest live heap (gc.collect() then gc.mem_alloc(), right
+  after every received message, its buffers still referenced) during that rebuild, TLS on. The
+  reader process holds the allowlist, the event log, the sync engine, the MQTT client and a 5 ms
+  lookup loop standing in for the gate. It runs with -X heapsize=256k because the .mpy bytecode
+  of those modules alone fills most of 128k (sync.reader_heap_base_bytes: everything loaded and
+  opened, before the network); sync.reader_heap_sync_working_bytes is what syncing adds on top.
+  On a board the firmware is frozen (bytecode in flash), and ESP32's mbedtls buffers live in the
+  IDF heap, not MicroPython's, so only the working set and the stores' RAM compete for ~100 KB.
+- sync.catchup_1000_changes_flash_bytes: bytes written to flash while a reader that was offline
+  through 1,000 single-card changes (on a 10,000-card list) catches up.
+"""
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import host_sync  # noqa: F401
+from gv.sync import protocol as P
+from host_sync import wire
+from host_sync.syncer import HostSync
+from tests.broker import Broker
+from tests.sync_support import (MemData, ReaderProc, compile_mpy, make_record, new_secret,
+                                reader_config)
+from tools.bench import metric
+
+SITE = "site-a"
+N = 100_000
+
+
+def _raw_bytes_per_card(records: list[bytes], window: int = 8) -> float:
+    topic = len(P.topic(SITE, "gate-01", "in"))
+    total = 0
+    chunks = 0
+    for o in range(0, len(records), wire.SNAP_RECORDS):
+        body = wire.snap_body(1, 1, records, o, wire.SNAP_RECORDS, compress=False)
+        n = P.HDR + len(body) + P.MAC_LEN + topic + 4
+        total += 1 + (1 if n < 128 else 2) + n + 4  # + PUBACK
+        chunks += 1
+    total += (chunks // window + 1) * (P.HDR + 12 + P.MAC_LEN + topic + 8 + 4)  # SYNCs
+    return total / len(records)
+
+
+def run() -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="gv-bench-sync-"))
+    try:
+        mpy_dir = compile_mpy(tmp / "mpy")
+        rng = random.Random(11)
+        secret = new_secret()
+        records = [make_record(rng) for _ in range(N)]
+        with Broker(readers=[("gate-01", SITE)], tls=True) as b:
+            data = MemData({"gate-01": (SITE, secret)})
+            data.change(SITE, records)
+            host = HostSync(data, "127.0.0.1", b.plain_port, b.host_user, b.host_password)
+            host.start()
+            cfg = reader_config("gate-01", SITE, b.reader_broker_config("gate-01"), secret)
+            image = str(tmp / "flash.img")
+            r = ReaderProc(tmp / "r", cfg, heapsize="256k", mpy_dir=mpy_dir, image=image,
+                           live_heap=True)
+            try:
+                s = r.wait(lambda s: s["version"] == 1, timeout=600, what="100k rebuild")
+                assert s["count"] == N, s
+                wire_per_card = (s["rx_bytes"] + s["tx_bytes"]) / N
+                heap_peak, heap_base = s["heap_peak"], s["heap_base"]
+                r.ctl("quit")
+                r.proc.wait(30)
+            finally:
+                r.close()
+            # catch-up: 10,000 cards, reader offline through 1,000 changes
+            data2 = MemData({"gate-01": (SITE, secret)})
+            base = records[:10_000]
+            data2.change(SITE, base)
+            host.stop()
+            host = HostSync(data2, "127.0.0.1", b.plain_port, b.host_user, b.host_password)
+            host.start()
+            image2 = str(tmp / "flash2.img")
+            r = ReaderProc(tmp / "r2", cfg, heapsize="256k", mpy_dir=mpy_dir, image=image2)
+            try:
+                r.wait(lambda s: s["version"] == 1, timeout=120, what="10k rebuild")
+                r.ctl("quit")
+                r.proc.wait(30)
+            finally:
+                r.close()
+            for i in range(1000):
+                data2.change(SITE, [make_record(rng)] if i % 4 else
+                             [bytes(base[i][:8]) + bytes([3]) + base[i][9:]])
+            r = ReaderProc(tmp / "r3", cfg, heapsize="256k", mpy_dir=mpy_dir, image=image2)
+            try:
+                s = r.wait(lambda s: s["version"] == data2.current_version(SITE), timeout=120,
+                           what="catch-up")
+                catchup_flash = s["flash_written"]
+                catchup_deltas = s["deltas"]
+            finally:
+                r.close()
+            host.stop()
+        raw = _raw_bytes_per_card(sorted(records))
+        return {
+            "sync.rebuild_100k_wire_bytes_per_card": metric(
+                round(wire_per_card, 2), "bytes/card",
+                "<= 16 (zlib chunks of %d records; raw records would be %.2f)"
+                % (wire.SNAP_RECORDS, raw)),
+            "sync.rebuild_100k_wire_bytes_per_card_raw": metric(
+                round(raw, 2), "bytes/card", "the same rebuild without zlib (computed)"),
+            "sync.reader_heap_peak_bytes": metric(
+                heap_peak, "bytes", "whole reader process, live, during the 100k rebuild; "
+                "128k target needs frozen firmware (see base)"),
+            "sync.reader_heap_base_bytes": metric(
+                heap_base, "bytes", "code (.mpy in RAM) + stores + engine, before connecting"),
+            "sync.reader_heap_sync_working_bytes": metric(
+                heap_peak - heap_base, "bytes", "what the link and a rebuild add (small)"),
+            "sync.catchup_1000_changes_flash_bytes": metric(
+                catchup_flash, "bytes",
+                "1,000 changes in %d delta messages, 10k-card list" % catchup_deltas),
+        }
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
