@@ -136,7 +136,17 @@ _V2 = [
         instance TEXT NOT NULL)""",
 ]
 
+# A lease held by one serve instance at a time: the one that pushes live deltas (so a reader
+# gets them in order, from one connection) and flags laggards. Others take over when it lapses.
+_V3 = [
+    """CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        instance TEXT NOT NULL,
+        until_at TEXT NOT NULL)""",
+]
+
 MIGRATIONS = [
     (1, "registry, allowlist versions, events, staff ledger", _V1),
     (2, "live pushes claimed by one serve instance", _V2),
+    (3, "the pushing instance's lease", _V3),
 ]

@@ -6,8 +6,11 @@ readers that lag a blocking change for longer than --lag-limit.
 
 Several instances may share one PostgreSQL: the readers' requests, acknowledgements and events
 reach one instance each through the MQTT shared subscription `$share/<group>/gv/+/+/out`; live
-pushes are claimed per version with a compare-and-set (RegistryData.claim_push); events are
-stored once per (reader, sequence number) whatever happens.
+pushes come from the one instance holding the push lease (so each reader gets them in order,
+over one connection; another instance takes over within seconds when it lapses), and each
+version is claimed with a compare-and-set (RegistryData.claim_push) so even two instances that
+both think they lead never push it twice; events are stored once per (reader, sequence number)
+whatever happens.
 """
 from __future__ import annotations
 
@@ -62,10 +65,35 @@ class Service:
         self.pushes = 0  # versions this instance pushed
         self.flagged: list[tuple[str, str, int, str]] = []
         self._next_lag_check = 0.0
+        self._leader = False
+        self._lease_check = 0.0
+
+    LEASE = "push"
+    LEASE_TTL_S = 3.0
+
+    def leader(self) -> bool:
+        """Whether this instance pushes: it holds the lease (renewed every second)."""
+        now = time.monotonic()
+        if now >= self._lease_check:
+            was = self._leader
+            self._leader = self.data.hold_lease(self.LEASE, self.instance, self.LEASE_TTL_S)
+            self._lease_check = now + (1.0 if self._leader else self.LEASE_TTL_S / 3)
+            if self._leader != was:
+                log.info("instance=%s %s the push lease", self.instance,
+                         "holds" if self._leader else "does not hold")
+        return self._leader
+
+    def close(self) -> None:
+        if self._leader:
+            self.data.release_lease(self.LEASE, self.instance)
+            self._leader = False
 
     def tick(self) -> int:
         """Push every site whose version moved; returns the messages published."""
         n = 0
+        if not self.leader():
+            self.seen.clear()  # look again at everything once we lead
+            return 0
         for site, head in self.data.site_versions().items():
             if self.seen.get(site) == head:
                 continue
@@ -133,6 +161,7 @@ def run(ctx: Any) -> int:
     try:
         svc.run(stop, a.poll)
     finally:
+        svc.close()
         engine.stop()
         print("stopped: %d push(es), %s" % (svc.pushes, engine.stats), file=ctx.err, flush=True)
     return EXIT_OK

@@ -162,6 +162,23 @@ class RegistryData:
                               (head, now_iso(), instance, site, before))
         return before if cur.rowcount == 1 else None
 
+    def hold_lease(self, name: str, instance: str, ttl_s: float) -> bool:
+        """Take or renew the lease `name` for ttl_s seconds; True while this instance holds it."""
+        import datetime as dt
+        from host_sync.timeutil import iso, now
+        t = now()
+        with self.db.tx():
+            self.db.execute("INSERT INTO leases (name, instance, until_at) VALUES (?,?,?)"
+                            " ON CONFLICT (name) DO NOTHING", (name, instance, iso(t)))
+            cur = self.db.execute("UPDATE leases SET instance = ?, until_at = ? WHERE name = ? AND"
+                                  " (instance = ? OR until_at < ?)",
+                                  (instance, iso(t + dt.timedelta(seconds=ttl_s)), name, instance,
+                                   iso(t)))
+            return cur.rowcount == 1
+
+    def release_lease(self, name: str, instance: str) -> None:
+        self.db.execute("DELETE FROM leases WHERE name = ? AND instance = ?", (name, instance))
+
     def site_versions_pushed(self) -> dict[str, int]:
         return {s: int(v) for s, v in self.db.all("SELECT site_id, version FROM site_push")}
     def site_versions(self) -> dict[str, int]:
