@@ -13,8 +13,9 @@ from pathlib import Path
 from tools import mpy
 from tools.bench import metric
 
-# Runs inside micropython; prints one JSON line per size.
-MP_SCRIPT = r"""
+# Runs inside micropython in two processes per size (install, then a reboot that runs the rest);
+# each prints one JSON line.
+MP_COMMON = r"""
 import gc, json, os, struct, sys, time, micropython, random
 from flashdev import FlashDev, format_and_mount, mount, umount
 from gv.allowlist.store import Allowlist
@@ -26,6 +27,12 @@ FW = int(os.getenv("AL_FW"))
 STREAM = int(os.getenv("AL_STREAM"))
 random.seed(N)
 CHUNK = 64  # records per snapshot chunk (about one MQTT message)
+
+
+BIG = bytearray(1000 * 16)  # taken first, on a whole heap: snapshot chunks, then the 1000-card delta
+IMG = os.getenv("AL_IMG")  # the flash image the install phase leaves for the run phase (a reboot)
+EVERY = N // 800
+NS = N // EVERY + 1
 
 
 def used(dev):
@@ -52,8 +59,10 @@ def rec_into(buf, o, hi, lo, i):
 
 
 
+"""
 
-dev = FlashDev(blocks=BLOCKS)
+MP_INSTALL = r"""
+dev = FlashDev(blocks=BLOCKS, path=IMG)
 format_and_mount(dev)
 with open("/flash/firmware.bin", "wb") as f:  # the firmware files that share the partition
     blk = bytes(4096)
@@ -64,10 +73,8 @@ base_used = used(dev)
 # --- snapshot install of N cards, against a plain write of the same bytes
 t_plain_snap = plain_write(N * 16)
 al = Allowlist("/flash/al", dev).open()
-EVERY = N // 800
-NS = N // EVERY + 1
 sample = bytearray(NS * 8)  # every EVERY-th key, in one allocation (no heap fragments)
-buf = bytearray(CHUNK * 16)
+buf = memoryview(BIG)[:CHUNK * 16]
 gc.collect()
 t = time.ticks_us()
 dev.reset_counters()
@@ -91,11 +98,23 @@ store_used = used(dev) - base_used
 free_after = os.statvfs("/flash")
 free_bytes = free_after[3] * free_after[0]
 
-# --- boot: a fresh store object on a fresh mount; heap of the index
 al = None
-gc.collect()
 umount()
+dev.flush()
+dev.close()
+with open(IMG + ".sample", "wb") as f:
+    f.write(sample)
+print(json.dumps({"store_used": store_used, "free_after": free_bytes, "t_snap": t_snap,
+                  "t_plain_snap": t_plain_snap, "snap_written": snap_written, "base_used": base_used}))
+"""
+
+MP_RUN = r"""# --- boot: a fresh store object on a fresh mount; heap of the index
+# (a new process: the reader rebooted after the install, nothing of it left in the heap)
+with open(IMG + ".sample", "rb") as f:
+    sample = f.read()
+dev = FlashDev(blocks=BLOCKS, path=IMG)
 mount(dev)
+base_used = 0
 gc.collect()
 h0 = gc.mem_alloc()
 al = Allowlist("/flash/al", dev)
@@ -139,7 +158,7 @@ assert hits == NL, hits
 # --- a delta of 1000 cards against a plain write of 16,000 bytes
 t_plain_d = plain_write(1000 * 16)
 # packed 16-byte records, as a delta message carries them (a removal is key8 + 8 zero bytes)
-recs = bytearray(1000 * 16)
+recs = BIG
 for j in range(600):
     rec_into(recs, j * 16, 0, 0, j)
     recs[j * 16:j * 16 + 8] = sample[j * 8:j * 8 + 8]
@@ -222,8 +241,6 @@ assert al.health == "ok", al.health
 
 print(json.dumps({
     "n": N, "blocks": BLOCKS, "fw": FW,
-    "store_used": store_used, "free_after": free_bytes,
-    "t_snap": t_snap, "t_plain_snap": t_plain_snap, "snap_written": snap_written,
     "index_bytes": index_bytes, "store_heap": h2 - h0, "buffers_heap": h1 - h0,
     "lookups": NL + NM, "lookup_reads": reads, "lookup_heap": m1 - m0,
     "t_delta": t_delta, "t_plain_d": t_plain_d, "delta_written": delta_written,
@@ -241,11 +258,12 @@ def _compile(tmp: Path) -> None:
     """Precompiled .mpy, as a reader runs it: compiling source in the 128k heap would leave the
     bytecode scattered between compiler garbage and measure the compiler, not the store."""
     cross = mpy.mpy_cross_bin()
-    srcs = {"al_bench.py": None, "flashdev.py": mpy.ROOT / "tools/sim/flashdev.py"}
+    srcs = {"al_install.py": None, "al_run.py": None, "flashdev.py": mpy.ROOT / "tools/sim/flashdev.py"}
     for f in ["gv/__init__.py", "gv/compat.py", *[f"gv/allowlist/{p.name}" for p in
               sorted((mpy.FIRMWARE / "gv/allowlist").glob("*.py"))]]:
         srcs[f] = mpy.FIRMWARE / f
-    (tmp / "al_bench.py").write_text(MP_SCRIPT)
+    (tmp / "al_install.py").write_text(MP_COMMON + MP_INSTALL)
+    (tmp / "al_run.py").write_text(MP_COMMON + MP_RUN)
     for rel, src in srcs.items():
         out = tmp / "mpy" / rel.replace(".py", ".mpy")
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -257,11 +275,15 @@ def _measure(n: int, blocks: int, stream: int) -> dict:
         tmp = Path(d)
         _compile(tmp)
         env = {"MICROPYPATH": os.pathsep.join([".frozen", str(tmp / "mpy")]), "AL_N": str(n),
-               "AL_BLOCKS": str(blocks), "AL_FW": str(FW_BYTES), "AL_STREAM": str(stream)}
-        p = mpy.run_mp(["-c", "import al_bench"], heapsize="128k", timeout=300, env=env)
-    if p.returncode != 0:
-        raise RuntimeError(f"allowlist bench at {n} cards failed:\n{p.stdout}\n{p.stderr}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+               "AL_BLOCKS": str(blocks), "AL_FW": str(FW_BYTES), "AL_STREAM": str(stream),
+               "AL_IMG": str(tmp / "flash.img")}
+        out = {"n": n, "blocks": blocks, "fw": FW_BYTES}
+        for phase in ("al_install", "al_run"):
+            p = mpy.run_mp(["-c", f"import {phase}"], heapsize="128k", timeout=300, env=env)
+            if p.returncode != 0:
+                raise RuntimeError(f"allowlist bench {phase} at {n} cards failed:\n{p.stdout}\n{p.stderr}")
+            out.update(json.loads(p.stdout.strip().splitlines()[-1]))
+    return out
 
 
 def run() -> dict:

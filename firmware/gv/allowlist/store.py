@@ -46,7 +46,9 @@ class Allowlist:
         self._pmv = memoryview(self._page)
         # Page index, IX bytes a page: first key (8), flash block (2, LE), records (1), data
         # offset in the block (1). One bytearray, reused across rebuilds while it is big enough.
-        self._ix = bytearray(0)
+        # Sized once at boot for the whole partition (a page is a flash block, so there can never
+        # be more pages than blocks): 6 KB for 2 MiB, never reallocated on a fragmented heap.
+        self._ix = bytearray((self._dev.ioctl(4, 0) if self._dev is not None else 0) * IX)
         self._np = 0
         self._cgen = None
         self._snap = None
@@ -178,10 +180,9 @@ class Allowlist:
             np += self._pages_of(st.nrec(i))
             tags[st.tag(i)] = i
         struct.pack_into("<I", base, 4 * ns, np)
-        if len(self._ix) < np * IX:
-            # room to grow taken at once (shards split as cards are added): no realloc per step
-            self._ix = None
-            self._ix = bytearray((np + np // 4 + 32) * IX)
+        if len(self._ix) < np * IX:  # more pages than flash blocks: the manifest lies
+            self._np = 0
+            return ns
         ix = self._ix
         for j in range(np):
             ix[j * IX + 8] = 0xFF
@@ -248,23 +249,42 @@ class Allowlist:
         return bad
 
     def _collect_garbage(self):
-        keep = {"M"}
-        for i in range(len(self._st)):
-            keep.add("s%08x" % self._st.tag(i))
-        for d in self._dtags:
-            keep.add("d%08x" % d[0])
+        # Files neither the manifest nor the snapshot state names: what a cut or a failed write
+        # left behind. Checked name by name against the tables (no set of every name in RAM).
         snap = self._load_snap()
-        if snap:
-            keep.add("S")
-            for i in range(len(snap[3])):
-                keep.add("s%08x" % snap[3].tag(i))
+        sst = snap[3] if snap else None
+        doomed = []
         try:
-            names = [e[0] for e in os.ilistdir(self.root)]
+            for e in os.ilistdir(self.root):
+                if not self._wanted(e[0], sst):
+                    doomed.append(e[0])
         except OSError:
             return
-        for n in names:
-            if n not in keep:
-                _rm(self._p(n))
+        for n in doomed:
+            _rm(self._p(n))
+
+    def _wanted(self, n, sst):
+        if n == "M":
+            return True
+        if n == "S":
+            return sst is not None
+        if len(n) != 9 or n[0] not in "sd":
+            return False
+        try:
+            tag = int(n[1:], 16)
+        except ValueError:
+            return False
+        if n[0] == "d":
+            for d in self._dtags:
+                if d[0] == tag:
+                    return True
+            return False
+        for t in (self._st, sst):
+            if t is not None:
+                for i in range(len(t)):
+                    if t.tag(i) == tag:
+                        return True
+        return False
 
     # ---------------------------------------------------------------- lookup (hot path)
     def lookup(self, key8, rec16):
