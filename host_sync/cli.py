@@ -774,12 +774,36 @@ def _user() -> str:
         return "operator"
 
 
+_GLOBAL_WITH_VALUE = ("--db", "--data-dir", "--as")
+
+
+def _globals_first(argv: Sequence[str]) -> list[str]:
+    """Let `--db/--data-dir/--as` also come after the command (`host-sync cards list --db X`)."""
+    front: list[str] = []
+    rest: list[str] = []
+    it = iter(argv)
+    for a in it:
+        name = a.split("=", 1)[0]
+        if name in _GLOBAL_WITH_VALUE:
+            front.append(a)
+            if "=" not in a:
+                nxt = next(it, None)
+                if nxt is not None:
+                    front.append(nxt)
+        elif a == "--":
+            rest.append(a)
+            rest.extend(it)
+        else:
+            rest.append(a)
+    return front + rest
+
+
 def main(argv: Sequence[str] | None = None, out: Any = None, err: Any = None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_globals_first(sys.argv[1:] if argv is None else list(argv)))
     except SystemExit as e:
         return int(e.code or 0)
     level = logging.DEBUG if args.verbose else (logging.INFO if args.area == "serve"

@@ -197,6 +197,9 @@ def test_console_entry_points(tmp_path):
                        capture_output=True, text=True, timeout=60)
     db_file = tmp_path / "d" / "grindvakt.sqlite3"
     assert p.returncode == 0 and stat.S_IMODE(os.stat(db_file).st_mode) == 0o600
+    p = subprocess.run([sys.executable, "-m", "host_sync", "sites", "list", "--json", "--data-dir",
+                        str(tmp_path / "d")], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and json.loads(p.stdout) == []  # global options after the command
     for area in ("cards", "readers", "ledger", "events", "broker", "status", "serve"):
         p = subprocess.run([sys.executable, "-m", "host_sync", area, "--help"], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=60)
