@@ -62,6 +62,8 @@ _R_CHIP = const(-106)
 _R_ANSWER = const(-107)
 _R_EXC = const(-108)
 
+_ENODEV = const(19)  # machine.I2C's errno for an address NACK
+
 # states
 _READY = const(0)
 _RST_LOW = const(1)
@@ -342,8 +344,10 @@ class PN532:
             rdy = False
             try:
                 rdy = irq.value() == 0 if irq is not None else t.ready()
-            except OSError:  # I2C: the chip NACKs its address while busy (straight after a command)
-                self.naks += 1
+            except OSError as e:
+                if e.args and e.args[0] != _ENODEV:
+                    return _R_BUS  # SCL held past the bus timeout, or worse: give up this poll
+                self.naks += 1  # I2C: the chip NACKs its address while busy (straight after a command)
             if rdy:
                 try:
                     end = t.pull(size)
