@@ -4,6 +4,7 @@ snapshots into ~1 KiB messages. The byte format itself is gv.sync.protocol, shar
 firmware."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 import zlib
@@ -23,16 +24,20 @@ Change = tuple[int, bytes, "bytes | None"]  # (version, key8, rec16 or None for 
 
 
 class Counter:
-    """Host message counters: max(last + 1, wall-clock ms), so several host instances (and a
-    restarted one) stay increasing for every reader without sharing state."""
+    """Host message counters: (wall-clock microseconds << 8) | a random per-instance byte, and
+    always above the last one. Increasing per instance (a restarted one included), and unique
+    across several instances without shared state; the reader's anti-replay window accepts
+    their interleaving (docs/protocol.md, "Envelope")."""
 
     def __init__(self) -> None:
+        self._salt = os.urandom(1)[0]
         self._last = 0
         self._lock = threading.Lock()
 
     def next(self) -> int:
         with self._lock:
-            self._last = max(self._last + 1, int(time.time() * 1000))
+            now = (time.time_ns() // 1000) << 8 | self._salt
+            self._last = max(self._last + 256, now)
             return self._last
 
 

@@ -216,3 +216,27 @@ def test_gate_keeps_full_speed_while_broker_down_or_connect_hangs(site):
         r.wait(lambda s: s["version"] == v, what="delta after reconnect")
     finally:
         cut.close()
+
+
+def test_two_host_instances_share_the_work(tmp_path):
+    s = Site(tmp_path, n_records=3000)
+    try:
+        s.host.stop()
+        b = s.broker
+        hosts = [HostSync(s.data, "127.0.0.1", b.plain_port, b.host_user, b.host_password,
+                          client_id=f"serve-{i}", share_group="serve") for i in (1, 2)]
+        for h in hosts:
+            h.start()
+        s.host = hosts[0]
+        r = s.reader(events=90)
+        st = r.wait(lambda st: st["version"] == 1 and st["acked"] == 90, what="rebuild + events")
+        assert st["rebuilds"] == 1 and st["rejected"] == {}  # duplicate answers pass quietly
+        assert len(s.data.events) == 90
+        stored = [h.stats["events_stored"] for h in hosts]
+        assert sum(stored) == 90 and sum(h.stats["events_dup"] for h in hosts) == 0
+        v = s.data.change(SITE, [make_record(s.rng)])
+        assert hosts[1].push(SITE) == 1  # either instance can seal for any reader
+        r.wait(lambda st: st["version"] == v, what="delta from the second instance")
+        hosts[1].stop()
+    finally:
+        s.close()

@@ -181,3 +181,16 @@ def test_fuzz_10000_payloads_nothing_applied():
         eq(len(s._rej) <= len(P.ERRORS), True)  # reports are coalesced, not queued per message
     finally:
         flashdev.umount("/flash")
+
+
+def test_replay_window_takes_interleaved_instances_refuses_old():
+    dev, al, s = setup()
+    try:
+        eq([s._fresh(c) for c in (10, 30, 20, 30, 20)], [True, True, True, False, False])
+        for c in range(100, 140):  # push 10, 20, 30 out of the 32-counter window
+            s._fresh(c)
+        eq([s._fresh(c) for c in (30, 107, 108, 141)], [False, False, False, True])
+        asyncio.run(s._on_connect())
+        eq(s._fresh(10), True)  # a new session starts a new window (old ones fail the nonce)
+    finally:
+        flashdev.umount("/flash")

@@ -21,6 +21,7 @@ _ANSWER_MS = 5000  # no answer to HELLO/SYNC (or progress) for this long: ask ag
 _EVACK_MS = 5000  # an EVENTS batch without EVACK for this long is sent again
 _REPORT_MS = 1000  # at most one REJECT report per reason per second
 _EV_BATCH = 30  # 30 x 32-byte events: ~1 KiB messages
+_SEEN = 32  # anti-replay window: host counters remembered per session
 _MAX_CHUNK = 160  # records one SNAP chunk may inflate to (2.5 KiB buffer, preallocated)
 
 
@@ -61,7 +62,7 @@ class Sync:
         # session
         self.nonce = None
         self._ctr = 0  # my counter in this session
-        self._hctr = 0  # highest host counter accepted in this session
+        self._seen = []  # the highest host counters accepted in this session (_fresh)
         self.head = 0  # the host's version, as last heard
         # what the sender owes the host
         self._work = asyncio.Event()
@@ -113,7 +114,7 @@ class Sync:
         # a fresh session: everything sealed for an older one is now stale
         self.nonce = os.urandom(P.NONCE_LEN)
         self._ctr = 0
-        self._hctr = 0
+        self._seen = []
         self._want_hello = True
         self._want_sync = False
         self._asked = None
@@ -282,10 +283,9 @@ class Sync:
         if self.nonce is None or nonce != self.nonce:
             self._reject(P.E_SESSION, typ, ctr)
             return
-        if ctr <= self._hctr:
+        if not self._fresh(ctr):
             self._reject(P.E_REPLAY, typ, ctr)
             return
-        self._hctr = ctr
         try:
             if typ == P.T_DELTA:
                 self._on_delta(body)
@@ -308,6 +308,22 @@ class Sync:
             self.last_error = "apply: %s" % e
             self._reject(P.E_STORE, typ, ctr)
             self._want_sync = True
+
+    def _fresh(self, ctr):
+        # Anti-replay window: keep the highest _SEEN counters accepted in this session; accept a
+        # counter not among them and above the lowest of them. A single host sends increasing
+        # counters; several host instances interleave theirs (each unique), and a message that
+        # overtook another is still taken. Anything seen, or older than the window, is a replay.
+        seen = self._seen
+        if ctr in seen:
+            return False
+        if len(seen) >= _SEEN:
+            low = min(seen)
+            if ctr <= low:
+                return False
+            seen.remove(low)
+        seen.append(ctr)
+        return True
 
     def _answered(self, flags):
         if self._asked is not None:
@@ -333,6 +349,11 @@ class Sync:
             self._want_ack = True
         elif to <= v:
             self._want_ack = True  # already have it (or "you are current"): say where we are
+            if n:
+                # a duplicate (e.g. two host instances both answered a HELLO): its F_ASK
+                # would only double the next answer as well
+                self._work.set()
+                return
         elif self._asked is None:
             self._want_sync = True  # a gap: ask for what we missed
         self._answered(flags)
@@ -351,6 +372,8 @@ class Sync:
             self._force_rebuild = False
             self.rebuilds += 1
             sv, done = version, 0
+        if sv == version and offset + n <= done and n:
+            return  # a chunk we already have (a duplicate answer): nothing to do, no F_ASK
         if sv != version or offset != done:
             raise P.ProtoError(P.E_ORDER)
         if self._snap_open != version:
