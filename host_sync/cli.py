@@ -163,7 +163,12 @@ def _cmd_status(command: str) -> Callable[[Ctx], int]:
 
 def cmd_cards_add_site(ctx: Ctx) -> int:
     versions = ctx.reg.add_to_site(ctx.args.card_number, ids.site_id(ctx.args.site))
-    ctx.say("card %s added to site %s" % (ids.card_no(ctx.args.card_number), ctx.args.site))
+    card = ctx.reg.card(ctx.args.card_number)
+    ctx.say("card %s added to site %s" % (card["card_no"], ctx.args.site))
+    if any(card["pin_set"].values()):
+        ctx.say("  its PIN is not known at %s yet (each site has its own PIN key): "
+                "host-sync cards set-pin %s --site %s" % (ctx.args.site, card["card_no"],
+                                                         ctx.args.site))
     ctx.say(*_versions_line(ctx, versions))
     return EXIT_OK
 
@@ -423,6 +428,7 @@ def cmd_events_export(ctx: Ctx) -> int:
     ctx.reg.site(a.site)
     start, end = _span(a, tz)
     rows = ledger.event_rows(ctx.db, a.site, start, end, tz)
+    ctx.reg.audit("events exported", a.site, "%s to %s, %d row(s)" % (start.date(), end.date(), len(rows)))
     _emit(ctx, ledger.to_csv(ledger.EVENT_HEADER, rows))
     return EXIT_OK
 
@@ -438,6 +444,7 @@ def cmd_ledger_show(ctx: Ctx) -> int:
         raise InvalidInput("--day is YYYY-MM-DD")
     start = dt.datetime(day.year, day.month, day.day, tzinfo=tz)
     rows = ledger.shifts(ctx.db, a.site, start, start + dt.timedelta(days=1))
+    ctx.reg.audit("ledger shown", a.site, "day %s, %d shift(s)" % (day, len(rows)))
     ctx.say("Staff ledger (personalliggare), site %s (%s), site ID number %s, %s (%s)"
             % (site["id"], site["name"], site["tax_site_id"], day.isoformat(), a.tz))
     table = ledger.shift_rows(rows, tz)
@@ -459,6 +466,8 @@ def cmd_ledger_export(ctx: Ctx) -> int:
     site = ctx.reg.site(a.site)
     start, end = _span(a, tz)
     rows = ledger.shift_rows(ledger.shifts(ctx.db, a.site, start, end), tz)
+    ctx.reg.audit("ledger exported", a.site, "%s to %s as %s, %d shift(s)"
+                  % (start.date(), end.date(), a.format, len(rows)))
     if a.format == "csv":
         _emit(ctx, ledger.to_csv(ledger.SHIFT_HEADER, rows))
     else:

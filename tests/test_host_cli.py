@@ -121,6 +121,10 @@ def test_pin_only_its_verifier_is_kept(op, tmp_path):
         assert "482913" not in dump
     finally:
         db.close()
+    op.ok("sites", "add", "site-b", "--tax-id", "PL2")
+    op.ok("cards", "add-site", CARD, "site-b")
+    assert "set-pin %s --site site-b" % CARD in op.out  # each site has its own PIN key
+    assert R.flags(_record(op.url, "site-b", UID)) & R.F_PIN
 
 
 def test_reader_config_and_change_status(op, tmp_path):
