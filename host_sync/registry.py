@@ -246,9 +246,8 @@ class Registry:
         version per site touched. Returns {site: new version}."""
         ts = now_iso()
         today = now().date()
-        for c in cards:
-            for s in c.sites:
-                self.site(s)
+        for s in {s for c in cards for s in c.sites}:
+            self.site(s)
         with self.db.tx():
             rows, links, per_site = [], [], {}
             for i, c in enumerate(cards):
