@@ -1,5 +1,6 @@
 # The allowlist store on the flash stand-in: lookups (one block read, no heap), deltas, removals,
 # compaction, reopen after a reboot, and the errors it must report rather than crash on.
+import gc
 import os
 import micropython
 import mpt
@@ -240,4 +241,27 @@ def test_inserts_split_a_shard():
     for j in range(0, 600, 7):
         r = added(j)
         assert al.lookup(r[0:8], out) and out == r
+    umount()
+
+
+def test_without_block_device_same_answers():
+    # Allowlist(root) as the app builds it where no flash partition object is found: pages are
+    # read through the filesystem instead of straight from the block device.
+    dev = fresh()
+    al = Allowlist(ROOT, None, SP).open()
+    assert al._dev is None
+    install(al, N, 1)
+    assert al.apply_delta(1, 2, delta(N, 1))
+    check(al, N, 2)
+    while al.compact_step():
+        pass
+    check(al, N, 2)
+    al = None
+    gc.collect()
+    umount()
+    from flashdev import mount
+    mount(dev)
+    al = Allowlist(ROOT, None, SP).open()
+    mpt.eq(al.health, "ok")
+    check(al, N, 2)
     umount()

@@ -9,6 +9,7 @@
 import os
 import struct
 from binascii import crc32
+from gv.compat import const
 from gv.allowlist.layout import (
     BLOCK, ENOSPC, FORMAT, LOG_SOFT, MAGIC_DELTA, MAGIC_MAN,
     MAGIC_PAGE, MAGIC_SNAP, PAGE_HDR, REC, SCAN, SHARD_PAGES,
@@ -48,7 +49,7 @@ class Allowlist:
         # offset in the block (1). One bytearray, reused across rebuilds while it is big enough.
         # Sized once at boot for the whole partition (a page is a flash block, so there can never
         # be more pages than blocks): 6 KB for 2 MiB, never reallocated on a fragmented heap.
-        self._ix = bytearray((self._dev.ioctl(4, 0) if self._dev is not None else 0) * IX)
+        self._ix = bytearray((self._dev.ioctl(4, 0) if self._dev is not None else FS_PAGES) * IX)
         self._np = 0
         self._cgen = None
         self._snap = None
@@ -203,6 +204,8 @@ class Allowlist:
                                 ix[j * IX + 9] = b >> 8
                         break
         tags = None
+        if dev is None:
+            return self._build_index_fs(verify)
         page = self._page
         k = 0  # pages kept: a bad shard's pages are dropped, its cards denied until a resend
         bad = 0
@@ -240,6 +243,51 @@ class Allowlist:
                 ix[e + 10] = n
                 ix[e + 11] = o
                 k += 1
+            if ok and verify and crc != st.crc(i):
+                ok = False
+            if not ok:
+                bad += 1
+                k = k0
+        self._np = k
+        return bad
+
+    def _build_index_fs(self, verify):
+        # The index without a block device: shard and page number in place of block and offset.
+        st = self._st
+        ix = self._ix
+        page = self._page
+        k = 0
+        bad = 0
+        for i in range(len(st)):
+            k0 = k
+            ok = True
+            crc = 0
+            try:
+                with open(self._p("s%08x" % st.tag(i)), "rb") as f:
+                    for p in range(self._pages_of(st.nrec(i))):
+                        o = _ptr_bytes(p)
+                        size = BLOCK - o
+                        f.seek(_file_off(p))
+                        got = f.readinto(self._pmv[o:o + size])
+                        n = page[o + 10] | page[o + 11] << 8
+                        if (got < PAGE_HDR + n * REC or n > page_cap(p) or page[o:o + 4] != MAGIC_PAGE
+                                or (k + 1) * IX > len(ix)):
+                            ok = False
+                            break
+                        body = self._pmv[o + PAGE_HDR:o + PAGE_HDR + n * REC]
+                        if verify and crc32(body) != struct.unpack_from("<I", page, o + 12)[0]:
+                            ok = False
+                            break
+                        crc = crc32(body, crc)
+                        e = k * IX
+                        ix[e:e + 8] = page[o + PAGE_HDR:o + PAGE_HDR + 8]
+                        ix[e + 8] = i & 0xFF
+                        ix[e + 9] = i >> 8
+                        ix[e + 10] = n
+                        ix[e + 11] = p
+                        k += 1
+            except OSError:
+                ok = False
             if ok and verify and crc != st.crc(i):
                 ok = False
             if not ok:
@@ -323,10 +371,9 @@ class Allowlist:
             return False
         page = self._page
         try:
-            self._dev.readblocks(ix[p * IX + 8] | ix[p * IX + 9] << 8, page, 0)
+            base = self._read_page(p)
         except OSError:
             return False
-        base = ix[p * IX + 11]
         if page[base] != 0x47 or page[base + 1] != 0x56:  # not our page any more: fail secure
             self.health = "corrupt: page moved"
             self.need_resync = True
@@ -348,14 +395,29 @@ class Allowlist:
                 hi = mid - 1
         return False
 
+    def _read_page(self, p):
+        """Page p of the index into self._page at its in-block offset, which is returned."""
+        ix = self._ix
+        if self._dev is not None:  # one block read, no heap
+            self._dev.readblocks(ix[p * IX + 8] | ix[p * IX + 9] << 8, self._page, 0)
+            return ix[p * IX + 11]
+        # No block device known (a port without esp32.Partition, nothing passed in): through the
+        # filesystem. Same answers, but it opens a file (heap) and LittleFS reads more blocks.
+        i = ix[p * IX + 8] | ix[p * IX + 9] << 8
+        pno = ix[p * IX + 11]
+        o = _ptr_bytes(pno)
+        with open(self._p("s%08x" % self._st.tag(i)), "rb") as f:
+            f.seek(_file_off(pno))
+            f.readinto(self._pmv[o:o + PAGE_HDR + ix[p * IX + 10] * REC])
+        return o
+
     def items(self):
         """Every live record, sorted (for checks and diagnostics; reads the whole store)."""
         log = memoryview(self._log)
         li = 0
         ix = self._ix
         for p in range(self._np):
-            self._dev.readblocks(ix[p * IX + 8] | ix[p * IX + 9] << 8, self._page, 0)
-            base = ix[p * IX + 11] + PAGE_HDR
+            base = self._read_page(p) + PAGE_HDR
             for i in range(ix[p * IX + 10]):
                 r = bytes(self._pmv[base + i * REC:base + i * REC + REC])
                 while li < self._nlog and _cmp8(log, li * REC, r, 0) < 0:
@@ -444,6 +506,17 @@ class Allowlist:
         """(version, count, records durably received) of an unfinished snapshot, else None."""
         from gv.allowlist import snapshot
         return snapshot.snapshot_progress(self)
+
+
+FS_PAGES = const(1024)  # index capacity without a block device to size it by (4 MiB of pages)
+
+
+def _file_off(pno):
+    # Offset of page pno in its shard file: every page before it fills its data block.
+    n = 0
+    for q in range(pno):
+        n += BLOCK - _ptr_bytes(q)
+    return n
 
 
 def _recs(pages):
