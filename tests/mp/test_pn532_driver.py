@@ -250,3 +250,16 @@ def test_unknown_command_gets_the_error_frame():
     got = u.read(64)
     eq(got, frame.ACK + b"\x00\x00\xff\x01\xff\x7f\x81\x00")
     eq(frame.decode(got, 6, len(got)), frame.IS_ERROR)
+
+
+def test_irq_pin_replaces_status_polling():
+    sim = PN532Sim()
+    pn = PN532(transport.I2CTransport(sim.i2c()), rst=sim.reset_pin(), irq=sim.irq_pin())
+    eq(pn.begin(), True)
+    sim.enter(U7)
+    t0 = sim.transfers
+    eq(pn.poll(), ONE_CARD)
+    eq(bytes(pn.uid[:pn.uid_len]), U7)
+    eq(sim.transfers - t0, 3)  # command, ACK, answer: no status reads
+    sim.fault("hang")
+    eq(pn.poll(), ERROR)  # a hung chip never pulls IRQ low: the ACK wait times out

@@ -176,7 +176,7 @@ class PN532Sim:
 
     def irq_pin(self):
         """P70_IRQ: low while an answer is waiting."""
-        return _Pin(None, lambda: 0 if self._ready() else 1)
+        return _Pin(None, lambda: 0 if self._poll_ready() else 1)  # busy window as for status polls
 
     # ---------------- host frames in ----------------
     def _host_bytes(self, data):
