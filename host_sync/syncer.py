@@ -139,10 +139,14 @@ class HostSync:
             changes = self.data.changes_since(site, since, 10_000)
             if changes is None:
                 return 0  # history gone: readers will ask and get a rebuild
-            bodies = wire.delta_bodies(head, since, changes)
+            try:
+                bodies = [b for _, _, b in wire.delta_bodies(head, since, changes)]
+            except ValueError:  # one version too big for a message: tell them to ask
+                log.info("site %s: version too big for a live delta; readers will rebuild", site)
+                bodies = [P.delta_body(head, since, since, [], P.F_ASK)]
             n = 0
             for st in self._site_readers(site):
-                for _, _, body in bodies:
+                for body in bodies:
                     n += self._send(st, P.T_DELTA, body)
             return n
 
@@ -257,7 +261,12 @@ class HostSync:
             snap_v, recs = self._snapshot(site, head)
             self._send_snap(st, head, snap_v, recs, 0)
             return
-        bodies = wire.delta_bodies(head, v, changes)[: self.window]
+        try:
+            bodies = wire.delta_bodies(head, v, changes)[: self.window]
+        except ValueError:  # a version too big for one message: rebuild instead
+            snap_v, recs = self._snapshot(site, head)
+            self._send_snap(st, head, snap_v, recs, 0)
+            return
         for i, (_, _, body) in enumerate(bodies):
             if i == len(bodies) - 1:
                 body = wire.set_flags(body, P.F_ASK)

@@ -101,6 +101,10 @@ def test_offline_through_1000_changes_catches_up(site, tmp_path):
     r.wait(lambda s: s["version"] == 1, what="first rebuild")
     r.ctl("quit")
     r.proc.wait(10)
+    deadline = time.monotonic() + 10  # gone without a DISCONNECT: the broker's last will
+    while site.data.status.get("gate-01") is not False and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert site.data.status["gate-01"] is False
     for i in range(1000):  # one card per change: 1,000 versions while the reader is away
         site.data.change(SITE, [make_record(site.rng)] if i % 10 else [],
                          removes=[site.records[i % 300][:8]] if i % 10 == 0 else [])
@@ -240,3 +244,14 @@ def test_two_host_instances_share_the_work(tmp_path):
         hosts[1].stop()
     finally:
         s.close()
+
+
+def test_bulk_change_too_big_for_a_delta_becomes_a_rebuild(site):
+    r = site.reader()
+    r.wait(lambda s: s["version"] == 1, what="first rebuild")
+    bulk = [make_record(site.rng) for _ in range(400)]  # one version, 400 cards (an import)
+    v = site.data.change(SITE, bulk)
+    assert site.host.push(SITE) == 1  # "you are behind": the reader asks, gets a rebuild
+    s = r.wait(lambda s: s["version"] == v, what="rebuild after bulk change")
+    assert s["rebuilds"] == 2 and s["count"] == 700 and s["rejected"] == {}
+    assert r.lookup(bulk[-1][:8]) == bulk[-1]
