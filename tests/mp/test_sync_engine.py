@@ -194,3 +194,12 @@ def test_replay_window_takes_interleaved_instances_refuses_old():
         eq(s._fresh(10), True)  # a new session starts a new window (old ones fail the nonce)
     finally:
         flashdev.umount("/flash")
+
+
+def test_wifi_supervisor_is_a_no_op_on_the_unix_port():
+    from gv.sync.wifi import WiFi
+
+    w = WiFi("site-wifi", "secret")
+    eq(w.available, False)  # no `network` module here: the host's network is up already
+    asyncio.run(w.run())  # returns at once instead of supervising
+    eq((w.isconnected(), w.joins), (True, 0))
