@@ -14,6 +14,7 @@ EV_PATH = "/events"
 LOCK_PATH = "/lockouts"
 WDT_MS = 8000
 REBOOT_DELAY_MS = 1500  # let the command's result reach the host first
+FATAL_PAUSE_MS = 5000  # shorter than the watchdog (not started, or fed until here)
 
 _wdt = None
 
@@ -182,5 +183,8 @@ def main():
         import sys
 
         sys.print_exception(e)
-        print("grindvakt: fatal error, rebooting")
+        print("grindvakt: fatal error, rebooting in %d s" % (FATAL_PAUSE_MS // 1000))
+        import time
+
+        time.sleep_ms(FATAL_PAUSE_MS)  # no hot reboot loop; the door stays shut meanwhile
         machine.reset()

@@ -41,6 +41,10 @@ from tools import mpy
 from tools.virtual_board import image as flash_image
 
 HERE = Path(__file__).resolve().parent
+# The whole reader app loaded from .mpy files (bytecode, qstrs and module tables copied into RAM)
+# plus this shim and the PN532 simulator (~41 KB) do not fit the 128k proxy heap on the 64-bit
+# unix port; see docs/virtual-board.md.
+DEFAULT_HEAP = "384k"
 SHIM_PATH = [".frozen", str(HERE / "shim"), str(mpy.ROOT / "tools" / "sim")]
 
 
@@ -85,7 +89,7 @@ class Board:
     def setup(self) -> None:
         if not self.image.exists() or self.args.fresh:
             config = json.loads(Path(self.args.config).read_text()) if self.args.config else None
-            flash_image.create(self.image, self.board, config, firmware=not self.args.blank)
+            flash_image.create(self.image, self.board_path, config, firmware=not self.args.blank)
         # the serial port: we keep the slave open so the port survives clients coming and going
         self.outer_master, self.outer_slave = os.openpty()
         attrs = termios.tcgetattr(self.outer_slave)
@@ -266,6 +270,11 @@ class Board:
                 self.emit({"event": "wdt-start", "timeout_ms": msg.get("timeout")})
             self.wdt_deadline = now + self.wdt_timeout
             return
+        if msg.get("event") == "reset-request":  # machine.reset(), soft_reset() or a crash path
+            self.emit(msg)
+            self.stop_child()
+            self.start_child(msg.get("cause", "hard"))
+            return
         if msg.get("dev") == "relay":
             if msg["on"]:
                 self.relay_on_at = now
@@ -407,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pty", help="path of the serial-port symlink for mpremote (default: FLASH.pty)")
     ap.add_argument("--control", type=int, default=0, help="TCP port on 127.0.0.1 for steering (0: any free)")
     ap.add_argument("--events", help="append the JSON-line reports to this file instead of stdout")
-    ap.add_argument("--heapsize", default="128k", help="MicroPython heap (default 128k, an ESP32 proxy)")
+    ap.add_argument("--heapsize", default=DEFAULT_HEAP,
+                    help=f"MicroPython heap (default {DEFAULT_HEAP}: see docs/virtual-board.md on heap)")
     ap.add_argument("--stdin", action="store_true", help="read steering commands from stdin")
     args = ap.parse_args(argv)
     board = Board(args)

@@ -14,13 +14,13 @@ from tools import mpy
 
 class VirtualBoard:
     def __init__(self, board: str | Path, flash: str | Path, *, config: str | Path | None = None,
-                 fresh: bool = False, blank: bool = False, heapsize: str = "128k",
+                 fresh: bool = False, blank: bool = False, heapsize: str | None = None,
                  workdir: str | Path | None = None):
         self.flash = Path(flash)
         self.workdir = Path(workdir or self.flash.parent)
         self.events_path = self.workdir / (self.flash.name + ".events.jsonl")
         self.args = [sys.executable, "-m", "tools.virtual_board", "--board", str(board), "--flash", str(flash),
-                     "--events", str(self.events_path), "--heapsize", heapsize]
+                     "--events", str(self.events_path)] + (["--heapsize", heapsize] if heapsize else [])
         if config:
             self.args += ["--config", str(config)]
         if fresh:

@@ -2,28 +2,20 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
 from pathlib import Path
 
 from tools import mpy
 
 HERE = Path(__file__).resolve().parent
-FIRMWARE = mpy.ROOT / "firmware"
 
 
 def blocks_for(board: dict) -> int:
     """LittleFS blocks of the board's default partition: 2 MiB on 4 MB flash, flash - 2 MiB above."""
     mb = int(board.get("flash_mb", 4))
     return 512 if mb <= 4 else (mb - 2) * 256
-
-
-def firmware_files(src: Path = FIRMWARE) -> dict[str, Path]:
-    """Device path -> source file for every file that goes onto a board (sources, not tests)."""
-    out = {}
-    for p in sorted(src.rglob("*")):
-        if p.is_file() and p.suffix in (".py", ".mpy", ".json") and "__pycache__" not in p.parts:
-            out[str(p.relative_to(src))] = p
-    return out
 
 
 def write(image: Path, blocks: int, files: dict[str, Path], fmt: bool = False) -> None:
@@ -34,16 +26,39 @@ def write(image: Path, blocks: int, files: dict[str, Path], fmt: bool = False) -
         raise RuntimeError(f"writing flash image failed:\n{proc.stdout}{proc.stderr}")
 
 
-def create(image: Path, board: dict, config: dict | None = None, firmware: bool = True) -> None:
-    """A fresh image: formatted, with the firmware sources, /board.json and an optional /config.json."""
-    files = firmware_files() if firmware else {}
+def create(image: Path, board_path: Path, config: dict | None = None, firmware: bool = True) -> None:
+    """A fresh image holding what `make build` puts on a board (the firmware compiled to .mpy for
+    the board's chip, boot.py, main.py, board.json) and an optional /config.json."""
+    board = json.loads(Path(board_path).read_text())
     with tempfile.TemporaryDirectory() as tmp:
+        files: dict[str, Path] = {}
         if firmware:
-            b = Path(tmp) / "board.json"
-            b.write_text(json.dumps(board))
-            files["board.json"] = b
+            out, manifest = cached_build(Path(board_path))
+            files = {f["path"]: out / f["path"] for f in manifest["files"]}
         if config is not None:
             cfg = Path(tmp) / "config.json"
             cfg.write_text(json.dumps(config))
             files["config.json"] = cfg
         write(image, blocks_for(board), files, fmt=True)
+
+
+def cached_build(board_path: Path) -> tuple[Path, dict]:
+    """`make build` output for this board and these sources, reused while neither changes (many
+    virtual boards of one site share it)."""
+    import hashlib
+
+    from tools import build
+
+    h = hashlib.sha256(board_path.read_bytes())
+    for p in build.sources():
+        h.update(str(p.relative_to(build.FIRMWARE)).encode() + b"\0" + p.read_bytes())
+    root = build.BUILD / "vb-cache" / h.hexdigest()[:16]
+    manifest_path = root / board_path.stem / "manifest.json"
+    if not manifest_path.exists():
+        tmp = root.with_name(root.name + ".%d" % os.getpid())
+        manifest = build.build(board_path, out_root=tmp)
+        try:
+            os.rename(tmp, root)  # atomic: a concurrent builder of the same key just loses
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root / board_path.stem, json.loads(manifest_path.read_text())

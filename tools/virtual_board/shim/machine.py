@@ -5,6 +5,7 @@
 import time
 
 import vboard
+from pn532_sim import PN532Sim  # now: after boot the host filesystem is gone
 
 PWRON_RESET = 1
 HARD_RESET = 2
@@ -22,7 +23,6 @@ _sim = None
 def _get_sim():
     global _sim
     if _sim is None:
-        from pn532_sim import PN532Sim
         _sim = PN532Sim()
     return _sim
 
@@ -103,8 +103,11 @@ class Pin:
         self._pull = None
         self._v = 0
         self._reset = None
+        self._irq = None
         if _PN.get("rst") == id:
             self._reset = _get_sim().reset_pin()
+        if _PN.get("irq") == id:
+            self._irq = _get_sim().irq_pin()
         _pins[id] = self
         self.init(mode, pull, value)
 
@@ -126,6 +129,8 @@ class Pin:
     def value(self, v=None):
         vboard.poll()
         if v is None:
+            if self._irq is not None:
+                return self._irq.value()
             return self._v if self._mode != self.IN else self._input()
         v = 1 if v else 0
         changed = v != self._v

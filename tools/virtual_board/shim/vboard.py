@@ -82,10 +82,11 @@ def reset_cause():
 
 
 def reboot(cause):
-    """End this interpreter; the launcher starts a new one, as a board reboots."""
+    """The launcher ends this interpreter and starts a new one, as a board reboots; nothing
+    after the reset may run, so wait here for the end (an exception could be caught)."""
     send({"event": "reset-request", "cause": cause})
-    import sys
-    sys.exit(3 if cause == "wdt" else 2)
+    while True:
+        time.sleep_ms(100)
 
 
 _load_board()
