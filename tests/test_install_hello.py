@@ -62,6 +62,8 @@ APP = (ROOT / "firmware" / "gv" / "app.py").read_text()
 
 @pytest.mark.skipif("gv.sync" not in APP, reason="firmware/gv/app.py does not start the sync client yet: "
                                                "the reader can't say hello until it does")
+@pytest.mark.skipif(not (ROOT / "firmware" / "gv" / "pn532" / "driver.py").exists(),
+                    reason="the app can't boot without the PN532 driver (firmware/gv/pn532/driver.py)")
 def test_deployed_reader_boots_and_says_hello(tmp_path):
     with Broker(readers=[("gate-01", "site-a")]) as b, VirtualBoard(BOARD, tmp_path / "flash.img") as vb:
         vb.wait_for(lambda e: e.get("event") == "wdt-start", 30)

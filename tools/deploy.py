@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import errno
 import io
 import json
 import os
@@ -165,8 +166,10 @@ class Device:
     def enter(self) -> None:
         seen = io.StringIO()
         try:
+            # Ctrl-C stops the reader (its app relaxes the watchdog), then a soft reset from the
+            # raw REPL gives a clean heap without running main.py again, as mpremote itself does
             with contextlib.redirect_stdout(seen):  # mpremote prints what it got on failure
-                self.t.enter_raw_repl(soft_reset=False, timeout_overall=self.repl_timeout)
+                self.t.enter_raw_repl(soft_reset=True, timeout_overall=self.repl_timeout)
         except TransportError:
             data = self.t.read_until(1, b"\x00", timeout=0.5, timeout_overall=1)
             raise NoMicroPython(seen.getvalue().encode() + data) from None
@@ -209,11 +212,13 @@ class Device:
                 raise DeployError(f"device refused {path}: {e.error_output.strip().splitlines()[-1]}") from None
             raise ConnectionLost(str(e)) from None
         except OSError as e:
-            raise DeployError(f"device refused {path}: {e}") from None
+            if e.strerror == tmp:  # mpremote's translation of the device's own OSError (e.g. ENOSPC)
+                raise DeployError(f"device refused {path}: {errno.errorcode.get(e.errno, e.errno)}") from None
+            raise ConnectionLost(f"{type(e).__name__}: {e}") from None  # the serial line itself
         self.run(f"import os\nos.rename({tmp!r}, {path!r})")
 
     def remove(self, path: str) -> None:
-        self.run(f"import os\nos.remove({path!r})")
+        self.run(f"import os\ntry:\n os.remove({path!r})\nexcept OSError as e:\n if e.errno != 2:\n  raise\n")
 
     def reset(self) -> None:
         try:
@@ -333,6 +338,10 @@ def deploy(port: str, board_path: str | Path, reader: str | None = None, *, conf
             total = sum(f["size"] for f in todo)
             p.say(f"copying {len(todo)} of {len(want)} files ({total} bytes); "
                   f"{len(want) - len(todo)} already match")
+            # leftovers of a cut mid-file first: copying that file again would reuse its .part name
+            for s in [x for x in stale if x.endswith(".part")]:
+                dev.remove(s)
+                rep.removed.append(s)
             made: set[str] = set()
             for i, f in enumerate(todo, 1):
                 d = f["path"].rsplit("/", 1)[0] if "/" in f["path"] else ""
@@ -343,7 +352,7 @@ def deploy(port: str, board_path: str | Path, reader: str | None = None, *, conf
                 dev.write(f["path"], (out_dir / f["path"]).read_bytes())
                 rep.copied.append(f["path"])
                 rep.bytes_copied += f["size"]
-            for s in stale:
+            for s in [x for x in stale if not x.endswith(".part")]:
                 p.say(f"removing stale {s}")
                 dev.remove(s)
                 rep.removed.append(s)
