@@ -37,7 +37,10 @@ def ingest(db: Db, reader_id: str, site_id: str, batch: Iterable[tuple[int, byte
     which are logged by the caller and acknowledged so they do not block the queue)."""
     out = {"stored": 0, "duplicate": 0, "rejected": 0, "ledger": 0, "rejected_seqs": []}
     received = now()
+    cards: dict[str, tuple | None] = {}  # uid -> (card_no, holder, pnr, employer, org)
     with db.tx():
+        site = db.one("SELECT tax_site_id FROM sites WHERE id = ?", (site_id,))
+        tax_site_id = site[0] if site else ""
         for seq, raw in batch:
             try:
                 d = evc.unpack(raw)
@@ -51,7 +54,11 @@ def ingest(db: Db, reader_id: str, site_id: str, batch: Iterable[tuple[int, byte
                 continue
             at = from_reader_seconds(d["t"]) if d["clock_set"] else received
             uid = d["uid"].hex()
-            card_no = db.scalar("SELECT card_no FROM cards WHERE uid = ?", (uid,)) if uid else None
+            if uid and uid not in cards:
+                cards[uid] = db.one("SELECT card_no, holder, pnr, employer, employer_org FROM cards"
+                                    " WHERE uid = ?", (uid,))
+            card = cards.get(uid) if uid else None
+            card_no = card[0] if card else None
             cur = db.execute(
                 "INSERT INTO events (reader_id, seq, site_id, at, received_at, kind, result, reason,"
                 " uid, card_no, aux, clock_set, raw) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
@@ -62,18 +69,15 @@ def ingest(db: Db, reader_id: str, site_id: str, batch: Iterable[tuple[int, byte
                 out["duplicate"] += 1
                 continue
             out["stored"] += 1
-            if (card_no and d["result"] == evc.R_GRANT
+            if (card and site and d["result"] == evc.R_GRANT
                     and d["kind"] in (evc.K_DECISION, evc.K_ALARM)):
-                out["ledger"] += _passage(db, site_id, card_no, at, reader_id)
+                out["ledger"] += _passage(db, site_id, tax_site_id, card, at, reader_id)
     return out
 
 
-def _passage(db: Db, site_id: str, card_no: str, at: dt.datetime, reader_id: str) -> int:
-    site = db.one("SELECT tax_site_id FROM sites WHERE id = ?", (site_id,))
-    card = db.one("SELECT holder, pnr, employer, employer_org FROM cards WHERE card_no = ?",
-                  (card_no,))
-    if not site or not card:
-        return 0
+def _passage(db: Db, site_id: str, tax_site_id: str, card: Sequence[str], at: dt.datetime,
+             reader_id: str) -> int:
+    card_no = card[0]
     last = db.one("SELECT shift_id, kind, at FROM ledger WHERE card_no = ? AND site_id = ?"
                   " AND kind IN ('in', 'out') AND at <= ? ORDER BY at DESC, id DESC LIMIT 1",
                   (card_no, site_id, iso(at)))
@@ -83,7 +87,7 @@ def _passage(db: Db, site_id: str, card_no: str, at: dt.datetime, reader_id: str
         shift_id, kind = last[0], "out"
     else:
         shift_id, kind = uuid.uuid4().hex[:12], "in"
-    _entry(db, shift_id, kind, site_id, site[0], card, card_no, at, reader_id, "")
+    _entry(db, shift_id, kind, site_id, tax_site_id, card[1:], card_no, at, reader_id, "")
     return 1
 
 

@@ -13,7 +13,8 @@ def now() -> dt.datetime:
 
 
 def iso(t: dt.datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is C-fast; same text as strftime("%Y-%m-%dT%H:%M:%S.%fZ") for UTC
+    return t.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def now_iso() -> str:
