@@ -152,7 +152,6 @@ class Sync:
                 return
             self._want_hello = False
             self._asked = ticks_ms()
-            return
         if self._want_ack:
             self._want_ack = False
             v, sv, so = self._state()
