@@ -263,3 +263,24 @@ def test_irq_pin_replaces_status_polling():
     eq(sim.transfers - t0, 3)  # command, ACK, answer: no status reads
     sim.fault("hang")
     eq(pn.poll(), ERROR)  # a hung chip never pulls IRQ low: the ACK wait times out
+
+
+def test_a_late_answer_is_never_taken_for_a_later_command():
+    # found by the fuzz under load: an answer arriving after the driver gave up, then the next
+    # command lost by the chip; without the abort (ACK frame) the stale answer named a card
+    # that had left the field
+    import time
+    for bus in BUSES:
+        sim, pn = rig(bus, stretch_ms=30)
+        pn.begin()
+        sim.enter(U4)
+        pn.resp_ms = 5
+        sim.fault("stretch", 1 if bus != "i2c" else 2)  # I2C: the write, then the answer
+        eq(pn.poll(), ERROR, bus)
+        time.sleep_ms(40)  # the late answer (naming U4) is ready now
+        sim.leave(U4)
+        sim.fault("no_ack")  # and the next command is lost
+        r = pn.poll()
+        eq(r == ONE_CARD, False, bus + " reported a card that left")
+        eq(pn.poll(), NO_CARD, bus)
+        eq(pn.aborts >= 1, True)

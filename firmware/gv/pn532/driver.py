@@ -120,6 +120,7 @@ class PN532:
         self.naks = 0  # status reads the bus refused (I2C NACK while busy)
         self.retransmits = 0  # answers re-requested with a NACK after a checksum error
         self.long_reads = 0  # answers longer than RESP_SHORT, re-read in full
+        self.aborts = 0  # failed exchanges aborted with an ACK frame
         self.polls = 0
         self.last_error = E_NONE
         self._state = _CONFIG
@@ -290,7 +291,20 @@ class PN532:
     def _exchange(self, tx, cmd, resp_ms):
         """Send a pre-built frame, take the ACK, take the answer (asking once for a
         retransmission if it arrives corrupted). Returns frame.decode's packed position of the
-        answer (TFI at offset) or a negative _R_ code."""
+        answer (TFI at offset) or a negative _R_ code. A failed exchange is aborted with an ACK
+        frame (UM0701-02 §6.2.1.3): an answer that comes late must never be taken as the answer
+        to a later command whose frame the chip lost."""
+        r = self._exchange1(tx, cmd, resp_ms)
+        if r < 0:
+            self.aborts += 1
+            try:
+                self.t.send(frame.ACK)
+                self.t.flush()
+            except OSError:
+                pass
+        return r
+
+    def _exchange1(self, tx, cmd, resp_ms):
         t = self.t
         try:
             t.flush()
