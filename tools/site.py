@@ -66,7 +66,7 @@ class Reader:
 
 class VirtualSite:
     def __init__(self, workdir: Path, sites: list[SiteSpec], readers: list[ReaderSpec], *,
-                 board: Path = DEFAULT_BOARD, heapsize: str = "128k", say: Callable[[str], None] | None = None):
+                 board: Path = DEFAULT_BOARD, heapsize: str | None = None, say: Callable[[str], None] | None = None):
         self.dir = Path(workdir).resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data = self.dir / "data"
@@ -206,9 +206,12 @@ class VirtualSite:
 def present(vb: VirtualBoard, uid: str, hold_ms: int = 900, timeout: float = 10) -> dict:
     """Hold a card on a reader and return what the reader did: {"granted": bool, "t": s, ...}."""
     vb.mark()
+    t0 = time.monotonic()
     vb.send(f"hold {uid} {hold_ms}")
     ev = vb.wait_for(lambda e: (e.get("dev") == "relay" and e.get("on"))
                      or (e.get("dev") == "led" and e.get("color") == "red" and e.get("on")), timeout)
+    # the card is taken away after hold_ms; a reader reads nothing new until it has left
+    time.sleep(max(0.0, hold_ms / 1000 - (time.monotonic() - t0)) + 0.25)
     return {"granted": ev.get("dev") == "relay", "t": ev["t"]}
 
 
