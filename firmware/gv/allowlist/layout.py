@@ -19,9 +19,8 @@ REC = const(16)
 # cards are added, and split evenly beyond 1.5 times that: only a shard's last page is ever part-full,
 # which is what keeps 100,000 cards inside the 2 MiB partition with the firmware beside them.
 SHARD_PAGES = const(16)  # split past 1.5 times this
-LOG_SOFT = const(512)  # compaction is due above this many log records
-LOG_HARD = const(1024)  # a delta that would pass this compacts first (RAM bound: 16 KB)
-DELTA_MAX = const(1024)
+LOG_HARD = const(1024)  # delta log records in RAM (16 KB; less if the heap has no such piece):
+# a delta that would pass it compacts first, a larger delta is refused; compaction is due at half
 MAX_DFILES = const(4)  # delta files before they are folded into one  # larger changes go as a snapshot
 IX = const(12)  # bytes of RAM index a page: first key 8, block 2, records 1, data offset 1
 SCAN = const(64)  # bytes read per block when scanning for page headers

@@ -11,7 +11,7 @@ import struct
 from binascii import crc32
 from gv.compat import const
 from gv.allowlist.layout import (
-    BLOCK, ENOSPC, FORMAT, LOG_SOFT, MAGIC_DELTA, MAGIC_MAN,
+    BLOCK, ENOSPC, FORMAT, MAGIC_DELTA, MAGIC_MAN,
     MAGIC_PAGE, MAGIC_SNAP, PAGE_HDR, REC, SCAN, SHARD_PAGES,
     DELTA, DELTA_N, DHDR, DHDR_N, MAN_HDR, MAN_HDR_N,
     SHARD, SHARD_N, SNAP_HDR, SNAP_HDR_N, ShardTable, _cmp8, IX,
@@ -41,7 +41,18 @@ class Allowlist:
         self._dtags = []  # (tag, nrec, crc) of each delta file in the manifest, oldest first
         # The delta log: sorted records (a removal has status 0), merged in place in a buffer of
         # LOG_HARD records taken at boot, so a stream of deltas never fragments the heap.
-        self._log = bytearray(LOG_HARD * REC)
+        # A heap already cut up by the rest of the app may not have 16 KB in one piece: then a
+        # smaller log, and deltas above its size are refused (ValueError: send a snapshot).
+        cap = LOG_HARD
+        while True:
+            try:
+                self._log = bytearray(cap * REC)
+                break
+            except MemoryError:
+                if cap <= 64:
+                    raise
+                cap //= 2
+        self._logcap = cap
         self._nlog = 0
         self._page = bytearray(BLOCK)
         self._pmv = memoryview(self._page)
@@ -481,7 +492,7 @@ class Allowlist:
         return update.apply_delta(self, from_version, to_version, records)
 
     def compaction_due(self):
-        return self._nlog > LOG_SOFT
+        return self._nlog > self._logcap // 2
 
     def compact_step(self):
         """Fold the delta log into the shards, about one page write per call; True while more to do."""

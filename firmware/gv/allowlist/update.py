@@ -3,14 +3,14 @@ import os
 import struct
 from binascii import crc32
 from gv.allowlist.layout import (
-    BLOCK, IX, MAGIC_PAGE, SCAN, MAX_DFILES, DELTA_MAX, LOG_HARD, LOG_SOFT, MAGIC_DELTA, PAGE_HDR,
+    BLOCK, IX, MAGIC_PAGE, SCAN, MAX_DFILES, MAGIC_DELTA, PAGE_HDR,
     REC, DHDR, _ShardWriter, _cmp8, _merge_into, _ptr_bytes,
     _rm, _sort_records, _tag, page_cap,
 )
 
 
 # ---------------------------------------------------------------- deltas
-def _collect(records):
+def _collect(records, cap):
     # The delta as one sorted bytearray of 16-byte records (a removal is key8 + 8 zero bytes).
     # records: packed bytes of such records, or an iterable of (key8, rec16 or None).
     # A bytearray is sorted in place (no second copy of a 16 KB delta on a small heap).
@@ -39,9 +39,9 @@ def _collect(records):
             else:
                 buf[o + 8:o + REC] = r[8:REC]
             n += 1
-            if n > DELTA_MAX:
+            if n > cap:
                 raise ValueError("delta too large: send a snapshot")
-    if n > DELTA_MAX:
+    if n > cap:
         raise ValueError("delta too large: send a snapshot")
     for i in range(n):
         st = buf[i * REC + 8]
@@ -63,8 +63,8 @@ def apply_delta(self, from_version, to_version, records):
     ValueError on a delta that does not fit this store."""
     if from_version != self.version or to_version <= from_version:
         raise ValueError("delta %d->%d does not follow version %d" % (from_version, to_version, self.version))
-    d = _collect(records)
-    if self._nlog + len(d) // REC > LOG_HARD:
+    d = _collect(records, self._logcap)
+    if self._nlog + len(d) // REC > self._logcap:
         while compact_step(self):
             pass
     count = _count_after(self, d)
