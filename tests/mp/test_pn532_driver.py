@@ -284,3 +284,17 @@ def test_a_late_answer_is_never_taken_for_a_later_command():
         eq(r == ONE_CARD, False, bus + " reported a card that left")
         eq(pn.poll(), NO_CARD, bus)
         eq(pn.aborts >= 1, True)
+
+
+def test_spi_without_a_routed_chip_select():
+    # a harness that gives the driver a plain Pin for CS: each bus call is one transaction
+    class Pin:
+        def value(self, v=None):
+            return 1
+
+    sim = PN532Sim()
+    pn = PN532(transport.SPITransport(sim.spi(), Pin()))
+    eq(pn.begin(), True)
+    sim.enter(U10, sak=0x20)
+    eq(pn.poll(), ONE_CARD)
+    eq(bytes(pn.uid[:pn.uid_len]), U10)

@@ -352,6 +352,7 @@ class PN532Sim:
 
     def cs_pin(self):
         s = self.spi()
+        s.auto_cs = False
         return _Pin(s._cs, lambda: s.cs)
 
 
@@ -579,20 +580,41 @@ class _SPI:
             return REV[out]
         return 0
 
+    # Until cs_pin() is asked for (a harness that does not route the chip-select line), each
+    # call is one whole CS-low transaction, which is how gv.pn532.transport uses the bus.
+    auto_cs = True
+
+    def _begin(self):
+        if self.auto_cs:
+            self._cs(0)
+
+    def _end(self):
+        if self.auto_cs:
+            self._cs(1)
+
     def write(self, buf):
+        self._begin()
         for b in buf:
             self._xfer(b)
+        self._end()
 
     def read(self, n, write=0):
-        return bytes(self._xfer(write) for _ in range(n))
+        self._begin()
+        out = bytes(self._xfer(write) for _ in range(n))
+        self._end()
+        return out
 
     def readinto(self, buf, write=0):
+        self._begin()
         for i in range(len(buf)):
             buf[i] = self._xfer(write)
+        self._end()
 
     def write_readinto(self, wbuf, rbuf):
+        self._begin()
         for i in range(len(wbuf)):
             rbuf[i] = self._xfer(wbuf[i])
+        self._end()
 
     def init(self, *a, **kw):
         pass
