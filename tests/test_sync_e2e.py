@@ -255,3 +255,24 @@ def test_bulk_change_too_big_for_a_delta_becomes_a_rebuild(site):
     s = r.wait(lambda s: s["version"] == v, what="rebuild after bulk change")
     assert s["rebuilds"] == 2 and s["count"] == 700 and s["rejected"] == {}
     assert r.lookup(bulk[-1][:8]) == bulk[-1]
+
+
+def test_event_backlog_drains_without_starving_a_live_delta(site):
+    order: list[str] = []
+    rec_events, applied = site.data.record_events, site.data.reader_applied
+    v = site.head() + 1
+
+    def on_applied(rid, version):
+        order.append("applied %d" % version)
+        applied(rid, version)
+        if version == 1:  # rebuilt while its backlog drains: an operator blocks a card now
+            site.data.change(SITE, [make_record(site.rng)])
+            site.host.push(SITE)
+
+    site.data.record_events = lambda rid, evs: (order.append("events"), rec_events(rid, evs))[1]
+    site.data.reader_applied = on_applied
+    r = site.reader(events=1200)  # a long offline spell's worth of check-ins
+    r.wait(lambda s: s["acked"] == 1200 and s["version"] == v, timeout=60, what="drained")
+    i = order.index("applied %d" % v)
+    assert "events" in order[i + 1:], ("the delta waited for the whole backlog", order)
+    assert len(site.data.events) == 1200

@@ -182,8 +182,11 @@ class Sync:
 
     async def _uploader(self):
         log = self.log
+        more = False
         while True:
-            await asyncio.sleep_ms(200)
+            # a backlog drains batch after batch; idle, look every 200 ms (pending_count is cheap)
+            await asyncio.sleep_ms(0 if more else 200)
+            more = False
             if not self.client.connected or self._want_hello or not self._pending():
                 continue
             try:
@@ -208,6 +211,7 @@ class Sync:
                 except asyncio.TimeoutError:
                     pass
                 self._evack.clear()
+            more = log.acked >= last
 
     async def _compactor(self):
         # deltas pile up in the store's log; fold them in a few ms at a time between decisions

@@ -208,6 +208,10 @@ class MQTTClient:
     async def _open(self):
         ai = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0]
         sock = socket.socket(ai[0], ai[1], ai[2])
+        try:  # small MQTT packets: no Nagle delay (IPPROTO_TCP 6, TCP_NODELAY 1 on lwIP and Linux)
+            sock.setsockopt(6, 1, 1)
+        except (OSError, AttributeError):
+            pass
         sock.setblocking(False)
         try:
             sock.connect(ai[-1])
