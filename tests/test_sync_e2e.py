@@ -276,3 +276,14 @@ def test_event_backlog_drains_without_starving_a_live_delta(site):
     i = order.index("applied %d" % v)
     assert "events" in order[i + 1:], ("the delta waited for the whole backlog", order)
     assert len(site.data.events) == 1200
+
+
+def test_reader_refuses_a_broker_its_ca_did_not_sign(site, tmp_path):
+    from pathlib import Path
+
+    from host_sync.broker import make_test_ca
+
+    other = make_test_ca(tmp_path / "other-ca")
+    r = site.reader(ca=Path(other.cafile).read_text(), connect_timeout_ms=1000)
+    s = r.wait(lambda s: s["error"] and s["loops"] > 100, what="TLS refusal")
+    assert not s["connected"] and s["connects"] == 0 and s["version"] == 0
