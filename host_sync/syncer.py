@@ -199,21 +199,28 @@ class HostSync:
                 try:
                     typ, counter, body = st.session.open(msg.payload)
                 except ProtoError as e:
+                    if msg.retain and leaf == "hello" and e.reason == P.E_REPLAY:
+                        return  # the retained HELLO again, after our own reconnect
                     self.stats["rejected_in"] += 1
                     log.warning("rejected message from %s: %s", reader_id, e)
                     return
-                self._dispatch(st, leaf, typ, counter, body)
+                self._dispatch(st, leaf, typ, counter, body, bool(msg.retain))
         except Exception:  # noqa: BLE001 - one bad message never stops the service
             log.exception("handling %s", msg.topic)
 
-    def _dispatch(self, st: ReaderState, leaf: str, typ: int, counter: int, body) -> None:
+    def _dispatch(self, st: ReaderState, leaf: str, typ: int, counter: int, body,
+                  retained: bool = False) -> None:
         rid = st.session.reader_id
         if leaf == "hello" and typ == P.T_HELLO:
             info = P.parse_hello(body)
             st.hello = info
-            st.online = True
             self.data.reader_hello(rid, info)
-            self._answer(st, info["al_version"], info["snap_version"], info["snap_offset"])
+            if not retained:
+                # a live HELLO: the reader just connected and waits for an answer. A retained
+                # one (this host just subscribed) only teaches us the session: that reader may
+                # be offline, and if it is waiting it asks again (SYNC) within seconds.
+                st.online = True
+                self._answer(st, info["al_version"], info["snap_version"], info["snap_offset"])
         elif leaf != "out":
             return
         elif typ == P.T_SYNC:

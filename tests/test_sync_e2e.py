@@ -287,3 +287,20 @@ def test_reader_refuses_a_broker_its_ca_did_not_sign(site, tmp_path):
     r = site.reader(ca=Path(other.cafile).read_text(), connect_timeout_ms=1000)
     s = r.wait(lambda s: s["error"] and s["loops"] > 100, what="TLS refusal")
     assert not s["connected"] and s["connects"] == 0 and s["version"] == 0
+
+
+def test_restarted_host_reaches_connected_readers_from_their_retained_hello(site):
+    r = site.reader()
+    r.wait(lambda s: s["version"] == 1, what="first rebuild")
+    site.host.stop()
+    b = site.broker
+    site.host = HostSync(site.data, "127.0.0.1", b.plain_port, b.host_user, b.host_password)
+    site.host.start()
+    deadline = time.monotonic() + 5
+    while "gate-01" not in site.host.readers and time.monotonic() < deadline:
+        time.sleep(0.05)
+    v = site.data.change(SITE, [make_record(site.rng)])
+    site.host.pushed[SITE] = v - 1  # what serve records as pushed before the restart
+    assert site.host.push(SITE) == 1
+    s = r.wait(lambda s: s["version"] == v, what="delta from the restarted host")
+    assert s["connects"] == 1 and s["rejected"] == {}
