@@ -185,7 +185,7 @@ class VirtualSite:
     def wait_converged(self, timeout: float = 60, readers: list[str] | None = None) -> float:
         """Wait until every (named) reader has applied its site's current version; returns seconds."""
         t0 = time.monotonic()
-        want = set(readers or self.readers)
+        want = set(readers or [rid for rid, r in self.readers.items() if r.board is not None])
         while True:
             rows = {r["id"]: r for r in self.readers_json()}
             if all(rid in rows and rows[rid]["applied_version"] == rows[rid]["head"]
