@@ -133,6 +133,9 @@ def taped_rig(bus):
         t = transport.SPITransport(ep, cs)
         tapes = [ep, cs]
     pn = PN532(t)
+    # a replay must see exactly the recorded calls: generous timeouts so a loaded machine that
+    # deschedules us for a few ms cannot turn a recorded wait into a timeout
+    pn.ack_ms = pn.resp_ms = pn.cfg_ms = 2000
     if not pn.begin():
         raise AssertionError("begin failed: " + pn.last_error)
     for tp in tapes:
