@@ -17,6 +17,11 @@ class PowerCut(OSError):
     pass
 
 
+# Raised from inside littlefs, sometimes while the heap is locked (the GC closing a dead file):
+# one instance made up front needs no allocation.
+_CUT = PowerCut(5)  # EIO as littlefs sees it
+
+
 class FlashDev:
     def __init__(self, blocks=ESP32_LFS_BLOCKS, block_size=BLOCK, path=None):
         self.block_size = block_size
@@ -62,7 +67,7 @@ class FlashDev:
     def _power(self):
         if self.dead or (self.cut_after is not None and self.writes >= self.cut_after):
             self.dead = True
-            raise PowerCut(5)  # EIO as littlefs sees it
+            raise _CUT
 
     # -- storage --
     def _read(self, addr, buf):
