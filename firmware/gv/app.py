@@ -91,10 +91,8 @@ class Reader:
         transport, rst = pn532_transport(board)
         irq = (board.get("pn532") or {}).get("irq")
         pn = PN532(transport, rst=rst, irq=None if irq is None else machine.Pin(irq, machine.Pin.IN))
-        try:
-            pn.begin()
-        except Exception as e:  # noqa: BLE001 - the poll loop recovers the chip; the door stays shut
-            print("pn532: not answering at start-up (%r); will keep trying" % (e,))
+        if not pn.begin():  # never raises; the poll loop recovers the chip, the door stays shut
+            print("pn532: not answering at start-up (%s); will keep trying" % (pn.last_error,))
         return pn
 
     # ---- what the host may ask (already authenticated by the sync layer) ----
