@@ -30,7 +30,7 @@ def test_boots_into_the_main_loop_and_mpremote_exec_ls_cp(vb, tmp_path):
     # the Ctrl-C that mpremote sent stopped main.py the way it stops it on a board
     assert any("stopped by Ctrl-C" in line for line in vb.logs())
     ls = vb.mpremote("fs", "ls", ":/gv")
-    assert ls.returncode == 0 and "app.py" in ls.stdout, ls.stdout + ls.stderr
+    assert ls.returncode == 0 and "app.mpy" in ls.stdout, ls.stdout + ls.stderr
     src = tmp_path / "note.txt"
     src.write_text("gate 7\n")
     cp = vb.mpremote("fs", "cp", str(src), ":note.txt")

@@ -159,7 +159,12 @@ class Sync:
                 self._want_ack = True
                 return
         if self._asked is not None and ticks_diff(now, self._asked) > _ANSWER_MS:
-            self._want_sync = True
+            # No answer: ask again with a HELLO rather than a SYNC. A host that missed this
+            # session's HELLO (and so rejects everything in it as a stale session) learns the
+            # session from it; a host that has it answers a HELLO exactly as it answers a SYNC.
+            self._asked = None
+            self._want_hello = True
+            return await self._send_owed()
         if self._want_sync:
             self._want_sync = False
             v, sv, so = self._state()
