@@ -26,6 +26,7 @@ import io
 import json
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,13 +175,27 @@ class Device:
             data = self.t.read_until(1, b"\x00", timeout=0.5, timeout_overall=1)
             raise NoMicroPython(seen.getvalue().encode() + data) from None
 
+    @contextlib.contextmanager
+    def deadline(self, seconds: float = 60):
+        """A board that stops answering mid-command (mpremote would wait for it forever while it
+        keeps printing) ends in a lost connection, not a hang: the port is closed under the read."""
+        timer = threading.Timer(seconds, self.close)
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+
     def run(self, code: str) -> str:
         try:
-            return self.t.exec(code).decode()
+            with self.deadline():
+                return self.t.exec(code).decode()
         except TransportError as e:
             if getattr(e, "error_output", None):
                 raise DeployError(f"device error: {e.error_output.strip().splitlines()[-1]}") from None
             raise ConnectionLost(str(e)) from None
+        except (OSError, TypeError, AttributeError) as e:  # the port closed under a read
+            raise ConnectionLost(f"{type(e).__name__}: {e}") from None
 
     def eval(self, code: str):
         return ast.literal_eval(self.run(code).strip().splitlines()[-1])
@@ -206,7 +221,8 @@ class Device:
         """Write through path.part then rename: a cut never leaves a truncated module in place."""
         tmp = path + ".part"
         try:
-            self.t.fs_writefile(tmp, data, chunk_size=CHUNK, progress_callback=progress)
+            with self.deadline(60 + len(data) / 500):
+                self.t.fs_writefile(tmp, data, chunk_size=CHUNK, progress_callback=progress)
         except TransportError as e:
             if getattr(e, "error_output", None):
                 raise DeployError(f"device refused {path}: {e.error_output.strip().splitlines()[-1]}") from None
