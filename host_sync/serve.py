@@ -67,9 +67,27 @@ class Service:
         self._next_lag_check = 0.0
         self._leader = False
         self._lease_check = 0.0
+        self._nudge_at: float | None = None
 
     LEASE = "push"
     LEASE_TTL_S = 3.0
+    NUDGE_AFTER_S = 2.0  # after taking the lease: the retained HELLOs have taught the sessions
+
+    def nudge(self) -> int:
+        """Ask every reader not recorded at its site's version where it is: an empty DELTA
+        head->head. A reader at head ACKs (its ACK may have been lost while no instance was
+        subscribed, e.g. the previous one died mid-push); one behind sees the gap and SYNCs."""
+        from gv.sync import protocol as P
+        n = 0
+        eng = self.engine
+        with eng._lock:
+            for rid, head in self.data.readers_in_doubt():
+                st = eng.readers.get(rid)
+                if st is not None and st.session.nonce is not None:
+                    n += eng._send(st, P.T_DELTA, P.delta_body(head, head, head, [], P.F_ASK))
+        if n:
+            log.info("nudged readers=%d instance=%s", n, self.instance)
+        return n
 
     def leader(self) -> bool:
         """Whether this instance pushes: it holds the lease (renewed every second)."""
@@ -78,6 +96,8 @@ class Service:
             was = self._leader
             self._leader = self.data.hold_lease(self.LEASE, self.instance, self.LEASE_TTL_S)
             self._lease_check = now + (1.0 if self._leader else self.LEASE_TTL_S / 3)
+            if self._leader and not was:
+                self._nudge_at = now + self.NUDGE_AFTER_S
             if self._leader != was:
                 log.info("instance=%s %s the push lease", self.instance,
                          "holds" if self._leader else "does not hold")
@@ -114,6 +134,9 @@ class Service:
             log.info("pushed site=%s from=%d to=%d messages=%d instance=%s", site, before, head,
                      sent, self.instance)
         now = time.monotonic()
+        if self._nudge_at is not None and now >= self._nudge_at and self.engine.connected.is_set():
+            self._nudge_at = None
+            self.nudge()
         if now >= self._next_lag_check:
             self._next_lag_check = now + self.lag_check_s
             for rid, site, applied, since in self.data.lagging_blocks(self.lag_limit_s):

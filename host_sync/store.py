@@ -110,14 +110,13 @@ class RegistryData:
         fw = info.get("fw") or info.get("firmware") or ""
         if isinstance(fw, bytes):
             fw = fw.decode("utf-8", "replace")
-        al = info.get("al_version", info.get("version"))
+        # The applied version comes from ACKs only: a HELLO may be the retained one from the
+        # reader's last connect (stale), seen again when this host subscribes.
+        health["hello_version"] = info.get("al_version", info.get("version"))
         with self.db.tx():
             self.db.execute("UPDATE readers SET firmware = ?, health = ?, last_seen = ?, online = 1"
                             " WHERE id = ?", (str(fw)[:64], json.dumps(health, sort_keys=True),
                                               now_iso(), reader_id))
-            if al is not None:
-                self.db.execute("UPDATE readers SET applied_version = ? WHERE id = ?",
-                                (int(al), reader_id))
         if problems:
             log.warning("reader %s reports: %s", reader_id, ", ".join(problems))
 
@@ -178,6 +177,12 @@ class RegistryData:
 
     def release_lease(self, name: str, instance: str) -> None:
         self.db.execute("DELETE FROM leases WHERE name = ? AND instance = ?", (name, instance))
+
+    def readers_in_doubt(self) -> list[tuple[str, int]]:
+        """[(reader, head)] for readers not recorded at their site's version."""
+        return [(r, int(v)) for r, v in self.db.all(
+            "SELECT r.id, s.version FROM readers r JOIN sites s ON s.id = r.site_id"
+            " WHERE r.applied_version < s.version")]
 
     def site_versions_pushed(self) -> dict[str, int]:
         return {s: int(v) for s, v in self.db.all("SELECT site_id, version FROM site_push")}

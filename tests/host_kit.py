@@ -133,6 +133,7 @@ class ProtocolReader:
         self.c.will_set(P.topic(site, reader_id, "status"), b"offline", qos=1, retain=True)
         self.c.on_connect = self._on_connect
         self.c.on_message = self._on_message
+        self.c.reconnect_delay_set(0.1, 1)  # back soon after a broker restart, as readers are
         self.c.connect("127.0.0.1", port, 30)
         self.c.loop_start()
 

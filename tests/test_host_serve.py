@@ -272,3 +272,42 @@ def test_the_real_reader_firmware_follows_the_registry(tmp_path):
             if reader:
                 reader.close()
             _stop(srv)
+
+
+def test_a_restarted_serve_learns_where_connected_readers_are(tmp_path):
+    """serve killed right after a push, the readers' ACKs lost: the next serve asks them."""
+    with database("sqlite", tmp_path) as url, Broker(readers=[("gate-01", "site-a")]) as b:
+        op = _setup(url)
+        head = json.loads(op.ok("sites", "list", "--json"))[0]["version"]
+        s1 = _serve(url, b, "one", tmp_path)
+        r = None
+        try:
+            _wait_serving(s1, "one", tmp_path)
+            r = ProtocolReader(b.port, "gate-01", "site-a", b.password("gate-01"),
+                               _secret(url, "gate-01"))
+            r.wait(lambda r: r.version == head, what="rebuild")
+            op.ok("cards", "block", "BB-2401-000001")
+            r.wait(lambda r: r.version == head + 1, what="the block")
+            s1.kill()
+            s1.wait(5)
+            db = Db(url)
+            try:  # as if the reader's ACK had gone to the dying instance
+                db.execute("UPDATE readers SET applied_version = ? WHERE id = 'gate-01'", (head,))
+            finally:
+                db.close()
+            assert op("status", "site-a:%d" % (head + 1)) == 5
+            s2 = _serve(url, b, "two", tmp_path)
+            try:
+                _wait_serving(s2, "two", tmp_path)
+                deadline = time.monotonic() + 20
+                while "ok       gate-01" not in (op("status", "site-a:%d" % (head + 1)), op.out)[1]:
+                    assert time.monotonic() < deadline, op.out
+                    time.sleep(0.2)
+            finally:
+                _stop(s2)
+            assert "nudged readers=1" in (tmp_path / "serve-two.log").read_text()
+        finally:
+            if r:
+                r.close(graceful=False)
+            if s1.poll() is None:
+                _stop(s1)
