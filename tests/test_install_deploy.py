@@ -107,7 +107,7 @@ def test_a_cut_mid_copy_is_detected_and_a_rerun_finishes(vb, tmp_path):
 
     report = tmp_path / "report.json"
     rerun = subprocess.run(_cli(vb, tmp_path, cfg_path, "--report", str(report)), cwd=ROOT,
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "was cut off before it finished: finishing it now" in rerun.stdout
     shown = "".join(lines) + rerun.stdout + rerun.stderr + report.read_text()
@@ -117,7 +117,7 @@ def test_a_cut_mid_copy_is_detected_and_a_rerun_finishes(vb, tmp_path):
     assert r["resumed"] and 0 < r["files_copied"] <= total - 3  # the three done are not copied again
     assert json.loads(mpremote_cat(vb, "deploy.json"))["state"] == "complete"
     assert "gv/app.mpy.part" in r["removed"] and "app.mpy.part" not in vb.mpremote("fs", "ls", ":gv", resume=False).stdout
-    again = subprocess.run(_cli(vb, tmp_path, cfg_path), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    again = subprocess.run(_cli(vb, tmp_path, cfg_path), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "copied 0 files" in again.stdout, again.stdout + again.stderr
 
 
@@ -146,7 +146,7 @@ def test_a_board_without_micropython_gets_the_esptool_command(tmp_path):
     out = subprocess.run([sys.executable, "-m", "tools.deploy", "--port", str(link), "--board",
                           str(ROOT / "boards" / "esp32s3-uart.json"), "--reader", str(cfg_path), "--no-hello",
                           "--repl-timeout", "2", "--build-dir", str(tmp_path / "build")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
     stop.set()
     os.close(master)
     assert out.returncode == 2, out.stdout + out.stderr
