@@ -68,10 +68,14 @@ class Service:
         self._leader = False
         self._lease_check = 0.0
         self._nudge_at: float | None = None
+        self._nudges: list[float] = []
 
     LEASE = "push"
     LEASE_TTL_S = 3.0
-    NUDGE_AFTER_S = 2.0  # after taking the lease: the retained HELLOs have taught the sessions
+    # after taking the lease (the retained HELLOs teach the sessions meanwhile, slowly on a
+    # loaded host), then every NUDGE_EVERY_S while leading: a stuck reader is asked again
+    NUDGE_AFTER_S = (2.0, 3.0, 5.0)
+    NUDGE_EVERY_S = 30.0
 
     def nudge(self) -> int:
         """Ask every reader not recorded at its site's version where it is: an empty DELTA
@@ -97,7 +101,8 @@ class Service:
             self._leader = self.data.hold_lease(self.LEASE, self.instance, self.LEASE_TTL_S)
             self._lease_check = now + (1.0 if self._leader else self.LEASE_TTL_S / 3)
             if self._leader and not was:
-                self._nudge_at = now + self.NUDGE_AFTER_S
+                self._nudges = list(self.NUDGE_AFTER_S)
+                self._nudge_at = now + self._nudges.pop(0)
             if self._leader != was:
                 log.info("instance=%s %s the push lease", self.instance,
                          "holds" if self._leader else "does not hold")
@@ -113,6 +118,7 @@ class Service:
         n = 0
         if not self.leader():
             self.seen.clear()  # look again at everything once we lead
+            self._nudge_at = None
             return 0
         for site, head in self.data.site_versions().items():
             if self.seen.get(site) == head:
@@ -135,7 +141,7 @@ class Service:
                      sent, self.instance)
         now = time.monotonic()
         if self._nudge_at is not None and now >= self._nudge_at and self.engine.connected.is_set():
-            self._nudge_at = None
+            self._nudge_at = now + (self._nudges.pop(0) if self._nudges else self.NUDGE_EVERY_S)
             self.nudge()
         if now >= self._next_lag_check:
             self._next_lag_check = now + self.lag_check_s
