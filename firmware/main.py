@@ -1,4 +1,20 @@
 # Runs after boot.py: the reader application. Ctrl-C on the serial port stops it at the REPL.
-import gv.app
+import json
 
-gv.app.main()
+
+def _half_deployed():
+    # deploy writes /deploy.json "in-progress" before it copies and "complete" last: a board
+    # whose deploy was cut off must not run a mix of old and new modules. The door stays shut.
+    try:
+        with open("/deploy.json") as f:
+            return json.load(f).get("state") == "in-progress"
+    except (OSError, ValueError):
+        return False  # never deployed by the tool (a hand-copied board): run
+
+
+if _half_deployed():
+    print("grindvakt: deploy was cut off part-way; not starting. Run the deploy again.")
+else:
+    import gv.app
+
+    gv.app.main()

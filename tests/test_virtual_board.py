@@ -96,3 +96,12 @@ def test_a_starved_watchdog_reboots_the_board(vb):
     assert vb.mpremote("exec", "import machine; machine.WDT(timeout=300)").returncode == 0
     vb.wait_for(lambda e: e.get("event") == "wdt-reset", 20)
     assert vb.wait_for(lambda e: e.get("event") == "boot")["cause"] == "wdt"
+
+
+def test_a_half_deployed_board_does_not_start_the_app(vb):
+    code = "f = open('deploy.json', 'w'); f.write('{\"state\": \"in-progress\"}'); f.close()"
+    assert vb.mpremote("exec", code).returncode == 0
+    vb.mark()
+    vb.send("reset")
+    vb.wait_for(lambda e: "deploy was cut off" in e.get("log", ""), 30)
+    assert not any(e.get("event") == "wdt-start" for e in vb.events()[vb._seen:])  # the app never ran
