@@ -121,3 +121,38 @@ def reopen(dev):
     umount()
     mount(dev)
     return Allowlist(ROOT, dev, SP).open()
+
+
+def deltas_only(al, nd, per):
+    """Deltas 0->1 .. (nd-1)->nd into an empty store that never had a snapshot (no shard files):
+    delta k adds cards (k-1)*per .. k*per-1 as rec(i, k)."""
+    for k in range(1, nd + 1):
+        buf = bytearray(per * 16)
+        for j in range(per):
+            buf[j * 16:j * 16 + 16] = rec((k - 1) * per + j, k)
+        if not al.apply_delta(k - 1, k, buf):
+            raise AssertionError("delta %d refused: %s" % (k, al.health))
+
+
+def check_deltas_only(al, nd, per):
+    """Every card of deltas_only(nd, per), by lookup and by an ordered walk; raises on a difference."""
+    if al.version != nd:
+        raise AssertionError("version %d, expected %d" % (al.version, nd))
+    out = bytearray(16)
+    n = nd * per
+    it = al.items()
+    for i in range(n + 3):
+        found = al.lookup(key(i), out)
+        if i >= n:
+            if found:
+                raise AssertionError("card %d present" % i)
+            continue
+        r = rec(i, i // per + 1)
+        if not found or out != r:
+            raise AssertionError("card %d %s" % (i, "wrong" if found else "not found"))
+        if next(it) != r:
+            raise AssertionError("walk differs at card %d" % i)
+    for extra in it:
+        raise AssertionError("extra record in walk")
+    if al.count != n:
+        raise AssertionError("count %d, expected %d" % (al.count, n))

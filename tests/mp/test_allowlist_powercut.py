@@ -5,7 +5,8 @@ import gc
 import mpt
 from flashdev import PowerCut, mount, umount
 from gv.allowlist.store import Allowlist
-from test_allowlist_fixture import ROOT, SP, check, count, delta, fresh, install, snapshot_chunks
+from test_allowlist_fixture import (ROOT, SP, check, check_deltas_only, count, delta, deltas_only, fresh,
+                                   install, snapshot_chunks)
 
 HEAPSIZE = "256k"  # a fresh store per simulated boot, many boots per process
 TIMEOUT = 600
@@ -34,8 +35,9 @@ def _boot(dev):
     return Allowlist(ROOT, dev, SP).open()
 
 
-def _cut_everywhere(dev, path, scenario, old_v, new_v, after=None):
-    """Run scenario with the power cut after n writes for every n; check each outcome."""
+def _cut_everywhere(dev, path, scenario, old_v, new_v, after=None, verify=None):
+    """Run scenario with the power cut after n writes for every n; check each outcome (verify(al):
+    the store's content at its version, by default the fixture's population of N cards)."""
     mount(dev)
     al = Allowlist(ROOT, dev, SP).open()
     start = dev.writes
@@ -62,7 +64,10 @@ def _cut_everywhere(dev, path, scenario, old_v, new_v, after=None):
         if al.version not in seen:
             raise AssertionError("cut %d/%d: version %d" % (n, total, al.version))
         mpt.eq(al.health, "ok", "cut %d" % n)
-        check(al, N, al.version)
+        if verify:
+            verify(al)
+        else:
+            check(al, N, al.version)
         seen[al.version] += 1
         if after:
             after(al, n)
@@ -107,6 +112,40 @@ def test_cut_during_compaction():
     seen = _cut_everywhere(dev, path, scenario, 3, 3, after)
     assert seen[3] > 10, seen
     print("compaction cuts", seen)
+    umount()
+
+
+def test_cut_during_compaction_of_a_delta_only_store():
+    # A store that never had a snapshot (3 deltas from version 0, no shard file): its first
+    # compaction creates the shards, and a cut anywhere in it must lose no card.
+    dev = fresh(blocks=48)
+    al = Allowlist(ROOT, dev, SP).open()
+    deltas_only(al, 3, 10)
+    al = None
+    umount()
+    path = mpt.tmpdir() + "/deltas.img"
+    dev.save(path)
+
+    def scenario(al):
+        while al.compact_step():
+            pass
+        if al.health != "ok":
+            raise PowerCut(5)
+
+    def verify(al):
+        check_deltas_only(al, 3, 10)
+
+    def after(al, n):
+        while al.compact_step():
+            pass
+        mpt.eq(al.health, "ok")
+        mpt.eq(al._nlog, 0)
+        assert len(al._st) >= 1
+        check_deltas_only(al, 3, 10)
+
+    seen = _cut_everywhere(dev, path, scenario, 3, 3, after, verify)
+    assert seen[3] > 3, seen
+    print("delta-only compaction cuts", seen)
     umount()
 
 

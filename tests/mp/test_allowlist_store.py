@@ -6,7 +6,8 @@ import micropython
 import mpt
 from gv.allowlist import record as R
 from gv.allowlist.store import Allowlist
-from test_allowlist_fixture import ROOT, SP, check, delta, fresh, install, key, reopen, count
+from test_allowlist_fixture import (ROOT, SP, check, check_deltas_only, count, delta, deltas_only, fresh,
+                                   install, key, rec, reopen)
 from flashdev import umount
 
 # 256k: these tests "reboot" several times in one process, each boot building a fresh store
@@ -82,6 +83,61 @@ def test_deltas_compaction_reopen():
     # nothing left behind: manifest and shard files only
     for name in os.listdir(ROOT):
         assert name == "M" or name[0] == "s", name
+    umount()
+
+
+def test_store_built_from_deltas_only_compacts_into_shards():
+    # A reader that never had a snapshot: every card came by delta from version 0, so the store
+    # has no shard file. Compaction must create the shards from the log, not drop the log.
+    dev = fresh()
+    al = Allowlist(ROOT, dev, SP).open()
+    deltas_only(al, 3, 10)
+    mpt.eq(len(al._st), 0)
+    check_deltas_only(al, 3, 10)
+    assert al.compact_step()  # there is work to do
+    while al.compact_step():
+        pass
+    mpt.eq(al._nlog, 0)
+    assert len(al._st) >= 1
+    check_deltas_only(al, 3, 10)
+    al = None  # the old instance's buffers go before the new one is built
+    al = reopen(dev)
+    mpt.eq(al.health, "ok")
+    check_deltas_only(al, 3, 10)
+    # the next delta and compaction merge into the shards just made: one card changed, one removed
+    r = rec(4, 9)
+    assert al.apply_delta(3, 4, [(key(4), r), (key(7), None)])
+    while al.compact_step():
+        pass
+    al = None
+    al = reopen(dev)
+    out = bytearray(16)
+    assert al.lookup(key(4), out) and out == r
+    assert not al.lookup(key(7), out)
+    assert al.lookup(key(29), out) and out == rec(29, 3)
+    mpt.eq(al.count, 29)
+    mpt.eq(sum(1 for _ in al.items()), 29)
+    for name in os.listdir(ROOT):
+        assert name == "M" or name[0] == "s", name
+    umount()
+
+
+def test_delta_only_store_larger_than_a_shard_splits():
+    # 1000 cards by delta alone: more than one shard holds (SP=2: 763), so the first compaction
+    # both creates and splits; the index it splices must equal the one a reboot builds.
+    dev = fresh()
+    al = Allowlist(ROOT, dev, SP).open()
+    deltas_only(al, 1, 1000)
+    while al.compact_step():
+        pass
+    assert len(al._st) == 2, len(al._st)
+    check_deltas_only(al, 1, 1000)
+    ix = bytes(al._ix[:al._np * 12])
+    al = None
+    al = reopen(dev)
+    mpt.eq(al.health, "ok")
+    mpt.eq(bytes(al._ix[:al._np * 12]), ix, "index spliced == index rebuilt at boot")
+    check_deltas_only(al, 1, 1000)
     umount()
 
 

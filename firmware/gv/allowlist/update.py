@@ -4,7 +4,7 @@ import struct
 from binascii import crc32
 from gv.allowlist.layout import (
     BLOCK, IX, MAGIC_PAGE, SCAN, MAX_DFILES, MAGIC_DELTA, PAGE_HDR,
-    REC, DHDR, _ShardWriter, _cmp8, _merge_into, _ptr_bytes,
+    REC, DHDR, ShardTable, _ShardWriter, _cmp8, _merge_into, _ptr_bytes,
     _rm, _sort_records, _tag, page_cap,
 )
 
@@ -145,6 +145,8 @@ def compact_step(self):
 
 def _compact(self):
     ndel = len(self._dtags)  # deltas folded by this run; later ones stay in the log
+    if not len(self._st):
+        yield from _first_shard(self)
     i = 0
     while i < len(self._st):
         st = self._st
@@ -232,6 +234,25 @@ def _compact(self):
         _rm(self._p("d%08x" % d[0]))
     self._dtags = rest
     self._rebuild_log()
+
+
+def _first_shard(self):
+    # A store that never had a snapshot (every card came by delta) has no shard for the log to
+    # be folded into: name one empty shard covering every key first. The log overrides the
+    # shards, so this manifest describes exactly the same cards; the loop then merges the log
+    # into it like into any other shard (a cut leaves the store as it was, or with the empty
+    # shard named: both are complete).
+    w = _ShardWriter(self.root, b"\x00" * 8, self._wbuf())
+    s = w.close()
+    st = ShardTable(1)
+    st.append(s)
+    try:
+        self._write_manifest(self.version, self.count, st, self._dtags)
+    except OSError:
+        _rm(self._p("s%08x" % s.tag))
+        raise
+    self._st = st
+    yield
 
 
 def _first_page(self, i):
