@@ -16,7 +16,7 @@ from host_sync.timeutil import now_iso
 
 log = logging.getLogger("host_sync.store")
 
-HEALTH_BITS = {1: "allowlist corrupt", 2: "PN532 failing", 4: "flash write failed",
+HEALTH_BITS = {1: "allowlist needs a resend", 2: "PN532 failing", 4: "flash write failed",
                8: "events dropped", 16: "clock not set"}
 REJECT_REASONS = {1: "malformed", 2: "protocol version", 3: "bad MAC", 4: "stale session",
                   5: "replayed", 6: "bad type", 7: "out of order", 8: "store error", 9: "busy"}

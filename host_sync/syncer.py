@@ -221,6 +221,10 @@ class HostSync:
                 # be offline, and if it is waiting it asks again (SYNC) within seconds.
                 st.online = True
                 self._answer(st, info["al_version"], info["snap_version"], info["snap_offset"])
+                if info["health"] & P.H_CLOCK:
+                    # a reader that booted without a clock decides validity dates only once it
+                    # has one, and stamps its events with uptime: give it the time at once
+                    self._publish(st, st.session.seal(P.T_CMD, P.cmd_body(P.C_SET_CLOCK, _now_2020())))
         elif leaf != "out":
             return
         elif typ == P.T_SYNC:
@@ -301,3 +305,9 @@ class HostSync:
     def _publish(self, st: ReaderState, msg: bytes) -> None:
         self.client.publish(P.topic(st.session.site, st.session.reader_id, "in"), msg, qos=1)
         self.stats["published"] += 1
+
+
+def _now_2020() -> int:
+    """Seconds since 2020-01-01 UTC: the readers' wall clock (gv.gate.clock)."""
+    import time as _time
+    return int(_time.time()) - 1577836800
