@@ -141,6 +141,21 @@ def test_delta_only_store_larger_than_a_shard_splits():
     umount()
 
 
+def test_delta_only_store_overflowing_log_compacts_first():
+    # apply_delta itself compacts when the log would overflow: on a store with no shard yet that
+    # compaction must keep the 600 cards already in the log as well.
+    dev = fresh()
+    al = Allowlist(ROOT, dev, SP).open()
+    deltas_only(al, 2, 600)
+    check_deltas_only(al, 2, 600)
+    mpt.eq(len(al._st), 1)
+    mpt.eq(al._nlog, 600)
+    al = None
+    al = reopen(dev)
+    check_deltas_only(al, 2, 600)
+    umount()
+
+
 def test_delta_during_compaction():
     dev = fresh()
     al = Allowlist(ROOT, dev, SP).open()
