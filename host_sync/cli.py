@@ -351,6 +351,79 @@ def cmd_readers_list(ctx: Ctx) -> int:
     return EXIT_OK
 
 
+def _clock_arg(text: str | None) -> int | None:
+    """set-clock's time: seconds since 2020-01-01 UTC, or an ISO date-time (UTC unless it says
+    otherwise); None = the host's time when serve sends it."""
+    from host_sync.commands import seconds_2020
+    if text is None:
+        return None
+    if text.isdigit():
+        v = int(text)
+    else:
+        try:
+            t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidInput("set-clock takes a time like 2026-11-29T03:40:00Z or seconds since "
+                               "2020-01-01 UTC, not %r" % text)
+        v = seconds_2020(t if t.tzinfo else t.replace(tzinfo=UTC))
+    if not 0 <= v < 2 ** 32:
+        raise InvalidInput("set-clock: %r is outside the readers' clock (2020 to 2156)" % text)
+    return v
+
+
+def cmd_readers_command(ctx: Ctx) -> int:
+    import time
+    from host_sync import commands
+    a = ctx.args
+    ctx.reg.reader(a.reader_id)  # exit 4 for an unknown reader
+    name = commands.NAMES[a.command]
+    if a.arg is not None and name != "set_clock":
+        raise InvalidInput("%s takes no argument" % a.command)
+    if a.wait is not None and a.wait < 0 or a.expire is not None and a.expire <= 0:
+        raise InvalidInput("--wait and --expire take a positive number of seconds")
+    cid = commands.enqueue(ctx.db, a.reader_id, name, _clock_arg(a.arg), ctx.args.actor, a.expire)
+    row = commands.get(ctx.db, cid)
+    assert row is not None
+    ctx.say("command #%d %s queued for %s (sent by host-sync serve; expires %s)"
+            % (cid, a.command, a.reader_id, row["deadline_at"]))
+    if a.wait is None:
+        ctx.say("  follow it: host-sync readers commands %s" % a.reader_id)
+        return EXIT_OK
+    deadline = time.monotonic() + a.wait
+    while row["state"] not in commands.FINAL and time.monotonic() < deadline:
+        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        row = commands.get(ctx.db, cid) or row
+    if row["state"] == "done":
+        ctx.say("command #%d %s on %s: done" % (cid, a.command, a.reader_id))
+        return EXIT_OK
+    if row["state"] == "failed":
+        print("command #%d %s on %s failed: %s" % (cid, a.command, a.reader_id, row["result"]),
+              file=ctx.err)
+        return EXIT_REFUSED
+    ctx.say("command #%d %s on %s still %s after %g s (%s)" % (
+        cid, a.command, a.reader_id, row["state"], a.wait,
+        "no answer from the reader yet" if row["state"] == "sent"
+        else "the reader is not connected to serve yet, or no serve is running"))
+    return EXIT_PENDING
+
+
+def cmd_readers_commands(ctx: Ctx) -> int:
+    from host_sync import commands
+    a = ctx.args
+    if a.reader_id:
+        ctx.reg.reader(a.reader_id)
+    rows = commands.recent(ctx.db, a.reader_id, a.limit)
+    if a.json:
+        ctx.say(json.dumps(rows, indent=1, default=str))
+        return EXIT_OK
+    ctx.say(*_table([("#%d" % r["id"], r["reader_id"], r["command"].replace("_", "-"),
+                      "" if r["arg"] is None else r["arg"], r["state"].upper()
+                      if r["state"] == "failed" else r["state"], r["requested_by"],
+                      r["requested_at"], r["result"] or "-") for r in rows],
+                    ("ID", "READER", "COMMAND", "ARG", "STATE", "BY", "QUEUED", "RESULT")))
+    return EXIT_OK
+
+
 # -- status of a change -----------------------------------------------------------------------
 def _parse_change(ctx: Ctx, ref: str) -> tuple[str, int]:
     if ":" in ref:
@@ -688,6 +761,29 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--check", action="store_true", help="exit 5 when any reader lags")
     x.add_argument("--json", action="store_true")
     x.set_defaults(fn=cmd_readers_list)
+
+    x = rp.add_parser("command", help="send a reader a remote command (via host-sync serve)",
+                      description="Queue a remote command for one reader; 'host-sync serve' sends "
+                      "it, authenticated like a card change, as soon as the reader is connected. "
+                      "open: open the door once; clear-lockout: lift the reader's lockouts; "
+                      "resync: drop its allowlist and rebuild it; set-clock [TIME]: set its "
+                      "clock (default: the host's time when sent); reboot. Exit codes with "
+                      "--wait: 0 done, 5 still pending, 3 failed or expired, 4 no such reader.")
+    x.add_argument("reader_id")
+    x.add_argument("command", choices=("open", "clear-lockout", "resync", "set-clock", "reboot"))
+    x.add_argument("arg", nargs="?", help="set-clock only: 2026-11-29T03:40:00Z or seconds since "
+                                          "2020-01-01 UTC")
+    x.add_argument("--wait", type=float, metavar="SECONDS",
+                   help="wait up to SECONDS for the reader's answer")
+    x.add_argument("--expire", type=float, metavar="SECONDS",
+                   help="give up if the reader is not reached within SECONDS (default 30 for "
+                        "open, 300 for the others)")
+    x.set_defaults(fn=cmd_readers_command)
+    x = rp.add_parser("commands", help="recent remote commands and their outcome")
+    x.add_argument("reader_id", nargs="?")
+    x.add_argument("--limit", type=int, default=20)
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(fn=cmd_readers_commands)
 
     x = top.add_parser("status", help="which readers applied a change, which not and since when")
     x.add_argument("change", help="SITE:VERSION (printed by every change), VERSION with --site, "

@@ -145,8 +145,31 @@ _V3 = [
         until_at TEXT NOT NULL)""",
 ]
 
+# Operators' remote commands (`host-sync readers command`): the CLI queues a row, one serve
+# instance claims it (UPDATE ... WHERE state = 'pending'), sends it and records the reader's
+# CMDRES. arg NULL on set_clock = the host's time when it is sent.
+_V4 = [
+    """CREATE TABLE commands (
+        id {serial},
+        reader_id TEXT NOT NULL REFERENCES readers(id),
+        command TEXT NOT NULL,
+        arg BIGINT,
+        state TEXT NOT NULL DEFAULT 'pending',
+        requested_by TEXT NOT NULL,
+        requested_at TEXT NOT NULL,
+        deadline_at TEXT NOT NULL,
+        instance TEXT,
+        counter BIGINT,
+        sent_at TEXT,
+        finished_at TEXT,
+        result TEXT NOT NULL DEFAULT '')""",
+    "CREATE INDEX commands_state ON commands (state)",
+    "CREATE INDEX commands_counter ON commands (reader_id, counter)",
+]
+
 MIGRATIONS = [
     (1, "registry, allowlist versions, events, staff ledger", _V1),
     (2, "live pushes claimed by one serve instance", _V2),
     (3, "the pushing instance's lease", _V3),
+    (4, "operators' remote commands to readers", _V4),
 ]

@@ -22,6 +22,7 @@ import threading
 import time
 from typing import Any
 
+from host_sync import commands
 from host_sync.store import RegistryData
 
 log = logging.getLogger("host_sync.serve")
@@ -69,6 +70,8 @@ class Service:
         self._lease_check = 0.0
         self._nudge_at: float | None = None
         self._nudges: list[float] = []
+        self.commands_sent = 0
+        self._next_expire = 0.0
 
     LEASE = "push"
     LEASE_TTL_S = 3.0
@@ -114,8 +117,9 @@ class Service:
             self._leader = False
 
     def tick(self) -> int:
-        """Push every site whose version moved; returns the messages published."""
-        n = 0
+        """Push every site whose version moved, send queued operator commands; returns the
+        messages published."""
+        n = self.run_commands()
         if not self.leader():
             self.seen.clear()  # look again at everything once we lead
             self._nudge_at = None
@@ -152,6 +156,17 @@ class Service:
                 self.data.reg.audit("reader lagging a block", rid,
                                     "site=%s applied=%d pending since %s" % (site, applied, since))
         return n
+
+    def run_commands(self) -> int:
+        """Every instance sends queued commands (each claims a row before sending it, so one
+        instance sends each), and once a second settles the ones that can no longer happen."""
+        sent = commands.send_due(self.data.db, self.engine, self.instance)
+        self.commands_sent += sent
+        now = time.monotonic()
+        if now >= self._next_expire:
+            self._next_expire = now + 1.0
+            commands.expire(self.data.db, "serve:%s" % self.instance)
+        return sent
 
     def run(self, stop: threading.Event, poll_s: float) -> None:
         while not stop.is_set():

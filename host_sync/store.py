@@ -9,7 +9,7 @@ from typing import Any
 
 from gv import events as evc
 
-from host_sync import ledger
+from host_sync import commands, ledger
 from host_sync.db import Db
 from host_sync.registry import Registry
 from host_sync.timeutil import now_iso
@@ -140,6 +140,8 @@ class RegistryData:
         self.db.execute("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?,?,?,?,?)",
                         (now_iso(), "reader", "command result", reader_id,
                          "cmd=%d counter=%d result=%d" % (cmd, counter, result)))
+        # the operator's queued command, if it is one (host_sync/commands.py)
+        commands.result(self.db, reader_id, counter, cmd, result)
 
     # -- what serve watches ---
     def claim_push(self, site: str, head: int, instance: str) -> int | None:
