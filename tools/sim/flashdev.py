@@ -60,7 +60,9 @@ class FlashDev:
         self.dead = False
 
     def restore(self):
-        """Power comes back: the device accepts writes again (contents are as the cut left them)."""
+        """Power comes back: the device accepts writes again (contents are as the cut left them).
+        Run gc.collect() before this: a LittleFS file object left open by the cut would otherwise
+        be finalised later and write the dead boot's state into the new one."""
         self.cut_after = None
         self.dead = False
 
