@@ -120,12 +120,15 @@ class ProtocolReader:
         self.nonce = os.urandom(8)
         self.counter = 0
         self.host_counter = 0
+        self.window: list[int] = []  # highest host counters accepted in this session
         self.version = 0
         self.records: dict[bytes, bytes] = {}
         self.snap: dict[bytes, bytes] = {}
         self.received: list[tuple[int, tuple]] = []  # (type, parsed header)
         self.evacks: list[int] = []
         self.rejected = 0
+        self.commands: list[tuple[int, int, int]] = []  # (counter, cmd, arg) as received
+        self.cmd_result: dict[int, int] = {}  # cmd -> CMDRES result to answer (default ok)
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="fake-" + reader_id)
@@ -146,6 +149,7 @@ class ProtocolReader:
         P = self.P
         with self.lock:  # a new session on every connect, as the firmware does
             self.nonce, self.counter, self.host_counter = os.urandom(8), 0, 0
+            self.window: list[int] = []
         client.subscribe(P.topic(self.site, self.rid, "in"), qos=1)
         client.publish(P.topic(self.site, self.rid, "status"), b"online", qos=1, retain=True)
         self._send("hello", P.T_HELLO, P.hello_body(self.version, 0, 0, 1_000_000, 60_000, 0, 0,
@@ -160,10 +164,15 @@ class ProtocolReader:
             self.rejected += 1
             return
         with self.lock:
-            if nonce != self.nonce or counter <= self.host_counter:
+            # the firmware's anti-replay window (docs/protocol.md): the 32 highest counters
+            # seen; a new one must be unseen and above their lowest (several host instances
+            # interleave their counters)
+            if nonce != self.nonce or counter in self.window or (
+                    len(self.window) == 32 and counter <= min(self.window)):
                 self.rejected += 1
                 return
-            self.host_counter = counter
+            self.window = sorted(self.window + [counter])[-32:]
+            self.host_counter = max(self.host_counter, counter)
             if typ == P.T_DELTA:
                 flags, head, frm, to, n = P.parse_delta(body)
                 self.received.append((typ, (flags, head, frm, to, n)))
@@ -191,6 +200,11 @@ class ProtocolReader:
                 if offset + n == count:
                     self.records, self.version = self.snap, version
                     self._send("out", P.T_ACK, P.ack_body(version))
+            elif typ == P.T_CMD:
+                cmd, arg = P.parse_cmd(body)
+                self.commands.append((counter, cmd, arg))
+                self._send("out", P.T_CMDRES,
+                           P.cmdres_body(counter, cmd, self.cmd_result.get(cmd, P.CR_OK)))
             elif typ == P.T_EVACK:
                 self.evacks.append(P.parse_evack(body))
             self.changed.notify_all()

@@ -1,0 +1,129 @@
+"""Operators' remote commands (`host-sync readers command`) end to end: the CLI queues a row, a
+real `host-sync serve` process sends it over a real mosquitto to a protocol-level reader, which
+answers CMDRES; the outcome comes back to the CLI as its exit code. Readers not connected yet get
+their commands when they connect; commands that cannot happen expire; with two serve instances
+on one database each command is sent exactly once."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+import host_sync  # noqa: F401
+from gv.sync import protocol as P
+from host_sync.commands import seconds_2020
+from tests.broker import Broker
+from tests.host_kit import Operator, ProtocolReader, database, pg_unavailable
+from tests.test_host_serve import _secret, _serve, _setup, _stop, _wait_serving
+
+READERS = [("gate-01", "site-a"), ("gate-02", "site-a"), ("gate-03", "site-a")]
+
+
+def _reader(b: Broker, url: str, rid: str) -> ProtocolReader:
+    r = ProtocolReader(b.port, rid, "site-a", b.password(rid), _secret(url, rid))
+    r.wait(lambda x: x.version > 0, what="the first rebuild (the session is known to serve)")
+    return r
+
+
+def _rows(op: Operator, rid: str) -> list[dict]:
+    return json.loads(op.ok("readers", "commands", rid, "--json"))
+
+
+def test_commands_reach_the_reader_and_the_outcome_comes_back(tmp_path):
+    with database("sqlite", tmp_path) as url, Broker(readers=READERS) as b:
+        op = _setup(url)
+        srv = _serve(url, b, "one", tmp_path)
+        readers: list[ProtocolReader] = []
+        try:
+            _wait_serving(srv, "one", tmp_path)
+            r1 = _reader(b, url, "gate-01")
+            readers.append(r1)
+
+            assert op("readers", "command", "gate-01", "open", "--wait", "20") == 0, op.err
+            assert "done" in op.out
+            assert [(c, a) for _, c, a in r1.commands] == [(P.C_OPEN, 0)]
+            row = _rows(op, "gate-01")[0]
+            assert row["state"] == "done" and row["counter"] == r1.commands[0][0]
+            assert row["requested_by"] == "tester" and row["instance"] == "one"
+
+            # set-clock without a time sends the host's time when it is sent
+            before = seconds_2020()
+            op.ok("readers", "command", "gate-01", "set-clock", "--wait", "20")
+            assert r1.commands[-1][1] == P.C_SET_CLOCK
+            assert before <= r1.commands[-1][2] <= seconds_2020()
+            op.ok("readers", "command", "gate-01", "set-clock", "2026-01-01T00:00:00Z",
+                  "--wait", "20")
+            assert r1.commands[-1][1:] == (P.C_SET_CLOCK, 189_388_800)
+            for name, code in (("clear-lockout", P.C_CLEAR_LOCKOUT), ("resync", P.C_RESYNC)):
+                op.ok("readers", "command", "gate-01", name, "--wait", "20")
+                assert r1.commands[-1][1:] == (code, 0)
+
+            # the reader's refusal is the operator's exit 3, with its reason
+            r1.cmd_result[P.C_REBOOT] = P.CR_UNSUPPORTED
+            assert op("readers", "command", "gate-01", "reboot", "--wait", "20") == 3
+            assert "does not support" in op.err and r1.commands[-1][1] == P.C_REBOOT
+            assert _rows(op, "gate-01")[0]["state"] == "failed"
+
+            # a reader not connected yet: pending (exit 5), sent once it connects
+            assert op("readers", "command", "gate-02", "clear-lockout", "--wait", "0.5") == 5
+            assert "pending" in op.out
+            r2 = _reader(b, url, "gate-02")
+            readers.append(r2)
+            r2.wait(lambda r: len(r.commands) == 1, what="the queued command")
+            assert r2.commands[0][1:] == (P.C_CLEAR_LOCKOUT, 0)
+            deadline = time.monotonic() + 10
+            while _rows(op, "gate-02")[0]["state"] != "done":
+                assert time.monotonic() < deadline, op.out
+                time.sleep(0.1)
+
+            # a reader that never connects: the command expires and says why
+            assert op("readers", "command", "gate-03", "open", "--expire", "1",
+                      "--wait", "20") == 3
+            assert "not connected before the deadline" in op.err
+
+            assert op("readers", "command", "gate-99", "open") == 4
+            assert op("readers", "command", "gate-01", "open", "now") == 3  # open takes no arg
+            assert op("readers", "command", "gate-01", "set-clock", "yesterday") == 3
+            audit = op.ok("audit", "--subject", "gate-01", "--limit", "100")
+            assert "command queued" in audit and "command done" in audit
+            assert "command failed" in audit
+            # nothing was sent twice: one CMD per accepted command
+            assert len(r1.commands) == 6 and len({c for c, _, _ in r1.commands}) == 6
+            assert r1.rejected == 0
+        finally:
+            for r in readers:
+                r.close()
+            _stop(srv)
+
+
+def test_two_serve_instances_send_each_command_once(tmp_path):
+    kind = "sqlite" if pg_unavailable() else "postgresql"
+    with database(kind, tmp_path) as url, Broker(readers=READERS) as b:
+        op = _setup(url)
+        s1, s2 = _serve(url, b, "one", tmp_path), _serve(url, b, "two", tmp_path)
+        r1 = None
+        try:
+            _wait_serving(s1, "one", tmp_path)
+            _wait_serving(s2, "two", tmp_path)
+            r1 = _reader(b, url, "gate-01")
+            n = 8
+            for _ in range(n):
+                op.ok("readers", "command", "gate-01", "clear-lockout")
+            deadline = time.monotonic() + 20
+            while any(r["state"] != "done" for r in _rows(op, "gate-01")):
+                assert time.monotonic() < deadline, (
+                    [(r["state"], r["instance"], r["counter"]) for r in _rows(op, "gate-01")],
+                    r1.commands, r1.rejected)
+                time.sleep(0.1)
+            time.sleep(0.5)  # a second send, if there were one, would arrive by now
+            rows = _rows(op, "gate-01")
+            assert len(rows) == n
+            assert len(r1.commands) == n, r1.commands
+            assert sorted(c for c, _, _ in r1.commands) == sorted(r["counter"] for r in rows)
+            assert {r["instance"] for r in rows} <= {"one", "two"}
+        finally:
+            if r1 is not None:
+                r1.close()
+            _stop(s1)
+            _stop(s2)
