@@ -317,10 +317,13 @@ class MQTTClient:
                             ev.set()
                 # PINGRESP and anything else only refresh _rx
         except Exception as e:  # noqa: BLE001
-            if not isinstance(e, asyncio.CancelledError):
-                self.last_error = "%s: %s" % (type(e).__name__, e)
             self._close()
-            raise
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            # a dropped link is routine: the session loop sees the stream gone and reconnects.
+            # Nothing awaits this task, so re-raising would only print "Task exception wasn't
+            # retrieved" on the console.
+            self.last_error = "%s: %s" % (type(e).__name__, e)
 
     async def _incoming(self, b0, body):
         qos = (b0 >> 1) & 3
