@@ -127,3 +127,75 @@ def test_two_serve_instances_send_each_command_once(tmp_path):
                 r1.close()
             _stop(s1)
             _stop(s2)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_the_queue_claims_each_row_once_and_settles_late_answers(kind, tmp_path, monkeypatch):
+    """The queue itself, two engines (not connected: paho keeps what they publish) on two
+    connections to one database: a race to send gives each command to one of them; a CMDRES
+    handled by the other instance before the sender marked the row sent is settled from the
+    audit log; what cannot happen any more fails with its reason."""
+    import threading
+
+    from host_sync import commands as C
+    from host_sync.db import Db
+    from host_sync.store import RegistryData
+    from host_sync.syncer import HostSync
+
+    with database(kind, tmp_path) as url:
+        op = _setup(url)
+        datas = [RegistryData(Db(url), actor="serve:%d" % i) for i in (1, 2)]
+        engines = [HostSync(d, "127.0.0.1", 1) for d in datas]
+        try:
+            for e in engines:
+                e._state("site-a", "gate-01").session.nonce = b"N" * 8  # as after a HELLO
+            db = datas[0].db
+            ids = [C.enqueue(db, "gate-01", "clear_lockout", None, "tester") for _ in range(6)]
+            go = threading.Barrier(2)
+            sent = [0, 0]
+
+            def race(i: int) -> None:
+                go.wait()
+                sent[i] = C.send_due(datas[i].db, engines[i], "inst%d" % i)
+
+            ts = [threading.Thread(target=race, args=(i,)) for i in (0, 1)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(30)
+            rows = [C.get(db, i) for i in ids]
+            assert sum(sent) == 6 and all(r["state"] == "sent" for r in rows), (sent, rows)
+            assert sum(e.stats["published"] for e in engines) == 6
+            assert len({r["counter"] for r in rows}) == 6
+
+            # the CMDRES reaches instance 2 while instance 1 still has the row as 'sending'
+            r0 = rows[0]
+            db.execute("UPDATE commands SET state = 'sending' WHERE id = ?", (r0["id"],))
+            datas[1].command_result("gate-01", r0["counter"], P.C_CLEAR_LOCKOUT, P.CR_OK)
+            assert C.get(db, r0["id"])["state"] == "sending"
+            db.execute("UPDATE commands SET state = 'sent' WHERE id = ?", (r0["id"],))
+            assert C.expire(db, "serve:1") == 1
+            assert C.get(db, r0["id"])["state"] == "done"
+            # the usual path: the answer finds its row; a failure says why
+            datas[1].command_result("gate-01", rows[1]["counter"], P.C_CLEAR_LOCKOUT, P.CR_FAILED)
+            assert C.get(db, ids[1])["result"] == "the reader could not do it"
+            # an answer to a command the engine sent by itself (no row) changes nothing
+            datas[1].command_result("gate-01", 12345, P.C_SET_CLOCK, P.CR_OK)
+
+            # a reader without a session: pending, then failed at its deadline
+            late = C.enqueue(db, "gate-02", "open", None, "tester", expire_s=0.05)
+            assert C.send_due(db, engines[0], "inst0") == 0
+            assert C.get(db, late)["state"] == "pending"
+            time.sleep(0.1)
+            monkeypatch.setattr(C, "ANSWER_S", 0.0)
+            # the 4 unanswered sent rows wait for their deadline (300 s) too
+            assert C.expire(db, "serve:1") == 1
+            assert C.get(db, late)["state"] == "failed"
+            assert "not connected before the deadline" in C.get(db, late)["result"]
+            db.execute("UPDATE commands SET deadline_at = sent_at WHERE state = 'sent'")
+            assert C.expire(db, "serve:1") == 4
+            assert {C.get(db, i)["result"] for i in ids[2:]} == {"no answer from the reader"}
+            assert "command failed" in op.ok("audit", "--subject", "gate-02")
+        finally:
+            for d in datas:
+                d.db.close()
