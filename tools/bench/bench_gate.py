@@ -1,4 +1,4 @@
-"""Gate figures measured inside the MicroPython unix port under -X heapsize=128k: heap allocated
+"""Gate figures measured inside the MicroPython unix port (-X heapsize=HEAP): heap allocated
 from 'card held long enough' to 'relay on' outside the event write (heap locked around all the
 rest), what the event write itself allocates, and the flash block writes/erases per decision on
 the LittleFS stand-in (real allowlist store, real event ring)."""
@@ -11,6 +11,7 @@ from pathlib import Path
 from tools import mpy
 from tools.bench import metric
 
+HEAP = "160k"  # see run(): 128k no longer holds store, event log, gate and their bytecode
 N = 2500  # grants measured: more than the ring holds, so the overflow steady state is included
 
 _SETUP = r"""
@@ -243,8 +244,11 @@ def run() -> dict:
         _compile(Path(d) / "mpy")
         mpy_dir = str(Path(d) / "mpy")
         _mp(_SETUP, image, "512k", mpy_dir, "gate_bench_setup")  # (the sync is not what is measured)
-        stdout = _mp(_CODE, image, "128k", mpy_dir, "gate_bench")
-        pin_out = _mp(_PIN, image, "128k", mpy_dir, "gate_bench_pin")
+        # 128k no longer holds store + event log + gate + their bytecode since the allowlist grew
+        # (docs/virtual-board.md, "Heap"); the figures are per decision, so a larger heap changes
+        # none of them, and the free heap at boot is reported for that heap size.
+        stdout = _mp(_CODE, image, HEAP, mpy_dir, "gate_bench")
+        pin_out = _mp(_PIN, image, HEAP, mpy_dir, "gate_bench_pin")
     line = [x for x in stdout.splitlines() if x.startswith("BENCH ")]
     r = json.loads(line[0][6:].replace("'", '"'))
     pl = [x for x in pin_out.splitlines() if x.startswith("BENCH ")]
@@ -261,6 +265,6 @@ def run() -> dict:
                                                      "PIN grant: try saved before the check, reset after, event"),
         "gate.lockout_save_flash_writes": metric(r["lock_writes"], "blocks", "one lockout save (temp + rename)"),
         "gate.decision_us_unix": metric(r["us"], "us", "unix port, informational"),
-        "gate.heap_free_after_boot_128k": metric(r["free"], "bytes", "store + event log + gate up, -X heapsize=128k"),
+        "gate.heap_free_after_boot_" + HEAP: metric(r["free"], "bytes", "store + event log + gate up, -X heapsize=" + HEAP),
         "events.capacity": metric(r["capacity"], "events", "unacknowledged events kept on flash"),
     }
