@@ -122,6 +122,21 @@ def run(workdir: Path, keep: bool) -> int:
         say(f"Bo is forced to open: he types the duress PIN {duress}# -> "
             + outcome(pin_entry(g2, BO_UID, duress + "#")) + "; a silent alarm goes to the host", 1)
         time.sleep(3.5)
+        say("Someone tries Bo's card with guessed PINs:", 1)
+        for guess in ("0000", "1111", "2222"):
+            say(f"  {guess}# -> " + outcome(pin_entry(g2, BO_UID, guess + "#")), 1)
+            time.sleep(2.5)
+        say("three wrong PINs: Bo's card is locked at this gate. Gate-02 loses power and reboots ...", 1)
+        g2.mark()
+        g2.send("reset")
+        g2.wait_for(lambda e: "up;" in e.get("log", ""), 30)
+        say("after the reboot Bo holds his card -> " + outcome(present(g2, BO_UID))
+            + " (the lock is kept on flash: a power cycle buys no extra guesses)", 1)
+        alarms = [line for line in site.cli("events", "export", "--site", "site-b").stdout.splitlines()
+                  if "alarm" in line]
+        for line in alarms[:1]:
+            say("the host's record of the duress: " + line, 1)
+        time.sleep(2)
 
         step(5, "The operator blocks Anna's card")
         t0 = time.monotonic()

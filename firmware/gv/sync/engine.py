@@ -263,6 +263,7 @@ class Sync:
             if getattr(self.log, "dropped", 0):
                 health |= P.H_EVENTS
             pending = self._pending()
+        gc.collect()  # report the heap that is really free, not what garbage happens to hold (a HELLO is rare)
         return P.hello_body(v, sv, so, _free_flash(getattr(self.al, "root", "/")),
                             gc.mem_free(), health, pending, self.fw)
 
