@@ -51,8 +51,8 @@ dev.close()
 print("SETUP", al.version)
 """
 
-# The measurement boots like a reader whose allowlist was synced before: open the store, decide.
-_CODE = r"""
+# What both measurements start with: boot like a reader whose allowlist was synced before.
+_BOOT = r"""
 import gc, micropython, time
 from flashdev import FlashDev, mount
 from gv.allowlist import record as R
@@ -91,6 +91,10 @@ class Log:
 assert al.version == 10 and al.health == "ok", (al.version, al.health)
 keyer = R.Keyer(bytes(range(16)), bytes(range(16, 32)))
 uid = bytearray(b"\x04\xa1\xb2\xc3")
+"""
+
+# The measurement boots like a reader whose allowlist was synced before: open the store, decide.
+_CODE = _BOOT + r"""
 log = Log(ev)
 lk = Lockouts("/flash/lock")
 lk.load(0)
@@ -144,45 +148,7 @@ print("BENCH", {"heap_other": heap_other, "heap_event": log.heap // log.writes,
 
 
 # PIN decisions in a process of their own (flash writes only; the heap claim is the grant path).
-_PIN = r"""
-import gc, micropython, time
-from flashdev import FlashDev, mount
-from gv.allowlist import record as R
-from gv.allowlist.store import Allowlist
-dev = FlashDev(path=IMAGE)
-mount(dev)
-al = Allowlist("/flash/al", dev).open()  # first, as at boot: its 4 KB buffers need a whole heap
-from gv import events as E
-ev = E.EventLog("/flash/ev")  # and the event ring's index (2 KB) while the heap is young
-from gv.gate import core
-from gv.gate.clock import Clock
-from gv.gate.lockout import Lockouts
-from gv.drivers.outputs import Relay
-
-class Pin:
-    v = 0
-    def value(self, v=None):
-        if v is not None:
-            self.v = v
-
-class Log:
-    def __init__(self, log):
-        self.log = log
-        self.heap = 0
-        self.writes = 0
-    def append(self, kind, result, reason, uid, uid_len, t, clock_set=False, aux=0):
-        micropython.heap_unlock()
-        b = gc.mem_alloc()
-        try:
-            return self.log.append(kind, result, reason, uid, uid_len, t, clock_set, aux)
-        finally:
-            self.heap += gc.mem_alloc() - b
-            self.writes += 1
-            micropython.heap_lock()
-
-assert al.version == 10 and al.health == "ok", (al.version, al.health)
-keyer = R.Keyer(bytes(range(16)), bytes(range(16, 32)))
-uid = bytearray(b"\x04\xa1\xb2\xc3")
+_PIN = _BOOT + r"""
 log = ev  # no heap locking here
 lk = Lockouts("/flash/lock")
 lk.load(0)
