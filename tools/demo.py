@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from tools.site import AckMonitor, ReaderSpec, SiteSpec, VirtualSite, present
+from tools.site import AckMonitor, ReaderSpec, SiteSpec, VirtualSite, door_closed, present
 
 ROOT = Path(__file__).resolve().parent.parent
 CARDS = ROOT / "tools" / "demo_data" / "cards.csv"
@@ -47,6 +47,7 @@ def wait_pin_prompt(vb, timeout: float = 10) -> None:
 
 def pin_entry(vb, uid: str, keys: str, timeout: float = 15) -> dict:
     """Card held against the reader, the PIN typed on the pad; what the gate did."""
+    door_closed(vb)
     vb.mark()
     vb.send(f"card {uid}")
     wait_pin_prompt(vb)

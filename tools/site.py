@@ -205,6 +205,7 @@ class VirtualSite:
 
 def present(vb: VirtualBoard, uid: str, hold_ms: int = 900, timeout: float = 10) -> dict:
     """Hold a card on a reader and return what the reader did: {"granted": bool, "t": s, ...}."""
+    door_closed(vb, timeout)  # a grant while the door is still open shows no new relay pulse
     vb.mark()
     t0 = time.monotonic()
     vb.send(f"hold {uid} {hold_ms}")
@@ -213,6 +214,17 @@ def present(vb: VirtualBoard, uid: str, hold_ms: int = 900, timeout: float = 10)
     # the card is taken away after hold_ms; a reader reads nothing new until it has left
     time.sleep(max(0.0, hold_ms / 1000 - (time.monotonic() - t0)) + 0.25)
     return {"granted": ev.get("dev") == "relay", "t": ev["t"]}
+
+
+def door_closed(vb: VirtualBoard, timeout: float = 10) -> None:
+    """Wait until the reader's relay is off (it may still be open from the last grant)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        relay = [e for e in vb.events() if e.get("dev") == "relay"]
+        if not relay or not relay[-1]["on"]:
+            return
+        time.sleep(0.05)
+    raise TimeoutError("the door did not close")
 
 
 def _wait_port(port: int, timeout: float) -> None:
