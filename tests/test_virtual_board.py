@@ -105,3 +105,12 @@ def test_a_half_deployed_board_does_not_start_the_app(vb):
     vb.send("reset")
     vb.wait_for(lambda e: "deploy was cut off" in e.get("log", ""), 30)
     assert not any(e.get("event") == "wdt-start" for e in vb.events()[vb._seen:])  # the app never ran
+
+
+def test_secrets_printed_at_the_repl_stay_out_of_the_log(vb, tmp_path):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text('{"reader_id": "gate-09", "secret": "5ec7e75ec7e75ec7e7"}\n')
+    assert vb.mpremote("fs", "cp", str(cfg), ":c.json").returncode == 0
+    out = vb.mpremote("fs", "cat", ":c.json")
+    assert "5ec7e75ec7e75ec7e7" in out.stdout  # the operator at the serial port sees it ...
+    assert not any("5ec7e75ec7e7" in line for line in vb.logs())  # ... the log file does not

@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import pty
+import re
 import selectors
 import signal
 import socket
@@ -46,6 +47,15 @@ HERE = Path(__file__).resolve().parent
 # unix port; see docs/virtual-board.md.
 DEFAULT_HEAP = "384k"
 SHIM_PATH = [".frozen", str(HERE / "shim"), str(mpy.ROOT / "tools" / "sim")]
+
+
+# Console lines go to a log file: a config printed at the REPL (`mpremote fs cat :config.json`)
+# must not put the reader's secrets there. The serial port itself still carries them unchanged.
+_SECRET = re.compile(r'("(?:secret|password|card|pin|ca)"\s*:\s*)"[^"]*"')
+
+
+def _redact(text: str) -> str:
+    return _SECRET.sub(r'\1"<redacted>"', text)
 
 
 class Board:
@@ -223,7 +233,7 @@ class Board:
             line, self.log_buf = self.log_buf.split(b"\n", 1)
             text = line.decode("utf-8", "replace").strip("\r")
             if text:
-                self.emit({"log": text})
+                self.emit({"log": _redact(text)})
         if len(self.log_buf) > 4096:
             self.log_buf = b""
 
