@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from tools.site import AckMonitor, ReaderSpec, SiteSpec, VirtualSite, door_closed, present
+from tools.site import AckMonitor, ReaderSpec, SiteSpec, VirtualSite, decided, door_closed, present
 
 ROOT = Path(__file__).resolve().parent.parent
 CARDS = ROOT / "tools" / "demo_data" / "cards.csv"
@@ -53,8 +53,7 @@ def pin_entry(vb, uid: str, keys: str, timeout: float = 15) -> dict:
     wait_pin_prompt(vb)
     vb.mark()
     vb.send(f"key {keys}")
-    ev = vb.wait_for(lambda e: (e.get("dev") == "relay" and e.get("on"))
-                     or (e.get("dev") == "led" and e.get("color") == "red" and e.get("on")), timeout)
+    ev = vb.wait_for(decided, timeout)
     time.sleep(0.3)
     vb.send(f"leave {uid}")
     return {"granted": ev.get("dev") == "relay", "t": ev["t"]}

@@ -203,14 +203,19 @@ class VirtualSite:
         self.stop()
 
 
+def decided(e: dict) -> bool:
+    """A report that shows a decision: the relay pulsing (grant) or the red LED (refusal)."""
+    return (e.get("dev") == "relay" and e.get("on")) or (e.get("dev") == "led" and e.get("color") == "red"
+                                                         and e.get("on"))
+
+
 def present(vb: VirtualBoard, uid: str, hold_ms: int = 900, timeout: float = 10) -> dict:
     """Hold a card on a reader and return what the reader did: {"granted": bool, "t": s, ...}."""
     door_closed(vb, timeout)  # a grant while the door is still open shows no new relay pulse
     vb.mark()
     t0 = time.monotonic()
     vb.send(f"hold {uid} {hold_ms}")
-    ev = vb.wait_for(lambda e: (e.get("dev") == "relay" and e.get("on"))
-                     or (e.get("dev") == "led" and e.get("color") == "red" and e.get("on")), timeout)
+    ev = vb.wait_for(decided, timeout)
     # the card is taken away after hold_ms; a reader reads nothing new until it has left
     time.sleep(max(0.0, hold_ms / 1000 - (time.monotonic() - t0)) + 0.25)
     return {"granted": ev.get("dev") == "relay", "t": ev["t"]}

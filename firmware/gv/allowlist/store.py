@@ -247,12 +247,7 @@ class Allowlist:
                         ok = False
                         break
                     crc = crc32(body, crc)
-                e = k * IX
-                ix[e:e + 8] = page[o + PAGE_HDR:o + PAGE_HDR + 8]
-                ix[e + 8] = b & 0xFF
-                ix[e + 9] = b >> 8
-                ix[e + 10] = n
-                ix[e + 11] = o
+                _ix_put(ix, k, page, o, b, n, o)
                 k += 1
             if ok and verify and crc != st.crc(i):
                 ok = False
@@ -290,12 +285,7 @@ class Allowlist:
                             ok = False
                             break
                         crc = crc32(body, crc)
-                        e = k * IX
-                        ix[e:e + 8] = page[o + PAGE_HDR:o + PAGE_HDR + 8]
-                        ix[e + 8] = i & 0xFF
-                        ix[e + 9] = i >> 8
-                        ix[e + 10] = n
-                        ix[e + 11] = p
+                        _ix_put(ix, k, page, o, i, n, p)
                         k += 1
             except OSError:
                 ok = False
@@ -535,6 +525,17 @@ def _recs(pages):
     for p in range(pages):
         n += page_cap(p)
     return n
+
+
+def _ix_put(ix, k, page, o, where, n, at):
+    # index entry k: the page's first key, where it is (block, or shard in the file fallback),
+    # its record count and where in that block/shard (offset, or page number)
+    e = k * IX
+    ix[e:e + 8] = page[o + PAGE_HDR:o + PAGE_HDR + 8]
+    ix[e + 8] = where & 0xFF
+    ix[e + 9] = where >> 8
+    ix[e + 10] = n
+    ix[e + 11] = at
 
 
 def _find_dev():
