@@ -102,3 +102,47 @@ def test_rejects():
         k.pin_verifier(b"\x01\x02\x03\x04", 4, "12a")
     with pytest.raises(ValueError):
         R.pack(b"\x00" * 8, 9, 0, 0, 0)
+
+
+# ---- the 13-byte flash form: vectors against an independent bit-field reference, round trips
+FLASH = json.loads((Path(__file__).resolve().parent.parent / "docs/vectors/allowlist-flash-record.json").read_text())
+
+
+def _ref_flash(r: bytes) -> bytes:
+    key = int.from_bytes(r[0:8], "big") >> 12
+    fr = min(int.from_bytes(r[9:11], "big"), 0x3FFF)
+    un = min(int.from_bytes(r[11:13], "big"), 0x3FFF)
+    v = (key << 52 | (r[8] & 7) << 49 | (r[8] >> 3 & 1) << 48 | fr << 34 | un << 20
+         | int.from_bytes(r[13:16], "big") >> 4)
+    return v.to_bytes(13, "big")
+
+
+def _flash_roundtrip(r: bytes) -> tuple[bytes, bytes]:
+    from gv.allowlist.layout import unpack13
+    from gv.allowlist.pages import key_of13, pack13
+    f = bytearray(13)
+    pack13(r, 0, f, 0)
+    back = bytearray(16)
+    key_of13(f, 0, back)
+    unpack13(f, 0, back)
+    return bytes(f), bytes(back)
+
+
+def test_flash_record_vectors():
+    for c in FLASH["cases"]:
+        r = bytes.fromhex(c["record"])
+        assert _ref_flash(r).hex() == c["flash"], c["note"]
+        f, back = _flash_roundtrip(r)
+        assert f.hex() == c["flash"], c["note"]
+        assert back.hex() == c["read_back"], c["note"]
+
+
+@given(st.binary(min_size=8, max_size=8), st.integers(1, 5), st.integers(0, 1),
+       st.integers(0, 0xFFFF), st.integers(0, 0xFFFF), st.binary(min_size=3, max_size=3))
+def test_flash_form_keeps_what_as_stored_says(key, status, pin_flag, vf, vu, pv):
+    r = R.pack(key, status, pin_flag, vf, vu, pv)
+    f, back = _flash_roundtrip(r)
+    assert f == _ref_flash(r)
+    assert back[8:] == R.as_stored(r)[8:]  # everything but the key: exactly as_stored
+    assert int.from_bytes(back[0:8], "big") == int.from_bytes(key, "big") >> 12 << 12  # 52 key bits
+    assert R.as_stored(R.as_stored(r)) == R.as_stored(r)

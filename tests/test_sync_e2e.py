@@ -11,6 +11,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from gv.allowlist import record as R
 from gv.sync import protocol as P
 from host_sync.syncer import HostSync
 from tests.broker import Broker
@@ -66,14 +67,14 @@ def site(tmp_path):
 def test_rebuild_live_delta_events_and_command(site):
     r = site.reader(events=40)
     r.wait(lambda s: s["version"] == 1 and s["count"] == 300, what="first rebuild")
-    assert r.lookup(site.records[5][:8]) == site.records[5]
+    assert r.lookup(site.records[5][:8]) == R.as_stored(site.records[5])
     # an operator blocks a card: one live delta, applied and acknowledged
     blocked = bytearray(site.records[9])
     blocked[8] = (blocked[8] & ~7) | 3
     v = site.data.change(SITE, [bytes(blocked)])
     assert site.host.push(SITE) == 1
     r.wait(lambda s: s["version"] == v and s["deltas"] == 1, what="live delta")
-    assert r.lookup(blocked[:8]) == bytes(blocked)
+    assert r.lookup(blocked[:8]) == R.as_stored(blocked)
     deadline = time.monotonic() + 5
     while site.data.applied.get("gate-01") != v and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -115,7 +116,7 @@ def test_offline_through_1000_changes_catches_up(site, tmp_path):
     assert s["count"] == len(site.data.records[SITE])
     assert r.lookup(site.records[0][:8]) is None  # removed while offline
     last = site.data.history[SITE][-1]
-    assert r.lookup(last[1]) == last[2]
+    assert r.lookup(last[1]) == R.as_stored(last[2])
 
 
 def test_broker_restart_mid_rebuild_resumes(tmp_path):
@@ -132,7 +133,7 @@ def test_broker_restart_mid_rebuild_resumes(tmp_path):
         assert st["rebuilds"] == 1  # resumed, not started over
         assert st["chunks"] <= 12000 // 128 + 2 + 8  # at most a window resent
         assert st["count"] == 12000
-        assert r.lookup(s.records[11999][:8]) == s.records[11999]
+        assert r.lookup(s.records[11999][:8]) == R.as_stored(s.records[11999])
     finally:
         s.close()
 
@@ -254,7 +255,7 @@ def test_bulk_change_too_big_for_a_delta_becomes_a_rebuild(site):
     assert site.host.push(SITE) == 1  # "you are behind": the reader asks, gets a rebuild
     s = r.wait(lambda s: s["version"] == v, what="rebuild after bulk change")
     assert s["rebuilds"] == 2 and s["count"] == 700 and s["rejected"] == {}
-    assert r.lookup(bulk[-1][:8]) == bulk[-1]
+    assert r.lookup(bulk[-1][:8]) == R.as_stored(bulk[-1])
 
 
 def test_event_backlog_drains_without_starving_a_live_delta(site):

@@ -13,10 +13,11 @@ TIMEOUT = 600
 N = 700  # two shards of SP=2 pages: a compaction rewrites both, a snapshot resumes part-way
 
 
-def _prepare(deltas):
-    """A store at version 1 + deltas (log not compacted), saved as an image; returns dev, path."""
+def _prepare(deltas, ip=False):
+    """A store at version 1 + deltas (log not compacted; ip: deltas in place), saved as an image;
+    returns dev, path."""
     dev = fresh(blocks=48)
-    al = Allowlist(ROOT, dev, SP).open()
+    al = Allowlist(ROOT, dev, SP, in_place=ip).open()
     install(al, N, 1)
     for k in range(1, 1 + deltas):
         assert al.apply_delta(k, k + 1, delta(N, k))
@@ -27,19 +28,20 @@ def _prepare(deltas):
     return dev, path
 
 
-def _boot(dev):
+def _boot(dev, ip=True):
     gc.collect()
     umount()
     dev.restore()
     mount(dev)
-    return Allowlist(ROOT, dev, SP).open()
+    return Allowlist(ROOT, dev, SP, in_place=ip).open()
 
 
-def _cut_everywhere(dev, path, scenario, old_v, new_v, after=None, verify=None):
+def _cut_everywhere(dev, path, scenario, old_v, new_v, after=None, verify=None, ip=True, tear=False):
     """Run scenario with the power cut after n writes for every n; check each outcome (verify(al):
-    the store's content at its version, by default the fixture's population of N cards)."""
+    the store's content at its version, by default the fixture's population of N cards).
+    ip: deltas may go in place; tear: the write the cut lands on is half programmed."""
     mount(dev)
-    al = Allowlist(ROOT, dev, SP).open()
+    al = Allowlist(ROOT, dev, SP, in_place=ip).open()
     start = dev.writes
     scenario(al)
     total = dev.writes - start
@@ -50,8 +52,8 @@ def _cut_everywhere(dev, path, scenario, old_v, new_v, after=None, verify=None):
     for n in range(total + 1):
         dev.restore()
         dev.load(path)
-        al = _boot(dev)
-        dev.cut_power_after(n)
+        al = _boot(dev, ip)
+        dev.cut_power_after(n, tear)
         try:
             scenario(al)
             cut = False
@@ -60,7 +62,8 @@ def _cut_everywhere(dev, path, scenario, old_v, new_v, after=None, verify=None):
         except OSError:  # LittleFS reports the dead device as EIO through its own error path
             cut = True
         al = None
-        al = _boot(dev)
+        al = _boot(dev, ip)
+        mpt.eq(dev.nor_violations, 0, "a program over unerased flash")
         if al.version not in seen:
             raise AssertionError("cut %d/%d: version %d" % (n, total, al.version))
         mpt.eq(al.health, "ok", "cut %d" % n)
@@ -69,26 +72,48 @@ def _cut_everywhere(dev, path, scenario, old_v, new_v, after=None, verify=None):
         else:
             check(al, N, al.version)
         seen[al.version] += 1
-        if after:
-            after(al, n)
         if not cut:
             mpt.eq(al.version, new_v)
+        if after:
+            after(al, n)
         al = None
     return seen
 
 
-def test_cut_during_delta_apply():
-    dev, path = _prepare(1)
+def _delta_cuts(ip, tear, prior_ip=False):
+    dev, path = _prepare(1, prior_ip)
 
     def scenario(al):
         al.apply_delta(2, 3, delta(N, 2))
         if al.version != 3:  # apply_delta reports a dead flash as False: surface it as a cut
             raise PowerCut(5)
+        assert (al._nlog == 0) == ip, ("went in place" if ip else "went to the log", al._nlog)
 
-    seen = _cut_everywhere(dev, path, scenario, 2, 3)
+    def after(al, n):
+        # the store takes the next delta after any cut (an in-place one, when it went in place)
+        assert al.apply_delta(al.version, al.version + 1, delta(N, al.version)), al.health
+        check(al, N, al.version)
+
+    seen = _cut_everywhere(dev, path, scenario, 2, 3, after, ip=ip, tear=tear)
     assert seen[2] > 0 and seen[3] > 0, seen
-    print("delta cuts", seen)
     umount()
+    return seen
+
+
+def test_cut_during_delta_apply():
+    # the delta-file path: a delta file, then the manifest switch
+    print("delta-file cuts", _delta_cuts(False, False))
+
+
+def test_cut_during_in_place_delta():
+    # in place: intent record, entries, commit mark, entries' commit marks, done mark; over a
+    # store that already holds in-place entries of the delta before
+    print("in-place cuts", _delta_cuts(True, False, True))
+
+
+def test_torn_write_during_in_place_delta():
+    # the same with the write the cut lands on half programmed (a torn entry or mark)
+    print("torn in-place cuts", _delta_cuts(True, True, True))
 
 
 def test_cut_during_compaction():

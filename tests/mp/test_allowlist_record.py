@@ -126,3 +126,29 @@ def test_fuzz_uids_distinct_and_stable():
     k.uid_key(b"\x00\x00\x00\x01", 4, a)
     k.uid_key(b"\x00\x00\x00\x00\x00\x00\x01", 7, b)
     assert a != b
+
+
+def test_flash_record_vectors():
+    # the 13-byte form a flash page keeps (gv.allowlist.pages), against the shared vectors
+    from gv.allowlist.pages import key_of13, pack13
+    from gv.allowlist.layout import unpack13
+    with open("docs/vectors/allowlist-flash-record.json") as f:
+        v = json.load(f)
+    f13 = bytearray(13)
+    back = bytearray(16)
+    for c in v["cases"]:
+        r = unhexlify(c["record"])
+        pack13(r, 0, f13, 0)
+        mpt.eq(hexlify(f13).decode(), c["flash"], c["note"])
+        key_of13(f13, 0, back)
+        unpack13(f13, 0, back)
+        mpt.eq(hexlify(back).decode(), c["read_back"], c["note"])
+        mpt.eq(bytes(back[8:]), R.as_stored(r)[8:], "as_stored: " + c["note"])
+    # unpacking allocates nothing (the lookup path)
+    micropython.heap_lock()
+    try:
+        unpack13(f13, 0, back)
+        unpack13(f13, 0, back, 3)
+    finally:
+        micropython.heap_unlock()
+    mpt.eq(back[8] & 7, 3)

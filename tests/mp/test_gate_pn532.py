@@ -13,7 +13,7 @@ from gv.pn532.driver import PN532
 from gv.pn532.transport import I2CTransport
 from pn532_sim import PN532Sim
 
-HEAPSIZE = "256k"
+HEAPSIZE = "320k"  # the reader's code is compiled from source into this heap, the kit beside it
 TIMEOUT = 300
 A = b"\x04\xa1\xb2\xc3"
 B = b"\x00\x0a\x1b\x2c\x3d\x4e\x5f"  # 7-byte UID with a leading zero

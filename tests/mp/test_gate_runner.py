@@ -15,7 +15,7 @@ from gv.drivers.outputs import Buzzer, Leds, Relay, Blink
 from gv.gate import signals as S
 from gv.gate.runner import GateRunner
 
-HEAPSIZE = "256k"  # the test doubles and kit come on top of the reader's own code
+HEAPSIZE = "320k"  # the test doubles and kit come on top of the reader's own code (source, compiled in the heap)
 A = b"\x04\xa1\xb2\xc3"
 B = b"\x04\x00\x00\x01"
 

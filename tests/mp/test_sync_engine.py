@@ -4,6 +4,7 @@
 # is replaced by a stand-in that only records subscriptions: the link itself is proven against
 # a real broker in tests/test_sync_e2e.py.)
 import asyncio
+import gc
 import os
 import random
 
@@ -126,7 +127,10 @@ def test_rebuild_chunks_resume_after_reboot():
         eq(s.rejected.get(P.E_ORDER), 1, (s.rejected, s.last_error))
         eq(s._state(), (0, 7, 100))
         h.send(P.T_SNAP, P.snap_body(7, 7, 300, 100, 100, data[1600:3200]))
-        # "reboot": a new engine on the reopened store resumes from the durable progress
+        # "reboot": a new engine on the reopened store resumes from the durable progress (the
+        # old one's buffers go first, as a reboot frees them)
+        al = s = h = None
+        gc.collect()
         flashdev.umount("/flash")
         flashdev.mount(dev, "/flash")
         al = Allowlist("/flash/al", dev).open()

@@ -4,7 +4,10 @@
 # MicroPython heap, just as the ESP32's flash does not.
 # It counts blocks read, written (programmed) and erased, and bytes programmed, and can cut
 # the power after the Nth block write: writes up to N stay, every later write or erase never
-# happens and raises PowerCut until `restore()` (a new boot) is called.
+# happens and raises PowerCut until `restore()` (a new boot) is called. With tear=True the write
+# the cut lands on is half done: its first half is programmed, as a program cut short can leave it.
+# Programming is NOR flash's: it can only clear bits (new = old AND data); only an erase sets them
+# back to 1. A program that tries to set a 0 bit to 1 is counted in `nor_violations`.
 # Never deployed: the real board uses esp32.Partition.
 import os
 import vfs
@@ -43,7 +46,10 @@ class FlashDev:
             self._f.write(self._erased)
         self._f.flush()
         self.cut_after = None  # power is cut after this many further block writes
+        self.tear = False
+        self.dead_torn = False
         self.dead = False
+        self.nor_violations = 0
         self.reset_counters()
 
     def reset_counters(self):
@@ -54,9 +60,11 @@ class FlashDev:
         self.bytes_read = 0
 
     # -- fault injection --
-    def cut_power_after(self, n):
-        """Let n more block writes through, then cut the power."""
+    def cut_power_after(self, n, tear=False):
+        """Let n more block writes through, then cut the power (tear: the next write half happens)."""
         self.cut_after = self.writes + n
+        self.tear = tear
+        self.dead_torn = False
         self.dead = False
 
     def restore(self):
@@ -65,6 +73,8 @@ class FlashDev:
         be finalised later and write the dead boot's state into the new one."""
         self.cut_after = None
         self.dead = False
+        self.tear = False
+        self.dead_torn = False
 
     def _power(self):
         if self.dead or (self.cut_after is not None and self.writes >= self.cut_after):
@@ -79,6 +89,26 @@ class FlashDev:
     def _write(self, addr, data):
         self._f.seek(addr)
         self._f.write(data)
+
+    def _program(self, addr, data, n):
+        # NOR programming: only 1 -> 0. Plain write when the heap is locked (LittleFS flushing
+        # a file from a finaliser): nothing to AND with then, and LittleFS only programs erased
+        # flash anyway.
+        try:
+            old = bytearray(n)
+        except MemoryError:
+            self._write(addr, data if n == len(data) else memoryview(data)[:n])
+            return
+        self._read(addr, old)
+        if old == self._erased[:n]:  # erased: the usual case, and a plain write (fast)
+            self._write(addr, data if n == len(data) else memoryview(data)[:n])
+            return
+        for i in range(n):
+            d = data[i]
+            if old[i] & d != d:
+                self.nor_violations += 1
+            old[i] &= d
+        self._write(addr, old)
 
     def save(self, path):
         """Copy the whole image to path (a snapshot to return to)."""
@@ -104,14 +134,22 @@ class FlashDev:
         self._read(block * self.block_size + offset, buf)
 
     def writeblocks(self, block, buf, offset=None):
-        self._power()
+        try:
+            self._power()
+        except PowerCut:
+            if self.tear and not self.dead_torn:
+                self.dead_torn = True
+                if offset is None:
+                    offset = 0
+                self._program(block * self.block_size + offset, buf, len(buf) // 2)
+            raise
         if offset is None:  # simple interface: erase the blocks, then program them
             for i in range((len(buf) + self.block_size - 1) // self.block_size):
                 self.ioctl(6, block + i)
             offset = 0
         self.writes += 1
         self.bytes_written += len(buf)
-        self._write(block * self.block_size + offset, buf)
+        self._program(block * self.block_size + offset, buf, len(buf))
 
     def ioctl(self, op, arg):
         if op == 4:  # block count

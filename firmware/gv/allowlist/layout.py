@@ -1,9 +1,8 @@
-# On-flash layout of the allowlist store (constants, shard pages, manifest and delta codecs,
-# sorted-record helpers), shared by store.py, update.py and snapshot.py.
+# On-flash layout of the allowlist store (constants, shard pages and their in-place entries,
+# manifest and delta codecs, sorted-record helpers), shared by store.py, update.py and snapshot.py.
 # Format and reasoning: docs/allowlist-format.md.
 import os
 import struct
-from array import array
 from binascii import crc32
 from gv.compat import const
 
@@ -12,23 +11,38 @@ MAGIC_PAGE = b"GVAp"
 MAGIC_MAN = b"GVAm"
 MAGIC_DELTA = b"GVAd"
 MAGIC_SNAP = b"GVAs"
-FORMAT = const(1)
+FORMAT = const(2)
 PAGE_HDR = const(16)  # magic 4, tag 4, page_no 2, nrec 2, crc32 of the records 4
-REC = const(16)
-# Shards are written full (SHARD_PAGES full pages: 4065 cards, 64 KB), grow page by page as
+REC = const(16)  # a record as the wire and the delta log carry it (gv.allowlist.record)
+FREC = const(13)  # a record on a flash page: 52-bit key, status, PIN flag, dates, 20-bit verifier
+# A page holds at most PAGE_RECS records (3,432 bytes); the rest of its 4 KB block stays erased
+# for in-place entries (status overrides and appended records, programmed without an erase).
+PAGE_RECS = const(264)
+OVS = const(2)  # an override entry: record index (9 bits), status (3), marks (written, committed, dead)
+APS = const(14)  # an appended entry: a 13-byte record, then a marks byte
+# marks: a bit is set by programming it to 0; data is programmed first, then W, then C
+OV_W = const(0x10)
+OV_C = const(0x20)
+OV_D = const(0x40)
+AP_W = const(1)
+AP_C = const(2)
+AP_D = const(4)
+# Shards are written full (SHARD_PAGES full pages: 4,224 cards, 64 KB), grow page by page as
 # cards are added, and split evenly beyond 1.5 times that: only a shard's last page is ever part-full,
 # which is what keeps 100,000 cards inside the 2 MiB partition with the firmware beside them.
 SHARD_PAGES = const(16)  # split past 1.5 times this
 LOG_HARD = const(1024)  # delta log records in RAM (16 KB; less if the heap has no such piece):
 # a delta that would pass it compacts first, a larger delta is refused; compaction is due at half
 MAX_DFILES = const(4)  # delta files before they are folded into one  # larger changes go as a snapshot
-IX = const(12)  # bytes of RAM index a page: first key 8, block 2, records 1, data offset 1
+IX = const(12)  # bytes of RAM index a page: first key 7, block 2, records 2, data offset 1
 SCAN = const(64)  # bytes read per block when scanning for page headers
-MIN_FILE = const(256)  # a shard file never shorter (LittleFS keeps files <= 128 B inline)
 ENOSPC = const(28)
+GAP = const(28)  # erased bytes always left between overrides and appended entries (two append
+# slots): a scan from either end then meets a whole erased slot and stops, even on a full page
+LOW_ROOM = const(96)  # a page with less erased room than this after a delta asks for compaction
 
-MAN_HDR = "<4sBBHIIHH"  # magic, format, 0, 0, version, count, nshards, ndeltas
-MAN_HDR_N = const(20)
+MAN_HDR = "<4sBBHIIHHI"  # magic, format, 0, 0, version, count, nshards, ndeltas, tag
+MAN_HDR_N = const(24)
 SHARD = "<8sIII"  # first_key, tag, nrec, crc
 SHARD_N = const(20)
 DELTA = "<III"  # tag, nrec, crc
@@ -37,6 +51,13 @@ DHDR = "<4sIIII"  # magic, from, to, nrec, crc
 DHDR_N = const(20)
 SNAP_HDR = "<4sIIIH"  # magic, version, count, received, nshards
 SNAP_HDR_N = const(18)
+# The manifest fills one block; after its crc, 12-byte records of in-place deltas are programmed
+# into the erased rest: version u32, count u32, the low 24 bits of their crc32, marks (W intent
+# written, C committed, D done: every entry's C mark programmed).
+CR = const(12)
+CR_W = const(1)
+CR_C = const(2)
+CR_D = const(4)
 
 
 def _ptr_bytes(n):
@@ -50,28 +71,85 @@ def _ptr_bytes(n):
 
 
 def page_cap(n):
-    """Records that fit page n of a shard file (page n fills LittleFS data block n exactly)."""
-    return (BLOCK - _ptr_bytes(n) - PAGE_HDR) // REC
+    """Records written to page n of a shard file (page n fills LittleFS data block n exactly)."""
+    return min(PAGE_RECS, (BLOCK - _ptr_bytes(n) - PAGE_HDR) // FREC)
 
 
-def _cmp8(a, ao, b, bo):
-    # Compare 8-byte keys a[ao:] and b[bo:] without slicing (no heap).
-    for i in range(8):
+def _cmpk(a, ao, b, bo):
+    # Compare the 52-bit keys at a[ao:] and b[bo:] (bytes 0-5 and the high nibble of byte 6; a
+    # 16-byte record, a 13-byte flash record and an index entry all start with one) without
+    # slicing (no heap). The store knows a card by these 52 bits only.
+    for i in range(6):
         x = a[ao + i]
         y = b[bo + i]
         if x != y:
             return -1 if x < y else 1
+    x = a[ao + 6] & 0xF0
+    y = b[bo + 6] & 0xF0
+    if x != y:
+        return -1 if x < y else 1
     return 0
+
+
+def unpack13(p, po, out, status=-1):
+    """Bytes 8-15 of the 16-byte record for the flash record at p[po:] into out (status replaced
+    when given). No heap: the lookup path. The caller fills the key (bytes 0-7)."""
+    s = p[po + 6]
+    st = (s >> 1) & 7 if status < 0 else status
+    out[8] = st | (s & 1) << 3
+    h = p[po + 7] << 16 | p[po + 8] << 8 | p[po + 9]
+    lo = p[po + 10] << 16 | p[po + 11] << 8 | p[po + 12]
+    fr = h >> 10
+    un = (h & 0x3FF) << 4 | lo >> 20
+    if fr == 0x3FFF:
+        fr = 0xFFFF
+    if un == 0x3FFF:
+        un = 0xFFFF
+    out[9] = fr >> 8
+    out[10] = fr & 255
+    out[11] = un >> 8
+    out[12] = un & 255
+    v = lo & 0xFFFFF
+    out[13] = v >> 12
+    out[14] = (v >> 4) & 255
+    out[15] = (v & 15) << 4
+
+
+def trunc_key(buf, o):
+    # an incoming 8-byte key cut to the 52 bits the store keeps
+    buf[o + 6] &= 0xF0
+    buf[o + 7] = 0
+
+
+def _erased(p, o, n):
+    for i in range(o, o + n):
+        if p[i] != 0xFF:
+            return False
+    return True
+
+
+def entry_span(p, base, n):
+    """(overrides, appends, erased bytes between them) in the page whose records start at
+    p[base:] (n of them); the page ends with its block. A slot that is not erased is in use,
+    whole or torn. Writers keep at least GAP erased bytes between the two kinds."""
+    end = base + n * FREC
+    na = 0
+    a = BLOCK - APS
+    while a >= end and not _erased(p, a, APS):
+        na += 1
+        a -= APS
+    top = BLOCK - na * APS
+    no = 0
+    o = end
+    while o + OVS <= top and not (p[o] == 0xFF and p[o + 1] == 0xFF):
+        no += 1
+        o += OVS
+    return no, na, top - o
 
 
 def _tag():
     t = struct.unpack("<I", os.urandom(4))[0]
     return t or 1
-
-
-def _wfile(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
 
 
 def _rfile(path):
@@ -119,7 +197,7 @@ class ShardTable:
         return bytes(self.buf[i * SHARD_N:i * SHARD_N + 8])
 
     def cmp_first(self, i, key):
-        return _cmp8(self.buf, i * SHARD_N, key, 0)
+        return _cmpk(self.buf, i * SHARD_N, key, 0)
 
     def tag(self, i):
         return struct.unpack_from("<I", self.buf, i * SHARD_N + 8)[0]
@@ -188,75 +266,6 @@ class ShardTable:
         return crc
 
 
-class _ShardWriter:
-    """Writes one shard file page by page from sorted records."""
-
-    def __init__(self, root, first, page, maxp=SHARD_PAGES):
-        self.tag = _tag()
-        self.path = "%s/s%08x" % (root, self.tag)
-        self.first = bytes(first)
-        self.f = open(self.path, "wb")
-        self.page = page  # a BLOCK-sized buffer reused across writers (no 4 KB allocation each)
-        self.maxp = maxp
-        self.pages = []
-        self.pno = 0
-        self.n = 0  # records in the current page
-        self.nrec = 0
-        self.crc = 0
-
-    def full(self):
-        return self.pno == self.maxp - 1 and self.n == page_cap(self.pno)
-
-    def add(self, rec):
-        o = PAGE_HDR + self.n * REC
-        self.page[o:o + REC] = rec
-        self.n += 1
-        self.nrec += 1
-        if self.n == page_cap(self.pno) and self.pno < self.maxp - 1:
-            self._flush(True)
-
-    def _flush(self, pad):
-        n = self.n
-        body = memoryview(self.page)[PAGE_HDR:PAGE_HDR + n * REC]
-        c = crc32(body)
-        self.crc = crc32(body, self.crc)
-        struct.pack_into("<4sIHHI", self.page, 0, MAGIC_PAGE, self.tag, self.pno, n, c)
-        self.pages.append((bytes(self.page[PAGE_HDR:PAGE_HDR + 8]), n))
-        # A full page fills its data block; a last page is at least MIN_FILE so LittleFS never
-        # keeps the shard inline in its metadata (it must live in data blocks to be found).
-        size = BLOCK - _ptr_bytes(self.pno) if pad else max(PAGE_HDR + n * REC, MIN_FILE)
-        if size > PAGE_HDR + n * REC:
-            for i in range(PAGE_HDR + n * REC, size):
-                self.page[i] = 0
-        try:
-            self.f.write(memoryview(self.page)[:size])
-        except OSError:
-            self.abort()  # no open handle left behind for a finalizer to flush later
-            raise
-        self.pno += 1
-        self.n = 0
-
-    def close(self):
-        if self.n:
-            self._flush(False)
-        try:
-            self.f.close()
-        except OSError:
-            self.abort()
-            raise
-        self.f = None
-        return _Shard(self.first, self.tag, self.nrec, self.crc, self.pages)
-
-    def abort(self):
-        if self.f:
-            try:
-                self.f.close()
-            except OSError:
-                pass
-            self.f = None
-        _rm(self.path)
-
-
 def _round(n):
     return (n + BLOCK - 1) // BLOCK * BLOCK
 
@@ -269,25 +278,6 @@ def _exists(p):
         return False
 
 
-def _sort_records(buf, n):
-    # Shell sort of n 16-byte records by key, in place (no per-record objects on the heap;
-    # a delta that is already sorted, as the host sends it, costs n - 1 compares a gap).
-    tmp = bytearray(REC)
-    mv = memoryview(buf)
-    for gap in (701, 301, 132, 57, 23, 10, 4, 1):
-        if gap >= n:
-            continue
-        for i in range(gap, n):
-            if _cmp8(buf, (i - gap) * REC, buf, i * REC) <= 0:
-                continue
-            tmp[0:REC] = mv[i * REC:i * REC + REC]
-            j = i
-            while j >= gap and _cmp8(buf, (j - gap) * REC, tmp, 0) > 0:
-                mv[j * REC:j * REC + REC] = mv[(j - gap) * REC:(j - gap) * REC + REC]
-                j -= gap
-            mv[j * REC:j * REC + REC] = tmp
-
-
 def _merge_into(log, na, b, nb):
     """Merge the nb sorted records of b into the na sorted records at the start of log, in place
     (log has the capacity: LOG_HARD records, taken at boot); b wins on equal keys. Returns the new
@@ -295,7 +285,7 @@ def _merge_into(log, na, b, nb):
     same = 0
     i = j = 0
     while i < na and j < nb:
-        c = _cmp8(log, i * REC, b, j * REC)
+        c = _cmpk(log, i * REC, b, j * REC)
         if c <= 0:
             i += 1
         if c >= 0:
@@ -310,7 +300,7 @@ def _merge_into(log, na, b, nb):
     o = n - 1
     mv = memoryview(log)
     while j >= 0:
-        c = _cmp8(log, i * REC, b, j * REC) if i >= 0 else -1
+        c = _cmpk(log, i * REC, b, j * REC) if i >= 0 else -1
         if c > 0:
             mv[o * REC:o * REC + REC] = mv[i * REC:i * REC + REC]
             i -= 1

@@ -67,6 +67,21 @@ def valid_until(rec):
     return (rec[11] << 8) | rec[12]
 
 
+STORED_DAY_MAX = const(0x3FFE)  # 2064-11-07: the last day a reader's flash keeps exactly
+
+
+def as_stored(rec):
+    """rec as a reader's store gives it back on a lookup: the flash keeps 20 bits of the PIN
+    verifier (pin_ok compares those) and days up to STORED_DAY_MAX (a later start reads back as
+    0xFFFF, not before 2199; a later end as NO_END). docs/allowlist-format.md."""
+    r = bytearray(rec)
+    r[15] &= 0xF0
+    for o in (9, 11):
+        if (r[o] << 8 | r[o + 1]) > STORED_DAY_MAX:
+            r[o] = r[o + 1] = 0xFF
+    return bytes(r)
+
+
 def pack(key8, status, flags, valid_from, valid_until, pin_verifier=b"\x00\x00\x00"):
     """The 16-byte record (host side; raises ValueError on anything out of range)."""
     if len(key8) != KEY_SIZE:
@@ -227,9 +242,11 @@ class Keyer:
         return bytes(self._out[0:3])
 
     def pin_ok(self, uid_mv, uid_len, pin_buf, pin_len, rec):
-        """True when pin_buf[:pin_len] matches rec's verifier; the compare is constant-time, no heap."""
+        """True when pin_buf[:pin_len] matches rec's verifier; the compare is constant-time, no heap.
+        The first 20 bits are compared: the reader's flash keeps no more (more than a 6-digit
+        PIN's 10^6 values would not make guessing at the keypad any harder)."""
         good = self._pin_block(uid_mv, uid_len, pin_buf, pin_len)
         _encrypt(self._pin, self._in, self._out)
         o = self._out
-        diff = (o[0] ^ rec[13]) | (o[1] ^ rec[14]) | (o[2] ^ rec[15])
+        diff = (o[0] ^ rec[13]) | (o[1] ^ rec[14]) | ((o[2] ^ rec[15]) & 0xF0)
         return good and diff == 0

@@ -5,9 +5,8 @@
 import os
 import struct
 from binascii import crc32
-from gv.allowlist.layout import (
-    MAGIC_SNAP, REC, SNAP_HDR, ShardTable, _ShardWriter, _cmp8, _rm,
-)
+from gv.allowlist.layout import MAGIC_SNAP, REC, SNAP_HDR, ShardTable, _cmpk, _rm, trunc_key
+from gv.allowlist.pages import _ShardWriter
 
 ZERO8 = b"\x00" * 8
 
@@ -73,9 +72,12 @@ def snapshot_chunk(self, records_bytes):
             o = i * REC
             if not 1 <= (mv[o + 8] & 7) <= 5:
                 raise ValueError("bad record status")
-            if sn["has_lk"] and _cmp8(mv, o, lk, 0) <= 0:
-                raise ValueError("snapshot records not sorted")
+            if mv[o + 8] >> 4:
+                raise ValueError("record flag the store cannot keep")
+            if sn["has_lk"] and _cmpk(mv, o, lk, 0) <= 0:
+                raise ValueError("snapshot records not sorted (or two cards share a 52-bit key)")
             lk[0:8] = mv[o:o + 8]
+            trunc_key(lk, 0)
             sn["has_lk"] = True
             w = sn["w"]
             if w is None:

@@ -6,17 +6,20 @@
 # heap): shard pages are laid out to fill LittleFS's data blocks exactly, each page starts with a
 # header naming its shard file, and open() finds the pages by scanning block headers. LittleFS
 # never moves the blocks of a file that is not rewritten, so the map holds until we replace it.
+# The same read brings the page's in-place entries: small deltas are programmed into the erased
+# end of the pages they touch (NOR flash programs 1 -> 0 without an erase, as ESP-IDF's NVS does),
+# so a status change costs a few bytes of flash instead of a page rewrite.
 import os
 import struct
 from binascii import crc32
 from gv.compat import const
 from gv.allowlist.layout import (
-    BLOCK, ENOSPC, FORMAT, MAGIC_DELTA, MAGIC_MAN,
-    MAGIC_PAGE, MAGIC_SNAP, PAGE_HDR, REC, SCAN, SHARD_PAGES,
-    DELTA, DELTA_N, DHDR, DHDR_N, MAN_HDR, MAN_HDR_N,
-    SHARD, SHARD_N, SNAP_HDR, SNAP_HDR_N, ShardTable, _cmp8, IX,
-    _exists, _merge_into, _ptr_bytes, LOG_HARD, _rfile, _rm, _round,
-    _wfile, page_cap,
+    APS, AP_C, AP_D, AP_W, BLOCK, CR, CR_C, CR_D, CR_W, ENOSPC, FORMAT, FREC, MAGIC_DELTA,
+    MAGIC_MAN, MAGIC_PAGE, MAGIC_SNAP, OVS, OV_C, OV_D, OV_W, PAGE_HDR, REC, SCAN,
+    SHARD_PAGES, DELTA, DELTA_N, DHDR, DHDR_N, MAN_HDR, MAN_HDR_N,
+    SHARD_N, SNAP_HDR, SNAP_HDR_N, ShardTable, _cmpk, _erased, IX,
+    _exists, _merge_into, _ptr_bytes, LOG_HARD, _rfile, _rm, _round, _tag,
+    entry_span, page_cap, unpack13,
 )
 
 
@@ -24,8 +27,9 @@ class Allowlist:
     """The reader's allowlist. dev: the block device under the LittleFS that holds root (the
     ESP32's flash partition is found by itself; the unix port passes the FlashDev)."""
 
-    def __init__(self, root, dev=None, shard_pages=SHARD_PAGES):
+    def __init__(self, root, dev=None, shard_pages=SHARD_PAGES, in_place=True):
         self.root = root
+        self.in_place = in_place  # deltas into the pages' erased room (False: tests of the log path)
         # shard size: written full at shard_pages pages, split past 1.5 times that (tests use
         # small shards so a few thousand cards exercise many shards and splits)
         self._sp = shard_pages
@@ -56,7 +60,17 @@ class Allowlist:
         self._nlog = 0
         self._page = bytearray(BLOCK)
         self._pmv = memoryview(self._page)
-        # Page index, IX bytes a page: first key (8), flash block (2, LE), records (1), data
+        # Where in-place deltas are recorded: the manifest's flash block (None: not located yet),
+        # the offset of its next erased record slot, the manifest's header (to find the block).
+        self._mblk = None
+        self._crn = BLOCK
+        self._mhdr = b""
+        self._fix = 0
+        self._crlast = -1
+        self._dirty = False  # an in-place write failed and could not be undone: updates wait for a reboot
+        self._need = set()  # shard tags with a page nearly out of erased room (compaction due)
+        self._b1 = bytearray(1)
+        # Page index, IX bytes a page: first key (7), flash block (2, LE), records (2, LE), data
         # offset in the block (1). One bytearray, reused across rebuilds while it is big enough.
         # Sized once at boot for the whole partition (a page is a flash block, so there can never
         # be more pages than blocks): 6 KB for 2 MiB, never reallocated on a fragmented heap.
@@ -82,19 +96,25 @@ class Allowlist:
         problems = []
         try:
             self._load_manifest()
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError):
             if _exists(self._p("M")):
                 problems.append("manifest unreadable")
             self._st = ShardTable()
             self._dtags = []
             self.version = 0
             self.count = 0
+            self._mhdr = b""
+            self._crn = BLOCK
+            self._fix = 1
         try:
             self._rebuild_log()
         except (OSError, ValueError):
             problems.append("delta log unreadable")
             self._nlog = 0
-        bad = self._build_index(verify=True)
+        bad = self._build_index(verify=True, fix=self._fix)
+        if self._fix == 2 and self._mblk is not None:
+            self._mark(self._mblk, self._crlast + CR - 1, CR_W | CR_C | CR_D)  # every entry committed
+        self._fix = 0
         if bad:
             problems.append("%d shard(s) missing or corrupt" % bad)
         self._collect_garbage()
@@ -119,19 +139,43 @@ class Allowlist:
 
     def _load_manifest(self):
         data = _rfile(self._p("M"))
-        if len(data) < MAN_HDR_N + 4 or crc32(memoryview(data)[:-4]) != struct.unpack("<I", data[-4:])[0]:
-            raise ValueError("manifest checksum")
-        magic, fmt, _, _, version, count, ns, nd = struct.unpack_from(MAN_HDR, data, 0)
+        if len(data) < MAN_HDR_N + 4:
+            raise ValueError("manifest length")
+        magic, fmt, _, _, version, count, ns, nd, mtag = struct.unpack_from(MAN_HDR, data, 0)
         if magic != MAGIC_MAN or fmt != FORMAT:
             raise ValueError("manifest format")
-        if len(data) != MAN_HDR_N + ns * SHARD_N + nd * DELTA_N + 4:
+        end = MAN_HDR_N + ns * SHARD_N + nd * DELTA_N
+        if len(data) != BLOCK or end + 4 > BLOCK:
             raise ValueError("manifest length")
+        if crc32(memoryview(data)[:end]) != struct.unpack_from("<I", data, end)[0]:
+            raise ValueError("manifest checksum")
         st = ShardTable.load(data, MAN_HDR_N, ns)
         o = MAN_HDR_N + ns * SHARD_N
         dt = []
         for _ in range(nd):
             dt.append(struct.unpack_from(DELTA, data, o))
             o += DELTA_N
+        # the records of in-place deltas after it: the last committed one is the version; the
+        # last one decides what boot does with entries not yet committed (see _build_index)
+        self._fix = 1  # entries written but never committed are dropped
+        self._crlast = -1
+        c = (end + 4 + CR - 1) // CR * CR
+        while c + CR <= BLOCK and not _erased(data, c, CR):
+            v, n = struct.unpack_from("<II", data, c)
+            m = data[c + CR - 1]
+            x = crc32(memoryview(data)[c:c + 8]) & 0xFFFFFF
+            if (data[c + 8] | data[c + 9] << 8 | data[c + 10] << 16) == x and not m & CR_W:
+                self._crlast = c
+                if not m & CR_C:
+                    version = v
+                    count = n
+                    self._fix = 1 if not m & CR_D else 2  # committed, entries not all marked yet
+                else:
+                    self._fix = 1
+            c += CR
+        self._crn = c
+        self._mhdr = bytes(data[0:MAN_HDR_N])
+        self._mblk = None
         self._st = st
         self._dtags = dt
         self.version = version
@@ -139,10 +183,14 @@ class Allowlist:
 
     def _write_manifest(self, version, count, st, dtags, i=-1, news=None):
         """The single atomic switch: write M.tmp, rename over M (LittleFS rename is all-or-nothing).
-        Entry i of st is written as the shards in news when given (st itself is not changed)."""
+        Entry i of st is written as the shards in news when given (st itself is not changed).
+        The manifest fills a block: its erased end takes the records of in-place deltas."""
         tmp = self._p("M.tmp")
         ns = len(st) + (len(news) - 1 if news is not None else 0)
-        hdr = struct.pack(MAN_HDR, MAGIC_MAN, FORMAT, 0, 0, version, count, ns, len(dtags))
+        end = MAN_HDR_N + ns * SHARD_N + len(dtags) * DELTA_N
+        if end + 4 + CR > BLOCK:
+            raise OSError(ENOSPC)
+        hdr = struct.pack(MAN_HDR, MAGIC_MAN, FORMAT, 0, 0, version, count, ns, len(dtags), _tag())
         with open(tmp, "wb") as f:
             f.write(hdr)
             crc = st.write(f, crc32(hdr), i, news)
@@ -151,7 +199,37 @@ class Allowlist:
                 f.write(e)
                 crc = crc32(e, crc)
             f.write(struct.pack("<I", crc))
+            pad = bytearray(64)
+            for j in range(64):
+                pad[j] = 0xFF
+            left = BLOCK - end - 4
+            while left > 0:
+                f.write(pad if left >= 64 else memoryview(pad)[:left])
+                left -= 64
         os.rename(tmp, self._p("M"))
+        self._mhdr = hdr
+        self._mblk = None
+        self._crn = (end + 4 + CR - 1) // CR * CR
+        self._crlast = -1
+
+    def _find_mblk(self):
+        # The manifest's flash block, by its header (which carries a random tag: an old copy
+        # LittleFS freed but did not erase yet never matches).
+        if self._mblk is None and self._dev is not None and self._mhdr:
+            hdr = bytearray(MAN_HDR_N)
+            for b in range(self._dev.ioctl(4, 0)):
+                self._dev.readblocks(b, hdr, 0)
+                if hdr == self._mhdr:
+                    self._mblk = b
+                    break
+        return self._mblk
+
+    def _mark(self, blk, off, bits):
+        # program the given bits of one byte to 0 (NOR: no erase needed)
+        b = self._b1
+        self._dev.readblocks(blk, b, off)
+        b[0] &= ~bits & 0xFF
+        self._dev.writeblocks(blk, b, off)
 
     def _read_delta(self, tag, nrec, crc):
         data = _rfile(self._p("d%08x" % tag))
@@ -178,10 +256,12 @@ class Allowlist:
             n += 1
         return n
 
-    def _build_index(self, verify):
+    def _build_index(self, verify, fix=0):
         """In-RAM page index, found by reading the first SCAN bytes of every flash block: LittleFS
         keeps a file's data blocks where they are until the file is rewritten. With verify, every
-        page is read whole and checked against its crc and its shard's crc (boot, snapshot)."""
+        page is read whole and checked against its crc and its shard's crc (boot, snapshot).
+        fix (boot): in-place entries written but not committed are dropped (1) or, when the
+        manifest says their delta committed, committed (2)."""
         st = self._st
         ns = len(st)
         base = bytearray(4 * (ns + 1))  # first page index of each shard (u32 LE)
@@ -197,13 +277,17 @@ class Allowlist:
             return ns
         ix = self._ix
         for j in range(np):
+            ix[j * IX + 7] = 0xFF
             ix[j * IX + 8] = 0xFF
-            ix[j * IX + 9] = 0xFF
         dev = self._dev
-        if dev is not None and np:
+        if dev is not None and (np or self._mhdr):
             hdr = bytearray(SCAN)
+            mh = self._mhdr
             for b in range(dev.ioctl(4, 0)):
                 dev.readblocks(b, hdr, 0)
+                if mh and hdr[0] == 0x47 and hdr[3] == 0x6D and hdr[0:MAN_HDR_N] == mh:
+                    self._mblk = b
+                    continue
                 for o in range(0, SCAN - PAGE_HDR + 1, 4):
                     if hdr[o] == 0x47 and hdr[o + 1] == 0x56 and hdr[o:o + 4] == MAGIC_PAGE:
                         tag, pno = struct.unpack_from("<IH", hdr, o + 4)
@@ -211,8 +295,8 @@ class Allowlist:
                         if i is not None and _ptr_bytes(pno) == o:
                             j = struct.unpack_from("<I", base, 4 * i)[0] + pno
                             if j < struct.unpack_from("<I", base, 4 * i + 4)[0]:
-                                ix[j * IX + 8] = b & 0xFF
-                                ix[j * IX + 9] = b >> 8
+                                ix[j * IX + 7] = b & 0xFF
+                                ix[j * IX + 8] = b >> 8
                         break
         tags = None
         if dev is None:
@@ -228,7 +312,7 @@ class Allowlist:
             k0 = k
             for j in range(j0, j1):
                 p = j - j0
-                b = ix[j * IX + 8] | ix[j * IX + 9] << 8
+                b = ix[j * IX + 7] | ix[j * IX + 8] << 8
                 if b == 0xFFFF:
                     ok = False
                     break
@@ -242,11 +326,13 @@ class Allowlist:
                     ok = False
                     break
                 if verify:
-                    body = self._pmv[o + PAGE_HDR:o + PAGE_HDR + n * REC]
+                    body = self._pmv[o + PAGE_HDR:o + PAGE_HDR + n * FREC]
                     if crc32(body) != struct.unpack_from("<I", page, o + 12)[0]:
                         ok = False
                         break
                     crc = crc32(body, crc)
+                    if fix:
+                        self._fix_entries(b, page, o + PAGE_HDR, n, fix)
                 _ix_put(ix, k, page, o, b, n, o)
                 k += 1
             if ok and verify and crc != st.crc(i):
@@ -276,11 +362,11 @@ class Allowlist:
                         f.seek(_file_off(p))
                         got = f.readinto(self._pmv[o:o + size])
                         n = page[o + 10] | page[o + 11] << 8
-                        if (got < PAGE_HDR + n * REC or n > page_cap(p) or page[o:o + 4] != MAGIC_PAGE
+                        if (got < PAGE_HDR + n * FREC or n > page_cap(p) or page[o:o + 4] != MAGIC_PAGE
                                 or (k + 1) * IX > len(ix)):
                             ok = False
                             break
-                        body = self._pmv[o + PAGE_HDR:o + PAGE_HDR + n * REC]
+                        body = self._pmv[o + PAGE_HDR:o + PAGE_HDR + n * FREC]
                         if verify and crc32(body) != struct.unpack_from("<I", page, o + 12)[0]:
                             ok = False
                             break
@@ -296,6 +382,22 @@ class Allowlist:
                 k = k0
         self._np = k
         return bad
+
+    def _fix_entries(self, blk, page, base, n, fix):
+        # Boot: an entry whose data and W mark are programmed but not its C mark belongs to the
+        # last in-place delta. Committed (fix 2): program C; otherwise: program D (dead).
+        no, na, _ = entry_span(page, base, n)
+        end = base + n * FREC
+        for j in range(no):
+            a = end + j * OVS + 1
+            m = page[a]
+            if not m & OV_W and m & OV_C and m & OV_D:
+                self._mark(blk, a, OV_C if fix == 2 else OV_D)
+        for k in range(na):
+            a = BLOCK - (k + 1) * APS + FREC
+            m = page[a]
+            if not m & AP_W and m & AP_C and m & AP_D:
+                self._mark(blk, a, AP_C if fix == 2 else AP_D)
 
     def _collect_garbage(self):
         # Files neither the manifest nor the snapshot state names: what a cut or a failed write
@@ -344,12 +446,14 @@ class Allowlist:
         hi = self._nlog - 1
         while lo <= hi:
             mid = (lo + hi) >> 1
-            c = _cmp8(log, mid * REC, key8, 0)
+            c = _cmpk(log, mid * REC, key8, 0)
             if c == 0:
                 o = mid * REC
                 if log[o + 8] == 0:  # removed by a delta
                     return False
-                for i in range(REC):
+                for i in range(8):
+                    rec16[i] = key8[i]
+                for i in range(8, REC):
                     rec16[i] = log[o + i]
                 return True
             if c < 0:
@@ -363,7 +467,7 @@ class Allowlist:
         p = -1
         while lo <= hi:
             mid = (lo + hi) >> 1
-            if _cmp8(ix, mid * IX, key8, 0) <= 0:
+            if _cmpk(ix, mid * IX, key8, 0) <= 0:
                 p = mid
                 lo = mid + 1
             else:
@@ -380,15 +484,48 @@ class Allowlist:
             self.need_resync = True
             return False
         base += PAGE_HDR
+        n = ix[p * IX + 9] | ix[p * IX + 10] << 8
+        end = base + n * FREC
+        # appended entries fill the block from its end down: the newest committed one wins
+        hit = -1
+        a = BLOCK - APS
+        while a >= end:
+            m = page[a + FREC]
+            if m == 0xFF:
+                if _erased(page, a, FREC):
+                    break
+            elif not m & (AP_W | AP_C) and m & AP_D and _cmpk(page, a, key8, 0) == 0:
+                hit = a
+            a -= APS
+        if hit >= 0:
+            if not (page[hit + 6] >> 1) & 7:  # removed
+                return False
+            for i in range(8):
+                rec16[i] = key8[i]
+            unpack13(page, hit, rec16)
+            return True
+        top = a + APS
         lo = 0
-        hi = ix[p * IX + 10] - 1
+        hi = n - 1
         while lo <= hi:
             mid = (lo + hi) >> 1
-            o = base + mid * REC
-            c = _cmp8(page, o, key8, 0)
+            c = _cmpk(page, base + mid * FREC, key8, 0)
             if c == 0:
-                for i in range(REC):
-                    rec16[i] = page[o + i]
+                # status overrides fill up from the records' end: the newest committed one wins
+                st = -1
+                o = end
+                while o + OVS <= top:
+                    m = page[o + 1]
+                    if m == 0xFF and page[o] == 0xFF:
+                        break
+                    if not m & (OV_W | OV_C) and m & OV_D and (page[o] | (m & 1) << 8) == mid:
+                        st = (m >> 1) & 7
+                    o += OVS
+                if st == 0:
+                    return False
+                for i in range(8):
+                    rec16[i] = key8[i]
+                unpack13(page, base + mid * FREC, rec16, st)
                 return True
             if c < 0:
                 lo = mid + 1
@@ -400,32 +537,39 @@ class Allowlist:
         """Page p of the index into self._page at its in-block offset, which is returned."""
         ix = self._ix
         if self._dev is not None:  # one block read, no heap
-            self._dev.readblocks(ix[p * IX + 8] | ix[p * IX + 9] << 8, self._page, 0)
+            self._dev.readblocks(ix[p * IX + 7] | ix[p * IX + 8] << 8, self._page, 0)
             return ix[p * IX + 11]
         # No block device known (a port without esp32.Partition, nothing passed in): through the
         # filesystem. Same answers, but it opens a file (heap) and LittleFS reads more blocks.
-        i = ix[p * IX + 8] | ix[p * IX + 9] << 8
+        i = ix[p * IX + 7] | ix[p * IX + 8] << 8
         pno = ix[p * IX + 11]
         o = _ptr_bytes(pno)
         with open(self._p("s%08x" % self._st.tag(i)), "rb") as f:
             f.seek(_file_off(pno))
-            f.readinto(self._pmv[o:o + PAGE_HDR + ix[p * IX + 10] * REC])
+            f.readinto(self._pmv[o:BLOCK])
         return o
 
+    def page_records(self, p):
+        """The live records of index page p (16-byte, keys cut to 52 bits, sorted), its in-place
+        entries applied (not the delta log). Allocates: compaction and diagnostics only."""
+        from gv.allowlist.pages import page_records
+        o = self._read_page(p)
+        return page_records(self._page, o, self._ix[p * IX + 9] | self._ix[p * IX + 10] << 8)
+
     def items(self):
-        """Every live record, sorted (for checks and diagnostics; reads the whole store)."""
+        """Every live record, sorted, keys cut to the 52 bits the store keeps (for checks and
+        diagnostics; reads the whole store)."""
         log = memoryview(self._log)
         li = 0
-        ix = self._ix
         for p in range(self._np):
-            base = self._read_page(p) + PAGE_HDR
-            for i in range(ix[p * IX + 10]):
-                r = bytes(self._pmv[base + i * REC:base + i * REC + REC])
-                while li < self._nlog and _cmp8(log, li * REC, r, 0) < 0:
+            recs = self.page_records(p)
+            for q in range(0, len(recs), REC):
+                r = bytes(recs[q:q + REC])
+                while li < self._nlog and _cmpk(log, li * REC, r, 0) < 0:
                     if log[li * REC + 8]:
                         yield bytes(log[li * REC:li * REC + REC])
                     li += 1
-                if li < self._nlog and _cmp8(log, li * REC, r, 0) == 0:
+                if li < self._nlog and _cmpk(log, li * REC, r, 0) == 0:
                     if log[li * REC + 8]:
                         yield bytes(log[li * REC:li * REC + REC])
                     li += 1
@@ -482,7 +626,13 @@ class Allowlist:
         return update.apply_delta(self, from_version, to_version, records)
 
     def compaction_due(self):
-        return self._nlog > self._logcap // 2
+        """True when the delta log is half full or a page is nearly out of erased room."""
+        return (self._nlog > self._logcap // 2 or bool(self._need)) and not self._dirty
+
+    def want_compaction(self):
+        """Rewrite every shard at the next compaction run (folds all in-place entries)."""
+        for i in range(len(self._st)):
+            self._need.add(self._st.tag(i))
 
     def compact_step(self):
         """Fold the delta log into the shards, about one page write per call; True while more to do."""
@@ -528,13 +678,15 @@ def _recs(pages):
 
 
 def _ix_put(ix, k, page, o, where, n, at):
-    # index entry k: the page's first key, where it is (block, or shard in the file fallback),
-    # its record count and where in that block/shard (offset, or page number)
+    # index entry k: the page's first key (52 bits in 7 bytes), where it is (block, or shard in
+    # the file fallback), its record count and where in that block/shard (offset, or page number)
     e = k * IX
-    ix[e:e + 8] = page[o + PAGE_HDR:o + PAGE_HDR + 8]
-    ix[e + 8] = where & 0xFF
-    ix[e + 9] = where >> 8
-    ix[e + 10] = n
+    ix[e:e + 7] = page[o + PAGE_HDR:o + PAGE_HDR + 7]
+    ix[e + 6] &= 0xF0
+    ix[e + 7] = where & 0xFF
+    ix[e + 8] = where >> 8
+    ix[e + 9] = n & 0xFF
+    ix[e + 10] = n >> 8
     ix[e + 11] = at
 
 

@@ -1,12 +1,12 @@
 # Deltas and cooperative compaction of the allowlist store (functions on an Allowlist).
-import os
 import struct
 from binascii import crc32
 from gv.allowlist.layout import (
-    BLOCK, IX, MAGIC_PAGE, SCAN, MAX_DFILES, MAGIC_DELTA, PAGE_HDR,
-    REC, DHDR, ShardTable, _ShardWriter, _cmp8, _merge_into, _ptr_bytes,
-    _rm, _sort_records, _tag, page_cap,
+    APS, AP_C, AP_W, BLOCK, CR, CR_C, CR_D, CR_W, FREC, GAP, IX, LOW_ROOM, MAGIC_PAGE, SCAN,
+    MAX_DFILES, MAGIC_DELTA, OVS, OV_C, OV_W, PAGE_HDR, REC, DHDR, ShardTable,
+    _cmpk, _merge_into, _ptr_bytes, _rm, _tag, entry_span, trunc_key,
 )
+from gv.allowlist.pages import _ShardWriter, _sort_records, pack13, page_records
 
 
 # ---------------------------------------------------------------- deltas
@@ -25,7 +25,7 @@ def _collect(records, cap):
         for k, r in records:
             if len(k) != 8:
                 raise ValueError("key must be 8 bytes")
-            if r is not None and (len(r) != REC or _cmp8(r, 0, k, 0) != 0):
+            if r is not None and (len(r) != REC or _cmpk(r, 0, k, 0) != 0):
                 raise ValueError("bad record")
             if (n + 1) * REC > len(buf):  # grow by doubling, by hand (one copy per doubling)
                 nb = bytearray(2 * len(buf))
@@ -47,13 +47,26 @@ def _collect(records, cap):
         st = buf[i * REC + 8]
         if st and not 1 <= (st & 7) <= 5:
             raise ValueError("bad record status")
+        if st >> 4:
+            raise ValueError("record flag the store cannot keep")
         if not st and any(buf[i * REC + 9:i * REC + REC]):
             raise ValueError("bad removal")
+        _as_stored(buf, i * REC)
     _sort_records(buf, n)
     for i in range(1, n):
-        if _cmp8(buf, (i - 1) * REC, buf, i * REC) == 0:
-            raise ValueError("delta names a card twice")
+        if _cmpk(buf, (i - 1) * REC, buf, i * REC) == 0:
+            raise ValueError("delta names a card twice (or two cards share a 52-bit key)")
     return buf if len(buf) == n * REC else buf[0:n * REC]
+
+
+def _as_stored(buf, o):
+    # what the pages keep of a record (record.as_stored), so the log answers exactly as they do:
+    # the key cut to 52 bits, the verifier to 20, days past 0x3FFE read as 0xFFFF
+    trunc_key(buf, o)
+    buf[o + 15] &= 0xF0
+    for d in (o + 9, o + 11):
+        if (buf[d] << 8 | buf[d + 1]) > 0x3FFE:
+            buf[d] = buf[d + 1] = 0xFF
 
 
 def apply_delta(self, from_version, to_version, records):
@@ -63,11 +76,17 @@ def apply_delta(self, from_version, to_version, records):
     ValueError on a delta that does not fit this store."""
     if from_version != self.version or to_version <= from_version:
         raise ValueError("delta %d->%d does not follow version %d" % (from_version, to_version, self.version))
+    if self._dirty:
+        self.health = "write failed: reboot to recover"
+        return False
     d = _collect(records, self._logcap)
+    count = _count_after(self, d)
+    r = _in_place(self, d, to_version, count)
+    if r is not None:
+        return r
     if self._nlog + len(d) // REC > self._logcap:
         while compact_step(self):
             pass
-    count = _count_after(self, d)
     # merged in place now; if the flash refuses, the log is read back from the delta files
     nlog = _merge_into(self._log, self._nlog, d, len(d) // REC)
     # Every delta file takes a whole flash block however small it is: past MAX_DFILES files the
@@ -105,6 +124,206 @@ def apply_delta(self, from_version, to_version, records):
     return True
 
 
+# ---------------------------------------------------------------- in place
+# A delta whose cards all have room in their pages is programmed into the erased end of those
+# pages, no erase, no file written. Power-cut safe in four steps, each a program:
+#   1. an intent record (version) in the manifest block's erased end (data, then its W mark);
+#   2. every entry (data, then its W mark); a lookup ignores an entry until its C mark is set;
+#   3. the record's C mark: the delta is committed, the store is at the new version;
+#   4. every entry's C mark, then the record's D mark.
+# A cut before 3 leaves entries without C: boot marks them dead. A cut after 3 leaves some without
+# C: boot programs them (the manifest says the delta committed). Either way old or new, exactly.
+
+def _in_place(self, d, to_version, count):
+    """Apply d in place; None when it cannot be (the caller writes a delta file instead)."""
+    dev = self._dev
+    n = len(d) // REC
+    if (dev is None or not n or not self.in_place or self._cgen is not None or self._snap is not None
+            or self._crn + CR > BLOCK or self._find_mblk() is None):
+        return None
+    for i in range(n):  # the log overrides the pages: a card in it stays there until compaction
+        if _log_has(self, d, i * REC):
+            return None
+    plan = bytearray(n * 6)  # per card: block u16, slot offset u16, kind (1 override, 2 append), 0
+    page = self._rbuf
+    tmp = bytearray(REC)
+    cur = -1
+    ov = ap = room = base = nrec = 0
+    for i in range(n):
+        o = i * REC
+        p = _page_of(self, d, o)
+        if p < 0:
+            return None
+        if p != cur:
+            if cur >= 0 and room < LOW_ROOM:
+                self._need.add(_shard_tag_of(self, cur))
+            cur = p
+            blk = self._ix[p * IX + 7] | self._ix[p * IX + 8] << 8
+            dev.readblocks(blk, page, 0)
+            base = self._ix[p * IX + 11] + PAGE_HDR
+            nrec = self._ix[p * IX + 9] | self._ix[p * IX + 10] << 8
+            if page[base - PAGE_HDR:base - PAGE_HDR + 4] != MAGIC_PAGE:
+                return None
+            no, na, room = entry_span(page, base, nrec)
+            ov = base + nrec * FREC + no * OVS  # next override slot
+            ap = BLOCK - (na + 1) * APS  # next append slot
+        kind, idx = _entry_kind(page, base, nrec, no, na, d, o, tmp)
+        if kind == 0:
+            continue  # removing a card that is not there
+        need = OVS if kind == 1 else APS
+        if room < need + GAP:
+            self._need.add(_shard_tag_of(self, p))
+            return None
+        room -= need
+        if kind == 1:
+            at = ov
+            ov += OVS
+        else:
+            at = ap
+            ap -= APS
+        struct.pack_into("<HHBB", plan, i * 6, blk, at, kind, 0)
+        if kind == 1:  # remember the record index in the spare byte pair of tmp-less form
+            plan[i * 6 + 5] = idx & 0xFF
+            plan[i * 6 + 4] = 1 | (idx >> 8) << 7
+    if cur >= 0 and room < LOW_ROOM:
+        self._need.add(_shard_tag_of(self, cur))
+    mblk = self._mblk
+    c = self._crn
+    step = 0
+    try:
+        e = bytearray(CR)
+        struct.pack_into("<II", e, 0, to_version, count)
+        x = crc32(memoryview(e)[0:8])
+        e[8] = x & 0xFF
+        e[9] = (x >> 8) & 0xFF
+        e[10] = (x >> 16) & 0xFF
+        e[11] = 0xFF
+        dev.writeblocks(mblk, e, c)
+        self._crn = c + CR
+        self._mark(mblk, c + CR - 1, CR_W)
+        step = 1
+        rec13 = bytearray(APS)
+        two = bytearray(OVS)
+        for i in range(n):
+            blk, at, kind = struct.unpack_from("<HHB", plan, i * 6)
+            if not kind & 3:
+                continue
+            o = i * REC
+            if kind & 3 == 1:
+                idx = plan[i * 6 + 5] | (kind >> 7) << 8
+                two[0] = idx & 0xFF
+                two[1] = 0xF0 | (d[o + 8] & 7) << 1 | idx >> 8
+                dev.writeblocks(blk, two, at)
+                self._mark(blk, at + 1, OV_W)
+            else:
+                pack13(d, o, rec13, 0)
+                rec13[FREC] = 0xFF
+                dev.writeblocks(blk, memoryview(rec13)[:FREC], at)
+                self._mark(blk, at + FREC, AP_W)
+        self._mark(mblk, c + CR - 1, CR_W | CR_C)
+        step = 2
+        self.version = to_version
+        self.count = count
+        for i in range(n):
+            blk, at, kind = struct.unpack_from("<HHB", plan, i * 6)
+            if kind & 3 == 1:
+                self._mark(blk, at + 1, OV_C)
+            elif kind & 3 == 2:
+                self._mark(blk, at + FREC, AP_C)
+        self._mark(mblk, c + CR - 1, CR_W | CR_C | CR_D)
+        self._crlast = c
+    except OSError as e:
+        if step < 2:
+            # not committed: entries without C are ignored by lookups; boot would mark them dead,
+            # but a later delta's boot pass must not take them for its own: update nothing more
+            # until a reboot has cleaned up
+            self._dirty = True
+            self._storage_failed(e, ())
+            return False
+        # committed: the store is at the new version; boot finishes the C marks
+        self._dirty = True
+        self._storage_failed(e, ())
+        return True
+    if self.health == "empty" or self.health.startswith("full"):
+        self.health = "ok"
+        self.need_resync = False
+    return True
+
+
+def _log_has(self, d, o):
+    log = self._log
+    lo = 0
+    hi = self._nlog - 1
+    while lo <= hi:
+        mid = (lo + hi) >> 1
+        c = _cmpk(log, mid * REC, d, o)
+        if c == 0:
+            return True
+        if c < 0:
+            lo = mid + 1
+        else:
+            hi = mid - 1
+    return False
+
+
+def _page_of(self, d, o):
+    ix = self._ix
+    lo = 0
+    hi = self._np - 1
+    p = -1
+    while lo <= hi:
+        mid = (lo + hi) >> 1
+        if _cmpk(ix, mid * IX, d, o) <= 0:
+            p = mid
+            lo = mid + 1
+        else:
+            hi = mid - 1
+    return p
+
+
+def _shard_tag_of(self, p):
+    # the shard holding index page p (pages of shard i follow those of shards before it)
+    k = 0
+    for i in range(len(self._st)):
+        k += self._pages_of(self._st.nrec(i))
+        if p < k:
+            return self._st.tag(i)
+    return 0
+
+
+def _entry_kind(page, base, n, no, na, d, o, tmp):
+    """How the card d[o:] goes into this page (n records from base, no overrides and na appended
+    entries): (0, 0) nothing to do (removing an absent card), (1, idx) a status override of
+    record idx, (2, 0) an appended record."""
+    for k in range(na):
+        a = BLOCK - (k + 1) * APS
+        m = page[a + FREC]
+        if not m & (AP_W | AP_C) and m & 4 and _cmpk(page, a, d, o) == 0:
+            return 2, 0  # the card already has an appended record: append again
+    lo = 0
+    hi = n - 1
+    while lo <= hi:
+        mid = (lo + hi) >> 1
+        c = _cmpk(page, base + mid * FREC, d, o)
+        if c == 0:
+            # a status override when nothing but the status changes (or it is removed)
+            if d[o + 8] == 0:
+                return 1, mid
+            pack13(d, o, tmp, 0)
+            q = base + mid * FREC
+            if tmp[6] & 1 == page[q + 6] & 1:
+                for j in range(7, FREC):
+                    if tmp[j] != page[q + j]:
+                        return 2, 0
+                return 1, mid
+            return 2, 0
+        if c < 0:
+            lo = mid + 1
+        else:
+            hi = mid - 1
+    return (2, 0) if d[o + 8] else (0, 0)
+
+
 def _count_after(self, d):
     # Cards after applying d: +1 per new key, -1 per removal of a present key.
     count = self.count
@@ -124,10 +343,10 @@ def compact_step(self):
     """Fold the delta log into the shards, at most one page write (or one manifest switch) per
     call. True while more to do; False when the log is empty (store.compaction_due() says when a
     run is worth its writes)."""
-    if self._snap is not None:
+    if self._snap is not None or self._dirty:
         return False  # a snapshot in progress replaces everything; its writer owns the page buffer
     if self._cgen is None:
-        if self._nlog == 0 and not self._dtags:
+        if self._nlog == 0 and not self._dtags and not self._need:
             return False
         self._cgen = _compact(self)
     try:
@@ -154,7 +373,7 @@ def _compact(self):
         tag = st.tag(i)
         hi = st.first(i + 1) if i + 1 < len(st) else None
         lo_i, hi_i = _log_range(self, first, hi)
-        if lo_i == hi_i:
+        if lo_i == hi_i and tag not in self._need:
             i += 1
             continue
         # a private copy of this shard's log entries: deltas applied between steps merge into
@@ -225,6 +444,7 @@ def _compact(self):
         if not _splice_index(self, p0, old, news, blks, found):
             self._build_index(verify=False)
         _rm(self._p("s%08x" % tag))
+        self._need.discard(tag)
         i += len(news)
         yield
     # every folded delta is now in the shards: drop them from the manifest
@@ -284,10 +504,11 @@ def _splice_index(self, p0, old, news, blks, found):
         pages = news[j].pages
         for pno in range(len(pages)):
             first, n = pages[pno]
-            ix[e:e + 8] = first
-            ix[e + 8] = blks[j][2 * pno]
-            ix[e + 9] = blks[j][2 * pno + 1]
-            ix[e + 10] = n
+            ix[e:e + 7] = first
+            ix[e + 7] = blks[j][2 * pno]
+            ix[e + 8] = blks[j][2 * pno + 1]
+            ix[e + 9] = n & 0xFF
+            ix[e + 10] = n >> 8
             ix[e + 11] = _ptr_bytes(pno)
             e += IX
     self._np += k - old
@@ -297,10 +518,10 @@ def _splice_index(self, p0, old, news, blks, found):
 def _log_range(self, lo_key, hi_key):
     log = self._log
     a = 0
-    while a < self._nlog and _cmp8(log, a * REC, lo_key, 0) < 0:
+    while a < self._nlog and _cmpk(log, a * REC, lo_key, 0) < 0:
         a += 1
     b = a
-    while b < self._nlog and (hi_key is None or _cmp8(log, b * REC, hi_key, 0) < 0):
+    while b < self._nlog and (hi_key is None or _cmpk(log, b * REC, hi_key, 0) < 0):
         b += 1
     return a, b
 
@@ -309,11 +530,11 @@ def _merged_shard(self, i, log, hi_i):
     # The shard's records with its log entries applied (log wins; status 0 removes).
     li = 0
     for r in _shard_records(self, i):
-        while li < hi_i and _cmp8(log, li * REC, r, 0) < 0:
+        while li < hi_i and _cmpk(log, li * REC, r, 0) < 0:
             if log[li * REC + 8]:
                 yield bytes(log[li * REC:li * REC + REC])
             li += 1
-        if li < hi_i and _cmp8(log, li * REC, r, 0) == 0:
+        if li < hi_i and _cmpk(log, li * REC, r, 0) == 0:
             if log[li * REC + 8]:
                 yield bytes(log[li * REC:li * REC + REC])
             li += 1
@@ -326,20 +547,24 @@ def _merged_shard(self, i, log, hi_i):
 
 
 def _shard_records(self, i):
-    # Page by page into one buffer of its own (lookups between steps use the store's buffer).
+    # The shard's live records, page by page, in-place entries applied. Straight from the block
+    # device when the index holds the shard (LittleFS's read cache knows nothing of in-place
+    # programs); through the file otherwise (no block device: then there are no such entries).
+    p0 = _first_page(self, i)
+    np = self._pages_of(self._st.nrec(i))
+    if self._dev is not None and p0 is not None:
+        for p in range(p0, p0 + np):
+            recs = self.page_records(p)
+            for q in range(0, len(recs), REC):
+                yield bytes(recs[q:q + REC])
+        return
     buf = self._rbuf
     mv = memoryview(buf)
     with open(self._p("s%08x" % self._st.tag(i)), "rb") as f:
-        p = 0
-        left = self._st.nrec(i)
-        while left > 0:
-            n = min(left, page_cap(p))
-            size = BLOCK - _ptr_bytes(p) if left > n else PAGE_HDR + n * REC
-            if f.readinto(mv[:size]) != size:
+        for p in range(np):
+            o = _ptr_bytes(p)
+            if f.readinto(mv[o:BLOCK]) != BLOCK - o or buf[o:o + 4] != MAGIC_PAGE:
                 raise OSError(5)
-            for j in range(n):
-                o = PAGE_HDR + j * REC
-                yield bytes(buf[o:o + REC])
-            left -= n
-            p += 1
-
+            recs = page_records(buf, o, buf[o + 10] | buf[o + 11] << 8)
+            for q in range(0, len(recs), REC):
+                yield bytes(recs[q:q + REC])
