@@ -42,9 +42,10 @@ def key_of13(p, po, out):
 
 
 def page_records(p, o, n):
-    """The live records of page p (16-byte, keys cut to 52 bits, sorted) with its committed
-    in-place entries applied (appended records override, status 0 removes), packed in one
-    bytearray. Allocates (compaction and diagnostics, never the lookup)."""
+    """The live records of the page at p[o:] (n of them), as 16-byte bytes objects, sorted, keys
+    cut to 52 bits, its committed in-place entries applied (appended records override, status 0
+    removes). A generator: p must not change until it is done. Allocates a record at a time
+    (compaction and diagnostics, never the lookup)."""
     base = o + PAGE_HDR
     no, na, _ = entry_span(p, base, n)
     st = bytearray(n)
@@ -58,7 +59,7 @@ def page_records(p, o, n):
             i = p[a] | (b & 1) << 8
             if i < n:
                 st[i] = (b >> 1) & 7
-    app = None
+    app = {}
     for k in range(na):  # oldest first: a later entry for the same card replaces it
         a = BLOCK - (k + 1) * APS
         m = p[a + FREC]
@@ -66,34 +67,29 @@ def page_records(p, o, n):
             r = bytearray(REC)
             key_of13(p, a, r)
             unpack13(p, a, r)
-            if app is None:
-                app = {}
-            app[bytes(r[0:7])] = r
-    keys = sorted(app) if app else ()
-    out = bytearray((n + len(keys)) * REC)
-    k = 0
+            app[bytes(r[0:7])] = bytes(r)
+    keys = sorted(app)
     j = 0
     r = bytearray(REC)
-    for i in range(n + 1):
-        if i < n:
-            key_of13(p, base + i * FREC, r)
-        # appended cards that sort before this record (or all that are left, at the end)
-        while j < len(keys) and (i == n or _cmpk(keys[j], 0, r, 0) <= 0):
+    for i in range(n):
+        key_of13(p, base + i * FREC, r)
+        while j < len(keys) and _cmpk(keys[j], 0, r, 0) <= 0:
             a = app[keys[j]]
-            same = i < n and _cmpk(a, 0, r, 0) == 0
-            if a[8] & 7:
-                out[k * REC:k * REC + REC] = a
-                k += 1
             j += 1
-            if same:
-                st[i] = 0xFE  # replaced
-        if i == n or st[i] == 0xFE:
+            if _cmpk(a, 0, r, 0) == 0:
+                st[i] = 0xFE  # replaced by an appended record
+            if a[8] & 7:
+                yield a
+        if st[i] == 0xFE:
             continue
         unpack13(p, base + i * FREC, r, -1 if st[i] == 0xFF else st[i])
         if r[8] & 7:
-            out[k * REC:k * REC + REC] = r
-            k += 1
-    return out if k * REC == len(out) else out[:k * REC]
+            yield bytes(r)
+    while j < len(keys):
+        a = app[keys[j]]
+        j += 1
+        if a[8] & 7:
+            yield a
 
 
 class _ShardWriter:

@@ -89,10 +89,11 @@ class Allowlist:
         raises on bad data: .health says what is wrong, .need_resync asks the host to resend."""
         self._cgen = None
         self._snap = None
-        try:
-            os.mkdir(self.root)
-        except OSError:
-            pass
+        for d in (self.root, self.root + "/m"):
+            try:
+                os.mkdir(d)
+            except OSError:
+                pass
         problems = []
         try:
             self._load_manifest()
@@ -135,6 +136,11 @@ class Allowlist:
         return self._wb
 
     def _p(self, name):
+        # The manifest lives in a directory of its own: LittleFS reads a directory's whole
+        # metadata log on each change, and the shard files' churn would make every manifest
+        # switch pay for it (measured: 30,000 block reads a switch against under 1,000).
+        if name[0] == "M":
+            return self.root + "/m/" + name
         return self.root + "/" + name
 
     def _load_manifest(self):
@@ -415,7 +421,7 @@ class Allowlist:
             _rm(self._p(n))
 
     def _wanted(self, n, sst):
-        if n == "M":
+        if n == "m":
             return True
         if n == "S":
             return sst is not None
@@ -546,25 +552,24 @@ class Allowlist:
         o = _ptr_bytes(pno)
         with open(self._p("s%08x" % self._st.tag(i)), "rb") as f:
             f.seek(_file_off(pno))
-            f.readinto(self._pmv[o:BLOCK])
+            f.readinto(memoryview(self._page)[o:BLOCK])
         return o
-
-    def page_records(self, p):
-        """The live records of index page p (16-byte, keys cut to 52 bits, sorted), its in-place
-        entries applied (not the delta log). Allocates: compaction and diagnostics only."""
-        from gv.allowlist.pages import page_records
-        o = self._read_page(p)
-        return page_records(self._page, o, self._ix[p * IX + 9] | self._ix[p * IX + 10] << 8)
 
     def items(self):
         """Every live record, sorted, keys cut to the 52 bits the store keeps (for checks and
-        diagnostics; reads the whole store)."""
+        diagnostics; reads the whole store, into a page buffer of its own)."""
+        from gv.allowlist.pages import page_records
         log = memoryview(self._log)
         li = 0
+        buf = bytearray(BLOCK)
+        keep = self._page
         for p in range(self._np):
-            recs = self.page_records(p)
-            for q in range(0, len(recs), REC):
-                r = bytes(recs[q:q + REC])
+            self._page = buf
+            try:
+                o = self._read_page(p)
+            finally:
+                self._page = keep
+            for r in page_records(buf, o, self._ix[p * IX + 9] | self._ix[p * IX + 10] << 8):
                 while li < self._nlog and _cmpk(log, li * REC, r, 0) < 0:
                     if log[li * REC + 8]:
                         yield bytes(log[li * REC:li * REC + REC])

@@ -3,7 +3,7 @@ import struct
 from binascii import crc32
 from gv.allowlist.layout import (
     APS, AP_C, AP_W, BLOCK, CR, CR_C, CR_D, CR_W, FREC, GAP, IX, LOW_ROOM, MAGIC_PAGE, SCAN,
-    MAX_DFILES, MAGIC_DELTA, OVS, OV_C, OV_W, PAGE_HDR, REC, DHDR, ShardTable,
+    MAX_DFILES, MAGIC_DELTA, OVS, OV_W, PAGE_HDR, REC, DHDR, ShardTable,
     _cmpk, _merge_into, _ptr_bytes, _rm, _tag, entry_span, trunc_key,
 )
 from gv.allowlist.pages import _ShardWriter, _sort_records, pack13, page_records
@@ -135,58 +135,27 @@ def apply_delta(self, from_version, to_version, records):
 # C: boot programs them (the manifest says the delta committed). Either way old or new, exactly.
 
 def _in_place(self, d, to_version, count):
-    """Apply d in place; None when it cannot be (the caller writes a delta file instead)."""
+    """Apply d in place; None when it cannot be (the caller writes a delta file instead). Pages
+    are read once per pass (the delta is sorted, so a page's cards are together) and nothing is
+    kept per card: a 1,000-card delta needs no more heap than a one-card delta."""
     dev = self._dev
     n = len(d) // REC
-    if (dev is None or not n or not self.in_place or self._cgen is not None or self._snap is not None
-            or self._crn + CR > BLOCK or self._find_mblk() is None):
+    if dev is None or not n or not self.in_place or self._cgen is not None or self._snap is not None:
         return None
     for i in range(n):  # the log overrides the pages: a card in it stays there until compaction
-        if _log_has(self, d, i * REC):
+        if _log_has(self, d, i * REC) or _page_of(self, d, i * REC) < 0:
             return None
-    plan = bytearray(n * 6)  # per card: block u16, slot offset u16, kind (1 override, 2 append), 0
-    page = self._rbuf
-    tmp = bytearray(REC)
-    cur = -1
-    ov = ap = room = base = nrec = 0
-    for i in range(n):
-        o = i * REC
-        p = _page_of(self, d, o)
-        if p < 0:
-            return None
-        if p != cur:
-            if cur >= 0 and room < LOW_ROOM:
-                self._need.add(_shard_tag_of(self, cur))
-            cur = p
-            blk = self._ix[p * IX + 7] | self._ix[p * IX + 8] << 8
-            dev.readblocks(blk, page, 0)
-            base = self._ix[p * IX + 11] + PAGE_HDR
-            nrec = self._ix[p * IX + 9] | self._ix[p * IX + 10] << 8
-            if page[base - PAGE_HDR:base - PAGE_HDR + 4] != MAGIC_PAGE:
-                return None
-            no, na, room = entry_span(page, base, nrec)
-            ov = base + nrec * FREC + no * OVS  # next override slot
-            ap = BLOCK - (na + 1) * APS  # next append slot
-        kind, idx = _entry_kind(page, base, nrec, no, na, d, o, tmp)
-        if kind == 0:
-            continue  # removing a card that is not there
-        need = OVS if kind == 1 else APS
-        if room < need + GAP:
-            self._need.add(_shard_tag_of(self, p))
-            return None
-        room -= need
-        if kind == 1:
-            at = ov
-            ov += OVS
-        else:
-            at = ap
-            ap -= APS
-        struct.pack_into("<HHBB", plan, i * 6, blk, at, kind, 0)
-        if kind == 1:  # remember the record index in the spare byte pair of tmp-less form
-            plan[i * 6 + 5] = idx & 0xFF
-            plan[i * 6 + 4] = 1 | (idx >> 8) << 7
-    if cur >= 0 and room < LOW_ROOM:
-        self._need.add(_shard_tag_of(self, cur))
+    if not _place(self, d, n, False):  # pass 1: does every card have room?
+        return None
+    if self._crn + CR > BLOCK:
+        # the manifest block's record slots are used up: a new manifest at the same version and
+        # count (every earlier in-place delta is done, its entries committed on their pages)
+        try:
+            self._write_manifest(self.version, self.count, self._st, self._dtags)
+        except OSError:
+            return None  # the delta-file path reports the flash's refusal
+    if self._find_mblk() is None:
+        return None
     mblk = self._mblk
     c = self._crn
     step = 0
@@ -202,51 +171,87 @@ def _in_place(self, d, to_version, count):
         self._crn = c + CR
         self._mark(mblk, c + CR - 1, CR_W)
         step = 1
-        rec13 = bytearray(APS)
-        two = bytearray(OVS)
-        for i in range(n):
-            blk, at, kind = struct.unpack_from("<HHB", plan, i * 6)
-            if not kind & 3:
-                continue
-            o = i * REC
-            if kind & 3 == 1:
-                idx = plan[i * 6 + 5] | (kind >> 7) << 8
-                two[0] = idx & 0xFF
-                two[1] = 0xF0 | (d[o + 8] & 7) << 1 | idx >> 8
-                dev.writeblocks(blk, two, at)
-                self._mark(blk, at + 1, OV_W)
-            else:
-                pack13(d, o, rec13, 0)
-                rec13[FREC] = 0xFF
-                dev.writeblocks(blk, memoryview(rec13)[:FREC], at)
-                self._mark(blk, at + FREC, AP_W)
+        _place(self, d, n, True)  # pass 2: every entry, data then W
         self._mark(mblk, c + CR - 1, CR_W | CR_C)
         step = 2
         self.version = to_version
         self.count = count
+        # pass 3: every entry's C mark, page by page (the entries without C on the pages this
+        # delta touched are exactly its own: boot does the same after a cut)
+        page = self._rbuf
+        cur = -1
         for i in range(n):
-            blk, at, kind = struct.unpack_from("<HHB", plan, i * 6)
-            if kind & 3 == 1:
-                self._mark(blk, at + 1, OV_C)
-            elif kind & 3 == 2:
-                self._mark(blk, at + FREC, AP_C)
+            p = _page_of(self, d, i * REC)
+            if p != cur:
+                cur = p
+                blk = self._ix[p * IX + 7] | self._ix[p * IX + 8] << 8
+                dev.readblocks(blk, page, 0)
+                self._fix_entries(blk, page, self._ix[p * IX + 11] + PAGE_HDR,
+                                  self._ix[p * IX + 9] | self._ix[p * IX + 10] << 8, 2)
         self._mark(mblk, c + CR - 1, CR_W | CR_C | CR_D)
         self._crlast = c
     except OSError as e:
-        if step < 2:
-            # not committed: entries without C are ignored by lookups; boot would mark them dead,
-            # but a later delta's boot pass must not take them for its own: update nothing more
-            # until a reboot has cleaned up
-            self._dirty = True
-            self._storage_failed(e, ())
-            return False
-        # committed: the store is at the new version; boot finishes the C marks
+        # Not committed (step < 2): entries without C are ignored by lookups and boot marks them
+        # dead; a later delta must not commit them as its own, so nothing more is updated until
+        # a reboot has cleaned up. Committed: the store is at the new version, boot finishes.
         self._dirty = True
         self._storage_failed(e, ())
-        return True
+        return step == 2
     if self.health == "empty" or self.health.startswith("full"):
         self.health = "ok"
         self.need_resync = False
+    return True
+
+
+def _place(self, d, n, write):
+    """Pass over the sorted delta page by page: without write, True when every card has room in
+    its page (and pages left nearly full ask for compaction); with write, program each card's
+    entry (data, then its W mark)."""
+    dev = self._dev
+    page = self._rbuf
+    tmp = bytearray(APS)
+    two = bytearray(OVS)
+    cur = -1
+    ov = ap = room = base = nrec = no = na = blk = 0
+    for i in range(n):
+        o = i * REC
+        p = _page_of(self, d, o)
+        if p != cur:
+            if cur >= 0 and room < LOW_ROOM and not write:
+                self._need.add(_shard_tag_of(self, cur))
+            cur = p
+            blk = self._ix[p * IX + 7] | self._ix[p * IX + 8] << 8
+            dev.readblocks(blk, page, 0)
+            base = self._ix[p * IX + 11] + PAGE_HDR
+            nrec = self._ix[p * IX + 9] | self._ix[p * IX + 10] << 8
+            if page[base - PAGE_HDR:base - PAGE_HDR + 4] != MAGIC_PAGE:
+                return False
+            no, na, room = entry_span(page, base, nrec)
+            ov = base + nrec * FREC + no * OVS  # next override slot
+            ap = BLOCK - (na + 1) * APS  # next append slot
+        kind, idx = _entry_kind(page, base, nrec, no, na, d, o, tmp)
+        if kind == 0:
+            continue  # removing a card that is not there
+        need = OVS if kind == 1 else APS
+        if room < need + GAP:
+            self._need.add(_shard_tag_of(self, p))
+            return False
+        room -= need
+        if not write:
+            continue
+        if kind == 1:
+            two[0] = idx & 0xFF
+            two[1] = 0xF0 | (d[o + 8] & 7) << 1 | idx >> 8
+            dev.writeblocks(blk, two, ov)
+            self._mark(blk, ov + 1, OV_W)
+            ov += OVS
+        else:
+            pack13(d, o, tmp, 0)
+            dev.writeblocks(blk, memoryview(tmp)[:FREC], ap)
+            self._mark(blk, ap + FREC, AP_W)
+            ap -= APS
+    if cur >= 0 and room < LOW_ROOM and not write:
+        self._need.add(_shard_tag_of(self, cur))
     return True
 
 
@@ -552,19 +557,23 @@ def _shard_records(self, i):
     # programs); through the file otherwise (no block device: then there are no such entries).
     p0 = _first_page(self, i)
     np = self._pages_of(self._st.nrec(i))
-    if self._dev is not None and p0 is not None:
-        for p in range(p0, p0 + np):
-            recs = self.page_records(p)
-            for q in range(0, len(recs), REC):
-                yield bytes(recs[q:q + REC])
-        return
     buf = self._rbuf
     mv = memoryview(buf)
+    if self._dev is not None and p0 is not None:
+        ix = self._ix
+        for p in range(p0, p0 + np):
+            e = p * IX
+            self._dev.readblocks(ix[e + 7] | ix[e + 8] << 8, buf, 0)
+            o = ix[e + 11]
+            if buf[o:o + 4] != MAGIC_PAGE:
+                raise OSError(5)
+            for r in page_records(buf, o, ix[e + 9] | ix[e + 10] << 8):
+                yield r
+        return
     with open(self._p("s%08x" % self._st.tag(i)), "rb") as f:
         for p in range(np):
             o = _ptr_bytes(p)
             if f.readinto(mv[o:BLOCK]) != BLOCK - o or buf[o:o + 4] != MAGIC_PAGE:
                 raise OSError(5)
-            recs = page_records(buf, o, buf[o + 10] | buf[o + 11] << 8)
-            for q in range(0, len(recs), REC):
-                yield bytes(recs[q:q + REC])
+            for r in page_records(buf, o, buf[o + 10] | buf[o + 11] << 8):
+                yield r
