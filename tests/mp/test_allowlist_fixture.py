@@ -125,11 +125,11 @@ def fresh(blocks=64):
     return dev
 
 
-def reopen(dev):
+def reopen(dev, **kw):
     gc.collect()
     umount()
     mount(dev)
-    return Allowlist(ROOT, dev, SP).open()
+    return Allowlist(ROOT, dev, SP, **kw).open()
 
 
 def deltas_only(al, nd, per):

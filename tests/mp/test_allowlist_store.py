@@ -127,7 +127,7 @@ def test_delta_only_store_larger_than_a_shard_splits():
     # 1000 cards by delta alone: more than one shard holds (SP=2: 763), so the first compaction
     # both creates and splits; the index it splices must equal the one a reboot builds.
     dev = fresh()
-    al = Allowlist(ROOT, dev, SP).open()
+    al = Allowlist(ROOT, dev, SP, log_records=1024).open()  # a log that takes 1000 cards
     deltas_only(al, 1, 1000)
     while al.compact_step():
         pass
@@ -135,7 +135,7 @@ def test_delta_only_store_larger_than_a_shard_splits():
     check_deltas_only(al, 1, 1000)
     ix = bytes(al._ix[:al._np * 12])
     al = None
-    al = reopen(dev)
+    al = reopen(dev, log_records=1024)
     mpt.eq(al.health, "ok")
     mpt.eq(bytes(al._ix[:al._np * 12]), ix, "index spliced == index rebuilt at boot")
     check_deltas_only(al, 1, 1000)
@@ -146,13 +146,13 @@ def test_delta_only_store_overflowing_log_compacts_first():
     # apply_delta itself compacts when the log would overflow: on a store with no shard yet that
     # compaction must keep the 600 cards already in the log as well.
     dev = fresh()
-    al = Allowlist(ROOT, dev, SP).open()
+    al = Allowlist(ROOT, dev, SP, log_records=1024).open()
     deltas_only(al, 2, 600)
     check_deltas_only(al, 2, 600)
     mpt.eq(len(al._st), 1)
     mpt.eq(al._nlog, 600)
     al = None
-    al = reopen(dev)
+    al = reopen(dev, log_records=1024)
     check_deltas_only(al, 2, 600)
     umount()
 
@@ -282,7 +282,7 @@ def test_inserts_split_a_shard():
     import struct
     from test_allowlist_fixture import STEP, rec
     dev = fresh()
-    al = Allowlist(ROOT, dev, SP)
+    al = Allowlist(ROOT, dev, SP, log_records=1024)  # 600 cards that do not fit their page: the log
     al.open()
     install(al, N, 1)
     before = len(al._st)
@@ -307,7 +307,7 @@ def test_inserts_split_a_shard():
     mpt.eq(sum(1 for _ in al.items()), N + 600)
     ix = bytes(al._ix[:al._np * 12])  # spliced step by step during compaction
     al = None
-    al = reopen(dev)
+    al = reopen(dev, log_records=1024)
     mpt.eq(al.health, "ok")
     mpt.eq(bytes(al._ix[:al._np * 12]), ix, "index spliced == index rebuilt at boot")
     for j in range(0, 600, 7):

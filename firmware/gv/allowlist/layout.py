@@ -31,8 +31,10 @@ AP_D = const(4)
 # cards are added, and split evenly beyond 1.5 times that: only a shard's last page is ever part-full,
 # which is what keeps 100,000 cards inside the 2 MiB partition with the firmware beside them.
 SHARD_PAGES = const(16)  # split past 1.5 times this
-LOG_HARD = const(1024)  # delta log records in RAM (16 KB; less if the heap has no such piece):
-# a delta that would pass it compacts first, a larger delta is refused; compaction is due at half
+LOG_HARD = const(256)  # delta log records in RAM (4 KB; less if the heap has no such piece): only
+# deltas that do not fit their pages go there (a live delta is one ~1 KiB message, ~60 cards);
+# a delta that would pass it compacts first, a larger one is refused; compaction is due at half
+MAX_DELTA = const(4096)  # cards in one delta applied in place (a larger change comes as a snapshot)
 MAX_DFILES = const(4)  # delta files before they are folded into one  # larger changes go as a snapshot
 IX = const(12)  # bytes of RAM index a page: first key 7, block 2, records 2, data offset 1
 SCAN = const(64)  # bytes read per block when scanning for page headers

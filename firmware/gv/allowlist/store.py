@@ -27,7 +27,7 @@ class Allowlist:
     """The reader's allowlist. dev: the block device under the LittleFS that holds root (the
     ESP32's flash partition is found by itself; the unix port passes the FlashDev)."""
 
-    def __init__(self, root, dev=None, shard_pages=SHARD_PAGES, in_place=True):
+    def __init__(self, root, dev=None, shard_pages=SHARD_PAGES, in_place=True, log_records=LOG_HARD):
         self.root = root
         self.in_place = in_place  # deltas into the pages' erased room (False: tests of the log path)
         # shard size: written full at shard_pages pages, split past 1.5 times that (tests use
@@ -45,9 +45,10 @@ class Allowlist:
         self._dtags = []  # (tag, nrec, crc) of each delta file in the manifest, oldest first
         # The delta log: sorted records (a removal has status 0), merged in place in a buffer of
         # LOG_HARD records taken at boot, so a stream of deltas never fragments the heap.
-        # A heap already cut up by the rest of the app may not have 16 KB in one piece: then a
-        # smaller log, and deltas above its size are refused (ValueError: send a snapshot).
-        cap = LOG_HARD
+        # A heap already cut up by the rest of the app may not have 4 KB in one piece: then a
+        # smaller log, and deltas above its size that do not fit in place are refused
+        # (ValueError: send a snapshot).
+        cap = log_records
         while True:
             try:
                 self._log = bytearray(cap * REC)

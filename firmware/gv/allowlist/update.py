@@ -2,7 +2,7 @@
 import struct
 from binascii import crc32
 from gv.allowlist.layout import (
-    APS, AP_C, AP_W, BLOCK, CR, CR_C, CR_D, CR_W, FREC, GAP, IX, LOW_ROOM, MAGIC_PAGE, SCAN,
+    APS, AP_C, AP_W, BLOCK, CR, CR_C, CR_D, CR_W, FREC, GAP, IX, LOW_ROOM, MAX_DELTA, MAGIC_PAGE, SCAN,
     MAX_DFILES, MAGIC_DELTA, OVS, OV_W, PAGE_HDR, REC, DHDR, ShardTable,
     _cmpk, _merge_into, _ptr_bytes, _rm, _tag, entry_span, trunc_key,
 )
@@ -79,11 +79,13 @@ def apply_delta(self, from_version, to_version, records):
     if self._dirty:
         self.health = "write failed: reboot to recover"
         return False
-    d = _collect(records, self._logcap)
+    d = _collect(records, MAX_DELTA)
     count = _count_after(self, d)
     r = _in_place(self, d, to_version, count)
     if r is not None:
         return r
+    if len(d) // REC > self._logcap:
+        raise ValueError("delta too large for the log: send a snapshot")
     if self._nlog + len(d) // REC > self._logcap:
         while compact_step(self):
             pass
