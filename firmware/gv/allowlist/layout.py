@@ -41,7 +41,7 @@ SCAN = const(64)  # bytes read per block when scanning for page headers
 ENOSPC = const(28)
 GAP = const(28)  # erased bytes always left between overrides and appended entries (two append
 # slots): a scan from either end then meets a whole erased slot and stops, even on a full page
-LOW_ROOM = const(96)  # a page with less erased room than this after a delta asks for compaction
+LOW_ROOM = const(56)  # a page with less erased room than this after a delta asks for compaction
 
 MAN_HDR = "<4sBBHIIHHI"  # magic, format, 0, 0, version, count, nshards, ndeltas, tag
 MAN_HDR_N = const(24)
