@@ -251,14 +251,7 @@ def test_full_flash_keeps_last_good_version():
     dev = fresh(blocks=24)  # 96 KB: a snapshot of N fits once, not twice
     al = Allowlist(ROOT, dev, SP, in_place=False).open()
     install(al, N, 1)
-    filler = b"\xa5" * 4096
-    with open("/flash/filler", "wb") as f:
-        while True:
-            try:
-                f.write(filler)
-                f.flush()
-            except OSError:
-                break
+    fill_flash()
     ok = al.apply_delta(1, 2, delta(N, 1))
     if ok:  # a small delta may still fit: then the next one must not
         ok = al.apply_delta(2, 3, delta(N, 2))
@@ -337,6 +330,18 @@ def test_without_block_device_same_answers():
     mpt.eq(al.health, "ok")
     check(al, N, 2)
     umount()
+
+
+def fill_flash():
+    """Write a file until LittleFS refuses: no free block left."""
+    filler = b"\xa5" * 4096
+    with open("/flash/filler", "wb") as f:
+        while True:
+            try:
+                f.write(filler)
+                f.flush()
+            except OSError:
+                break
 
 
 def _restatus(r, st):
@@ -453,14 +458,7 @@ def test_in_place_delta_needs_no_free_flash():
     dev = fresh(blocks=24)  # 96 KB: a snapshot of N fits once, not twice
     al = Allowlist(ROOT, dev, SP).open()
     install(al, N, 1)
-    filler = b"\xa5" * 4096
-    with open("/flash/filler", "wb") as f:
-        while True:
-            try:
-                f.write(filler)
-                f.flush()
-            except OSError:
-                break
+    fill_flash()
     d = [(key(i), _restatus(rec(i, 0), 3)) for i in range(0, N, 100)]
     assert al.apply_delta(1, 2, d), al.health  # no free block needed
     mpt.eq(al.health, "ok")

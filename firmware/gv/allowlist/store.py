@@ -448,39 +448,21 @@ class Allowlist:
     def lookup(self, key8, rec16):
         """Copy the record for key8 into rec16 and return True; False if the card is unknown.
         One flash block read, no heap allocation."""
-        log = self._log
-        lo = 0
-        hi = self._nlog - 1
-        while lo <= hi:
-            mid = (lo + hi) >> 1
-            c = _cmpk(log, mid * REC, key8, 0)
-            if c == 0:
-                o = mid * REC
-                if log[o + 8] == 0:  # removed by a delta
-                    return False
-                for i in range(8):
-                    rec16[i] = key8[i]
-                for i in range(8, REC):
-                    rec16[i] = log[o + i]
-                return True
-            if c < 0:
-                lo = mid + 1
-            else:
-                hi = mid - 1
-        # the last page whose first key <= key8
-        ix = self._ix
-        lo = 0
-        hi = self._np - 1
-        p = -1
-        while lo <= hi:
-            mid = (lo + hi) >> 1
-            if _cmpk(ix, mid * IX, key8, 0) <= 0:
-                p = mid
-                lo = mid + 1
-            else:
-                hi = mid - 1
+        j = self._log_at(key8, 0)
+        if j >= 0:
+            o = j * REC
+            log = self._log
+            if log[o + 8] == 0:  # removed by a delta
+                return False
+            for i in range(8):
+                rec16[i] = key8[i]
+            for i in range(8, REC):
+                rec16[i] = log[o + i]
+            return True
+        p = self._page_at(key8, 0)
         if p < 0:
             return False
+        ix = self._ix
         page = self._page
         try:
             base = self._read_page(p)
@@ -539,6 +521,38 @@ class Allowlist:
             else:
                 hi = mid - 1
         return False
+
+    def _log_at(self, k, ko):
+        """Position of the key at k[ko:] in the delta log, -1 if absent (binary search, no heap)."""
+        log = self._log
+        lo = 0
+        hi = self._nlog - 1
+        while lo <= hi:
+            mid = (lo + hi) >> 1
+            c = _cmpk(log, mid * REC, k, ko)
+            if c == 0:
+                return mid
+            if c < 0:
+                lo = mid + 1
+            else:
+                hi = mid - 1
+        return -1
+
+    def _page_at(self, k, ko):
+        """Index position of the page whose key range holds the key at k[ko:] (the last page whose
+        first key is not above it), -1 if none (binary search, no heap)."""
+        ix = self._ix
+        lo = 0
+        hi = self._np - 1
+        p = -1
+        while lo <= hi:
+            mid = (lo + hi) >> 1
+            if _cmpk(ix, mid * IX, k, ko) <= 0:
+                p = mid
+                lo = mid + 1
+            else:
+                hi = mid - 1
+        return p
 
     def _read_page(self, p):
         """Page p of the index into self._page at its in-block offset, which is returned."""

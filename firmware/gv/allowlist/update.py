@@ -145,7 +145,7 @@ def _in_place(self, d, to_version, count):
     if dev is None or not n or not self.in_place or self._cgen is not None or self._snap is not None:
         return None
     for i in range(n):  # the log overrides the pages: a card in it stays there until compaction
-        if _log_has(self, d, i * REC) or _page_of(self, d, i * REC) < 0:
+        if self._log_at(d, i * REC) >= 0 or self._page_at(d, i * REC) < 0:
             return None
     if not _place(self, d, n, False):  # pass 1: does every card have room?
         return None
@@ -183,7 +183,7 @@ def _in_place(self, d, to_version, count):
         page = self._rbuf
         cur = -1
         for i in range(n):
-            p = _page_of(self, d, i * REC)
+            p = self._page_at(d, i * REC)
             if p != cur:
                 cur = p
                 blk = self._ix[p * IX + 7] | self._ix[p * IX + 8] << 8
@@ -217,7 +217,7 @@ def _place(self, d, n, write):
     ov = ap = room = base = nrec = no = na = blk = 0
     for i in range(n):
         o = i * REC
-        p = _page_of(self, d, o)
+        p = self._page_at(d, o)
         if p != cur:
             if cur >= 0 and room < LOW_ROOM and not write:
                 self._need.add(_shard_tag_of(self, cur))
@@ -255,37 +255,6 @@ def _place(self, d, n, write):
     if cur >= 0 and room < LOW_ROOM and not write:
         self._need.add(_shard_tag_of(self, cur))
     return True
-
-
-def _log_has(self, d, o):
-    log = self._log
-    lo = 0
-    hi = self._nlog - 1
-    while lo <= hi:
-        mid = (lo + hi) >> 1
-        c = _cmpk(log, mid * REC, d, o)
-        if c == 0:
-            return True
-        if c < 0:
-            lo = mid + 1
-        else:
-            hi = mid - 1
-    return False
-
-
-def _page_of(self, d, o):
-    ix = self._ix
-    lo = 0
-    hi = self._np - 1
-    p = -1
-    while lo <= hi:
-        mid = (lo + hi) >> 1
-        if _cmpk(ix, mid * IX, d, o) <= 0:
-            p = mid
-            lo = mid + 1
-        else:
-            hi = mid - 1
-    return p
 
 
 def _shard_tag_of(self, p):
