@@ -82,7 +82,14 @@ class VirtualBoard:
         cmd = [str(Path(sys.executable).parent / "mpremote"), "connect", self.pty]
         if resume:
             cmd.append("resume")
-        return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout)
+        for attempt in range(3):
+            p = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout)
+            # a board still booting (just reset by a deploy or a cut) does not take the raw REPL
+            # yet; an installer at a real board tries again too
+            if p.returncode == 0 or "could not enter raw repl" not in p.stderr or attempt == 2:
+                return p
+            time.sleep(1)
+        return p
 
     def stop(self) -> None:
         if self.ctl is not None:
