@@ -180,6 +180,7 @@ t_delta = time.ticks_diff(time.ticks_us(), t)
 delta_written = dev.bytes_written
 assert ok, al.health
 recs = None
+BIG = None  # the 1,000-card delta is done: its 16 KB go back to the heap before compaction
 # a full compaction (every shard rewritten, that delta's entries folded): worst single step
 al.want_compaction()
 gc.collect()

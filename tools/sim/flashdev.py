@@ -31,6 +31,8 @@ class FlashDev:
         self.blocks = blocks
         self.path = path
         self._erased = b"\xff" * block_size
+        self._old = bytearray(128)  # what a program is about to change (see _program)
+        self._oldmv = memoryview(self._old)
         anon = path is None
         if anon:
             path = _anon_path()
@@ -91,24 +93,40 @@ class FlashDev:
         self._f.write(data)
 
     def _program(self, addr, data, n):
-        # NOR programming: only 1 -> 0. Plain write when the heap is locked (LittleFS flushing
-        # a file from a finaliser): nothing to AND with then, and LittleFS only programs erased
-        # flash anyway.
+        # NOR programming: only 1 -> 0, a chunk at a time through one small buffer taken at start
+        # (a stand-in that allocated per write would fragment the heap it shares with the
+        # firmware under test).
+        c = 0
+        while c < n:
+            k = min(n - c, len(self._old))
+            self._program_chunk(addr + c, data, c, k)
+            c += k
+
+    def _program_chunk(self, addr, data, c, k):
+        old = self._old
         try:
-            old = bytearray(n)
-        except MemoryError:
-            self._write(addr, data if n == len(data) else memoryview(data)[:n])
+            view = self._oldmv[:k]
+        except MemoryError:  # the heap locked (LittleFS flushing a file from a finaliser)
+            view = None
+        if view is None:  # LittleFS only ever programs erased flash: a plain write is exact
+            self._f.seek(addr)
+            for i in range(k):
+                self._f.write(data[c + i:c + i + 1])
             return
-        self._read(addr, old)
-        if old == self._erased[:n]:  # erased: the usual case, and a plain write (fast)
-            self._write(addr, data if n == len(data) else memoryview(data)[:n])
-            return
-        for i in range(n):
-            d = data[i]
-            if old[i] & d != d:
+        self._f.seek(addr)
+        self._f.readinto(view)
+        changed = False
+        for i in range(k):
+            d = data[c + i]
+            o = old[i]
+            if o & d != d:
                 self.nor_violations += 1
-            old[i] &= d
-        self._write(addr, old)
+            if o != o & d:
+                old[i] = o & d
+                changed = True
+        if changed:
+            self._f.seek(addr)
+            self._f.write(view)
 
     def save(self, path):
         """Copy the whole image to path (a snapshot to return to)."""
