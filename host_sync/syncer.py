@@ -68,6 +68,7 @@ class ReaderState:
     online: bool = False
     hello: dict = field(default_factory=dict)
     rejected: dict = field(default_factory=dict)  # reason -> count reported
+    clock_sent: bool = False  # the time was sent since the reader's last HELLO
 
 
 class HostSync:
@@ -208,12 +209,20 @@ class HostSync:
         except Exception:  # noqa: BLE001 - one bad message never stops the service
             log.exception("handling %s", msg.topic)
 
+    def _give_clock(self, st: ReaderState) -> None:
+        # A reader that booted without a clock decides validity dates only once it has one, and
+        # stamps its events with uptime: give it the time once per HELLO.
+        if st.hello and st.hello["health"] & P.H_CLOCK and not st.clock_sent:
+            st.clock_sent = True
+            self._publish(st, st.session.seal(P.T_CMD, P.cmd_body(P.C_SET_CLOCK, _now_2020())))
+
     def _dispatch(self, st: ReaderState, leaf: str, typ: int, counter: int, body,
                   retained: bool = False) -> None:
         rid = st.session.reader_id
         if leaf == "hello" and typ == P.T_HELLO:
             info = P.parse_hello(body)
             st.hello = info
+            st.clock_sent = False
             self.data.reader_hello(rid, info)
             if not retained:
                 # a live HELLO: the reader just connected and waits for an answer. A retained
@@ -221,14 +230,14 @@ class HostSync:
                 # be offline, and if it is waiting it asks again (SYNC) within seconds.
                 st.online = True
                 self._answer(st, info["al_version"], info["snap_version"], info["snap_offset"])
-                if info["health"] & P.H_CLOCK:
-                    # a reader that booted without a clock decides validity dates only once it
-                    # has one, and stamps its events with uptime: give it the time at once
-                    self._publish(st, st.session.seal(P.T_CMD, P.cmd_body(P.C_SET_CLOCK, _now_2020())))
+                self._give_clock(st)
         elif leaf != "out":
             return
         elif typ == P.T_SYNC:
             self._answer(st, *P.parse_sync(body))
+            # a HELLO this host only saw retained (it subscribed after the reader said it) was
+            # not answered with the time: the reader's first SYNC is
+            self._give_clock(st)
         elif typ == P.T_ACK:
             v, sv, _ = P.parse_ack(body)
             if not sv:
