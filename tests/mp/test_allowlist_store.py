@@ -83,7 +83,7 @@ def test_deltas_compaction_reopen():
     check(al, N, 4)
     # nothing left behind: manifest and shard files only
     for name in os.listdir(ROOT):
-        assert name == "m" or name[0] == "h", name
+        assert name == "m" or name[0] == "s", name
     umount()
 
 
@@ -119,7 +119,7 @@ def test_store_built_from_deltas_only_compacts_into_shards():
     mpt.eq(al.count, 29)
     mpt.eq(sum(1 for _ in al.items()), 29)
     for name in os.listdir(ROOT):
-        assert name == "m" or name[0] == "h", name
+        assert name == "m" or name[0] == "s", name
     umount()
 
 

@@ -149,15 +149,6 @@ def entry_span(p, base, n):
     return no, na, top - o
 
 
-SHARD_DIRS = const(4)  # shard files spread over root/h0..h3 by tag: LittleFS compacts a
-# directory's metadata log in one call, in time quadratic in its entries (the longest compaction
-# step); a quarter of the files a directory cuts it
-
-
-def shard_path(root, tag):
-    return "%s/h%d/s%08x" % (root, tag % SHARD_DIRS, tag)
-
-
 def _tag():
     t = struct.unpack("<I", os.urandom(4))[0]
     return t or 1

@@ -5,7 +5,7 @@ import struct
 from binascii import crc32
 from gv.allowlist.layout import (
     APS, AP_C, AP_D, AP_W, BLOCK, FREC, MAGIC_PAGE, OVS, OV_C, OV_D, OV_W, PAGE_HDR, REC,
-    SHARD_PAGES, _Shard, _cmpk, _ptr_bytes, _rm, _tag, entry_span, page_cap, shard_path, unpack13,
+    SHARD_PAGES, _Shard, _cmpk, _ptr_bytes, _rm, _tag, entry_span, page_cap, unpack13,
 )
 
 
@@ -97,7 +97,7 @@ class _ShardWriter:
 
     def __init__(self, root, first, page, maxp=SHARD_PAGES):
         self.tag = _tag()
-        self.path = shard_path(root, self.tag)
+        self.path = "%s/s%08x" % (root, self.tag)
         self.first = bytes(first)
         self.f = open(self.path, "wb")
         self.page = page  # a BLOCK-sized buffer reused across writers (no 4 KB allocation each)

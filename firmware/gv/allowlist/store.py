@@ -18,7 +18,7 @@ from gv.allowlist.layout import (
     MAGIC_MAN, MAGIC_PAGE, MAGIC_SNAP, OVS, OV_C, OV_D, OV_W, PAGE_HDR, REC, SCAN,
     SHARD_PAGES, DELTA, DELTA_N, DHDR, DHDR_N, MAN_HDR, MAN_HDR_N,
     SHARD_N, SNAP_HDR, SNAP_HDR_N, ShardTable, _cmpk, _erased, IX,
-    _exists, _merge_into, _ptr_bytes, LOG_HARD, SHARD_DIRS, _rfile, _rm, _round, _tag, shard_path,
+    _exists, _merge_into, _ptr_bytes, LOG_HARD, _rfile, _rm, _round, _tag,
     entry_span, page_cap, unpack13,
 )
 
@@ -90,7 +90,7 @@ class Allowlist:
         raises on bad data: .health says what is wrong, .need_resync asks the host to resend."""
         self._cgen = None
         self._snap = None
-        for d in (self.root, self.root + "/m") + tuple("%s/h%d" % (self.root, k) for k in range(SHARD_DIRS)):
+        for d in (self.root, self.root + "/m"):
             try:
                 os.mkdir(d)
             except OSError:
@@ -142,8 +142,6 @@ class Allowlist:
         # switch pay for it (measured: 30,000 block reads a switch against under 1,000).
         if name[0] == "M":
             return self.root + "/m/" + name
-        if name[0] == "s":
-            return shard_path(self.root, int(name[1:], 16))
         return self.root + "/" + name
 
     def _load_manifest(self):
@@ -414,21 +412,17 @@ class Allowlist:
         snap = self._load_snap()
         sst = snap[3] if snap else None
         doomed = []
-        for d in [self.root] + ["%s/h%d" % (self.root, k) for k in range(SHARD_DIRS)]:
-            try:
-                for e in os.ilistdir(d):
-                    if not self._wanted(e[0], sst, d != self.root):
-                        doomed.append(d + "/" + e[0])
-            except OSError:
-                pass
+        try:
+            for e in os.ilistdir(self.root):
+                if not self._wanted(e[0], sst):
+                    doomed.append(e[0])
+        except OSError:
+            return
         for n in doomed:
-            _rm(n)
+            _rm(self._p(n))
 
-    def _wanted(self, n, sst, in_h=False):
-        if in_h:  # only shard files live in the h directories
-            if n[0] != "s":
-                return False
-        elif n == "m" or (len(n) == 2 and n[0] == "h" and n[1] in "0123456789"[:SHARD_DIRS]):
+    def _wanted(self, n, sst):
+        if n == "m":
             return True
         if n == "S":
             return sst is not None
