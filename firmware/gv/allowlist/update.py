@@ -231,7 +231,7 @@ def _place(self, d, n, write):
             no, na, room = entry_span(page, base, nrec)
             ov = base + nrec * FREC + no * OVS  # next override slot
             ap = BLOCK - (na + 1) * APS  # next append slot
-        kind, idx = _entry_kind(page, base, nrec, no, na, d, o, tmp)
+        kind, idx = _entry_kind(page, base, nrec, na, d, o, tmp)
         if kind == 0:
             continue  # removing a card that is not there
         need = OVS if kind == 1 else APS
@@ -267,10 +267,10 @@ def _shard_tag_of(self, p):
     return 0
 
 
-def _entry_kind(page, base, n, no, na, d, o, tmp):
-    """How the card d[o:] goes into this page (n records from base, no overrides and na appended
-    entries): (0, 0) nothing to do (removing an absent card), (1, idx) a status override of
-    record idx, (2, 0) an appended record."""
+def _entry_kind(page, base, n, na, d, o, tmp):
+    """How the card d[o:] goes into this page (n records from base, na appended entries):
+    (0, 0) nothing to do (removing an absent card), (1, idx) a status override of record idx,
+    (2, 0) an appended record."""
     for k in range(na):
         a = BLOCK - (k + 1) * APS
         m = page[a + FREC]
