@@ -196,12 +196,15 @@ def format_and_mount(dev, mountpoint="/flash"):
 
 
 def mount(dev, mountpoint="/flash"):
-    """Mount dev at mountpoint (a fresh boot's mount); returns the VfsLfs2 object."""
+    """Mount dev at mountpoint (a fresh boot's mount, with the settings firmware/boot.py gives the
+    reader's root filesystem); returns the VfsLfs2 object."""
+    from gv.fsmount import lfs
+
     try:
         vfs.umount(mountpoint)
     except OSError:
         pass
-    fs = vfs.VfsLfs2(dev)
+    fs = lfs(dev)
     vfs.mount(fs, mountpoint)
     return fs
 
