@@ -13,10 +13,10 @@ TIMEOUT = 600
 N = 700  # two shards of SP=2 pages: a compaction rewrites both, a snapshot resumes part-way
 
 
-def _prepare(deltas, ip=False):
+def _prepare(deltas, ip=False, blocks=48):
     """A store at version 1 + deltas (log not compacted; ip: deltas in place), saved as an image;
     returns dev, path."""
-    dev = fresh(blocks=48)
+    dev = fresh(blocks=blocks)
     al = Allowlist(ROOT, dev, SP, in_place=ip).open()
     install(al, N, 1)
     for k in range(1, 1 + deltas):
@@ -117,7 +117,17 @@ def test_torn_write_during_in_place_delta():
 
 
 def test_cut_during_compaction():
-    dev, path = _prepare(2)
+    _compaction_cuts(48)
+
+
+def test_cut_during_compaction_in_shard_directories():
+    # a partition past BIG_PART blocks keeps its shard files in four directories
+    from gv.allowlist.layout import BIG_PART
+    _compaction_cuts(BIG_PART + 16)
+
+
+def _compaction_cuts(blocks):
+    dev, path = _prepare(2, blocks=blocks)
 
     def scenario(al):
         steps = 0

@@ -173,6 +173,72 @@ def test_delta_during_compaction():
     umount()
 
 
+def test_lookups_between_compaction_steps():
+    # Compaction merges its source page in the lookup's buffer and reads it again at every
+    # step; a lookup between steps (another shard's page) must not leak into the merge, and
+    # every lookup during the run answers as before it.
+    from test_allowlist_fixture import state
+    dev = fresh()
+    al = Allowlist(ROOT, dev, SP).open()
+    install(al, N, 1)
+    for k in (1, 2):
+        assert al.apply_delta(k, k + 1, delta(N, k))  # in place: entries on the pages merged
+    assert al._nlog == 0, "the deltas went in place"
+    al.want_compaction()
+    out = bytearray(16)
+    steps = 0
+    j = 0
+    while al.compact_step():
+        steps += 1
+        for _ in range(3):
+            i = (j * 613) % (N + 60)
+            j += 1
+            want = state(N, i, 3)
+            got = al.lookup(key(i), out)
+            mpt.eq(got, want is not None, i)
+            if want is not None:
+                mpt.eq(bytes(out[8:]), bytes(want[8:]), i)
+    assert steps > 20, steps
+    check(al, N, 3)
+    al = None
+    al = reopen(dev)
+    check(al, N, 3)
+    umount()
+
+
+def test_large_partition_keeps_shards_in_four_directories():
+    from gv.allowlist.layout import BIG_PART
+    NB = 5000  # about 10 shards of SP pages
+    dev = fresh(blocks=BIG_PART + 16)
+    al = Allowlist(ROOT, dev, SP).open()
+    install(al, NB, 1)
+    assert al.apply_delta(1, 2, delta(NB, 1))
+    al.want_compaction()
+    while al.compact_step():
+        pass
+    check(al, NB, 2)
+    root = sorted(os.listdir(ROOT))
+    mpt.eq(root, ["h0", "h1", "h2", "h3", "m"])
+    shards = 0
+    for k in range(4):
+        for name in os.listdir("%s/h%d" % (ROOT, k)):
+            mpt.eq(int(name[1:], 16) % 4, k, name)
+            shards += 1
+    mpt.eq(shards, len(al._st))
+    assert shards > 8, shards
+    # what a cut leaves behind, in a directory and in the root, goes at the next boot
+    for stray in ("/h1/s00000005", "/h2/x", "/s12345678"):
+        with open(ROOT + stray, "wb") as f:
+            f.write(b"left by a cut")
+    al = None
+    al = reopen(dev)
+    mpt.eq(al.health, "ok")
+    check(al, NB, 2)
+    mpt.eq(sorted(os.listdir(ROOT)), root)
+    mpt.eq(sum(len(os.listdir("%s/h%d" % (ROOT, k))) for k in range(4)), shards)
+    umount()
+
+
 def test_bad_deltas_rejected():
     dev = fresh()
     al = Allowlist(ROOT, dev, SP).open()

@@ -149,6 +149,15 @@ def entry_span(p, base, n):
     return no, na, top - o
 
 
+# Shard files spread over SHARD_DIRS directories (root/h0..h3, by tag) on a partition larger
+# than BIG_PART blocks: LittleFS compacts a directory's metadata log in one call, in time that
+# grows with the square of its entries (the longest compaction step). 250,000 cards make 60 shard
+# files; in one directory that call read the flash 1,900 times. On 2 MiB (25 shards) the files
+# stay in the root: each directory costs a metadata block pair the small partition cannot spare.
+SHARD_DIRS = const(4)
+BIG_PART = const(1024)  # blocks (4 MiB)
+
+
 def _tag():
     t = struct.unpack("<I", os.urandom(4))[0]
     return t or 1
@@ -166,15 +175,19 @@ def _rm(path):
         pass
 
 
-class _Shard:
-    __slots__ = ("first", "tag", "nrec", "crc", "pages")
+PK = const(9)  # a written page as the writer reports it: first key (7), records (2, LE)
 
-    def __init__(self, first, tag, nrec, crc, pages=None):
+
+class _Shard:
+    __slots__ = ("first", "tag", "nrec", "crc", "pk", "np")
+
+    def __init__(self, first, tag, nrec, crc, pk, np):
         self.first = bytes(first)
         self.tag = tag
         self.nrec = nrec
         self.crc = crc
-        self.pages = pages  # [(first key, records)] of each page, from the writer
+        self.pk = pk  # PK bytes a page, np pages: one object, not two per page on the heap
+        self.np = np
 
 
 class ShardTable:

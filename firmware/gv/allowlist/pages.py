@@ -4,7 +4,7 @@
 import struct
 from binascii import crc32
 from gv.allowlist.layout import (
-    APS, AP_C, AP_D, AP_W, BLOCK, FREC, MAGIC_PAGE, OVS, OV_C, OV_D, OV_W, PAGE_HDR, REC,
+    APS, AP_C, AP_D, AP_W, BLOCK, FREC, MAGIC_PAGE, OVS, OV_C, OV_D, OV_W, PAGE_HDR, PK, REC,
     SHARD_PAGES, _Shard, _cmpk, _ptr_bytes, _rm, _tag, entry_span, page_cap, unpack13,
 )
 
@@ -44,8 +44,9 @@ def key_of13(p, po, out):
 def page_records(p, o, n):
     """The live records of the page at p[o:] (n of them), as 16-byte bytes objects, sorted, keys
     cut to 52 bits, its committed in-place entries applied (appended records override, status 0
-    removes). A generator: p must not change until it is done. Allocates a record at a time
-    (compaction and diagnostics, never the lookup)."""
+    removes). A generator: p must hold the page whenever it is resumed. Allocates a record at a
+    time and nothing that lives longer than the page (no objects kept per entry: on a small heap
+    they would be scattered between the garbage and split the free space)."""
     base = o + PAGE_HDR
     no, na, _ = entry_span(p, base, n)
     st = bytearray(n)
@@ -59,50 +60,68 @@ def page_records(p, o, n):
             i = p[a] | (b & 1) << 8
             if i < n:
                 st[i] = (b >> 1) & 7
-    app = {}
-    for k in range(na):  # oldest first: a later entry for the same card replaces it
+    # The valid appended records as their offsets in the block (u16 LE), sorted by key, one a
+    # card: oldest first, so a later entry of the same card replaces the earlier one.
+    ap = bytearray(2 * na)
+    m = 0
+    for k in range(na):
         a = BLOCK - (k + 1) * APS
-        m = p[a + FREC]
-        if not m & (AP_W | AP_C) and m & AP_D:
-            r = bytearray(REC)
-            key_of13(p, a, r)
-            unpack13(p, a, r)
-            app[bytes(r[0:7])] = bytes(r)
-    keys = sorted(app)
+        mk = p[a + FREC]
+        if mk & (AP_W | AP_C) or not mk & AP_D:
+            continue
+        j = m
+        while j and _cmpk(p, ap[2 * j - 2] | ap[2 * j - 1] << 8, p, a) > 0:
+            j -= 1
+        if j and _cmpk(p, ap[2 * j - 2] | ap[2 * j - 1] << 8, p, a) == 0:
+            j -= 1  # the card's newer entry takes the older one's place
+        else:
+            for t in range(2 * m - 1, 2 * j - 1, -1):
+                ap[t + 2] = ap[t]
+            m += 1
+        ap[2 * j] = a & 0xFF
+        ap[2 * j + 1] = a >> 8
     j = 0
     r = bytearray(REC)
     for i in range(n):
-        key_of13(p, base + i * FREC, r)
-        while j < len(keys) and _cmpk(keys[j], 0, r, 0) <= 0:
-            a = app[keys[j]]
+        q = base + i * FREC
+        while j < m:
+            a = ap[2 * j] | ap[2 * j + 1] << 8
+            c = _cmpk(p, a, p, q)
+            if c > 0:
+                break
             j += 1
-            if _cmpk(a, 0, r, 0) == 0:
+            if c == 0:
                 st[i] = 0xFE  # replaced by an appended record
-            if a[8] & 7:
-                yield a
+            if (p[a + 6] >> 1) & 7:
+                key_of13(p, a, r)
+                unpack13(p, a, r)
+                yield bytes(r)
         if st[i] == 0xFE:
             continue
-        unpack13(p, base + i * FREC, r, -1 if st[i] == 0xFF else st[i])
+        key_of13(p, q, r)
+        unpack13(p, q, r, -1 if st[i] == 0xFF else st[i])
         if r[8] & 7:
             yield bytes(r)
-    while j < len(keys):
-        a = app[keys[j]]
+    while j < m:
+        a = ap[2 * j] | ap[2 * j + 1] << 8
         j += 1
-        if a[8] & 7:
-            yield a
+        if (p[a + 6] >> 1) & 7:
+            key_of13(p, a, r)
+            unpack13(p, a, r)
+            yield bytes(r)
 
 
 class _ShardWriter:
     """Writes one shard file page by page from sorted records."""
 
-    def __init__(self, root, first, page, maxp=SHARD_PAGES):
+    def __init__(self, path_of, first, page, maxp=SHARD_PAGES):
         self.tag = _tag()
-        self.path = "%s/s%08x" % (root, self.tag)
+        self.path = path_of("s%08x" % self.tag)  # the store's _p: where a shard file lives
         self.first = bytes(first)
         self.f = open(self.path, "wb")
         self.page = page  # a BLOCK-sized buffer reused across writers (no 4 KB allocation each)
         self.maxp = maxp
-        self.pages = []
+        self.pk = bytearray(maxp * PK)  # each page's first key and record count
         self.pno = 0
         self.n = 0  # records in the current page
         self.nrec = 0
@@ -125,10 +144,12 @@ class _ShardWriter:
         c = crc32(body)
         self.crc = crc32(body, self.crc)
         struct.pack_into("<4sIHHI", self.page, 0, MAGIC_PAGE, self.tag, self.pno, n, c)
-        k = bytearray(7)
-        k[0:7] = self.page[PAGE_HDR:PAGE_HDR + 7]
-        k[6] &= 0xF0
-        self.pages.append((bytes(k), n))
+        k = self.pno * PK
+        pk = self.pk
+        pk[k:k + 7] = self.page[PAGE_HDR:PAGE_HDR + 7]
+        pk[k + 6] &= 0xF0
+        pk[k + 7] = n & 0xFF
+        pk[k + 8] = n >> 8
         # Every page fills its data block, the last one too: the erased rest of the block is
         # where in-place entries go, and LittleFS never keeps a file of whole blocks inline.
         size = BLOCK - _ptr_bytes(self.pno)
@@ -151,7 +172,7 @@ class _ShardWriter:
             self.abort()
             raise
         self.f = None
-        return _Shard(self.first, self.tag, self.nrec, self.crc, self.pages)
+        return _Shard(self.first, self.tag, self.nrec, self.crc, self.pk, self.pno)
 
     def abort(self):
         if self.f:

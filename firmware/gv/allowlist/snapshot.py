@@ -81,7 +81,7 @@ def snapshot_chunk(self, records_bytes):
             sn["has_lk"] = True
             w = sn["w"]
             if w is None:
-                w = sn["w"] = _ShardWriter(self.root, ZERO8 if not len(sn["st"]) else lk, self._wbuf(), self._sp)
+                w = sn["w"] = _ShardWriter(self._p, ZERO8 if not len(sn["st"]) else lk, self._wbuf(), self._sp)
             w.add(mv[o:o + REC])
             if w.full():
                 sn["st"].append(w.close())
@@ -103,7 +103,7 @@ def end_snapshot(self):
             st.append(sn["w"].close())
             sn["w"] = None
         if not len(st):
-            st.append(_ShardWriter(self.root, ZERO8, self._wbuf()).close())
+            st.append(_ShardWriter(self._p, ZERO8, self._wbuf()).close())
         total = st.total()
         if total != sn["count"]:
             raise ValueError("snapshot has %d records, announced %d" % (total, sn["count"]))

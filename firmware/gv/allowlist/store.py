@@ -18,7 +18,7 @@ from gv.allowlist.layout import (
     MAGIC_MAN, MAGIC_PAGE, MAGIC_SNAP, OVS, OV_C, OV_D, OV_W, PAGE_HDR, REC, SCAN,
     SHARD_PAGES, DELTA, DELTA_N, DHDR, DHDR_N, MAN_HDR, MAN_HDR_N,
     SHARD_N, SNAP_HDR, SNAP_HDR_N, ShardTable, _cmpk, _erased, IX,
-    _exists, _merge_into, _ptr_bytes, LOG_HARD, _rfile, _rm, _round, _tag,
+    _exists, _merge_into, _ptr_bytes, LOG_HARD, BIG_PART, SHARD_DIRS, _rfile, _rm, _round, _tag,
     entry_span, page_cap, unpack13,
 )
 
@@ -37,6 +37,8 @@ class Allowlist:
         self._srecs = _recs(self._sp)
         self._mrecs = _recs(self._mp)
         self._dev = dev if dev is not None else _find_dev()
+        big = self._dev is not None and self._dev.ioctl(4, 0) > BIG_PART
+        self._sdirs = SHARD_DIRS if big else 0  # shard directories (0: shards in the root)
         self.version = 0
         self.count = 0
         self.health = "empty"
@@ -80,9 +82,13 @@ class Allowlist:
         self._cgen = None
         self._snap = None
         # Update buffers (shard page being written, shard page being merged), taken at boot while
-        # the heap is whole: a 4 KB block found later on a fragmented heap may not exist.
+        # the heap is whole: a 4 KB block found later on a fragmented heap may not exist. With a
+        # block device the page being merged shares the lookup's buffer: compaction reads its
+        # source page again at every step (_cblk), since lookups between steps reuse the buffer;
+        # in-place deltas run between lookups, never beside them. 4 KB less heap.
         self._wb = bytearray(BLOCK)
-        self._rbuf = bytearray(BLOCK)
+        self._rbuf = self._page if self._dev is not None else bytearray(BLOCK)
+        self._cblk = None  # flash block of the page compaction is merging (in self._rbuf)
 
     # ---------------------------------------------------------------- boot
     def open(self):
@@ -90,7 +96,7 @@ class Allowlist:
         raises on bad data: .health says what is wrong, .need_resync asks the host to resend."""
         self._cgen = None
         self._snap = None
-        for d in (self.root, self.root + "/m"):
+        for d in self._dirs() + [self.root + "/m"]:
             try:
                 os.mkdir(d)
             except OSError:
@@ -142,7 +148,12 @@ class Allowlist:
         # switch pay for it (measured: 30,000 block reads a switch against under 1,000).
         if name[0] == "M":
             return self.root + "/m/" + name
+        if name[0] == "s" and self._sdirs:
+            return "%s/h%d/%s" % (self.root, int(name[1:], 16) % self._sdirs, name)
         return self.root + "/" + name
+
+    def _dirs(self):
+        return [self.root] + ["%s/h%d" % (self.root, k) for k in range(self._sdirs)]
 
     def _load_manifest(self):
         data = _rfile(self._p("M"))
@@ -412,18 +423,25 @@ class Allowlist:
         snap = self._load_snap()
         sst = snap[3] if snap else None
         doomed = []
-        try:
-            for e in os.ilistdir(self.root):
-                if not self._wanted(e[0], sst):
-                    doomed.append(e[0])
-        except OSError:
-            return
+        for d in self._dirs():
+            try:
+                for e in os.ilistdir(d):
+                    if not self._wanted(e[0], sst, d != self.root):
+                        doomed.append(d + "/" + e[0])
+            except OSError:
+                pass
         for n in doomed:
-            _rm(self._p(n))
+            _rm(n)
 
-    def _wanted(self, n, sst):
-        if n == "m":
+    def _wanted(self, n, sst, in_dir=False):
+        # in_dir: an entry of a shard directory (h0..h3), where only shard files belong
+        if in_dir:
+            if n[0] != "s":
+                return False
+        elif n == "m" or (len(n) == 2 and n[0] == "h" and n[1] in "0123456789"[:self._sdirs]):
             return True
+        elif n[0] == "s" and self._sdirs:
+            return False  # a shard file belongs in its directory
         if n == "S":
             return sst is not None
         if len(n) != 9 or n[0] not in "sd":

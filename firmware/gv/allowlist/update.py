@@ -3,10 +3,15 @@ import struct
 from binascii import crc32
 from gv.allowlist.layout import (
     APS, AP_C, AP_W, BLOCK, CR, CR_C, CR_D, CR_W, FREC, GAP, IX, LOW_ROOM, MAX_DELTA, MAGIC_PAGE, SCAN,
-    MAX_DFILES, MAGIC_DELTA, OVS, OV_W, PAGE_HDR, REC, DHDR, ShardTable,
+    MAX_DFILES, MAGIC_DELTA, OVS, OV_W, PAGE_HDR, PK, REC, DHDR, ShardTable,
     _cmpk, _merge_into, _ptr_bytes, _rm, _tag, entry_span, trunc_key,
 )
 from gv.allowlist.pages import _ShardWriter, _sort_records, pack13, page_records
+from gv.compat import const
+
+# Records a compaction step merges at most (a page holds 264): about 1 ms of the unix port's
+# time, so the gate loop never waits long for its turn.
+STEP_RECS = const(64)
 
 
 # ---------------------------------------------------------------- deltas
@@ -324,8 +329,12 @@ def compact_step(self):
     if self._cgen is None:
         if self._nlog == 0 and not self._dtags and not self._need:
             return False
+        self._cblk = None
         self._cgen = _compact(self)
     try:
+        if self._cblk is not None:
+            # the page being merged, back into the buffer lookups have used since the last step
+            self._dev.readblocks(self._cblk, self._rbuf, 0)
         next(self._cgen)
         return True
     except StopIteration:
@@ -362,27 +371,29 @@ def _compact(self):
             n = 0
             for _ in _merged_shard(self, i, part, npart):
                 n += 1
-                if not n & 255:
-                    yield  # about one page read
+                if not n % STEP_RECS:
+                    yield
             parts = (n + self._srecs - 1) // self._srecs if n > self._mrecs else 1
             target = (n + parts - 1) // parts
         news = []
         w = None
+        n = 0
         for r in _merged_shard(self, i, part, npart):
             if w is None:
-                w = _ShardWriter(self.root, first if not news else r[0:8], self._wbuf(), self._mp)
+                w = _ShardWriter(self._p, first if not news else r[0:8], self._wbuf(), self._mp)
             pno = w.pno
             w.add(r)
+            n += 1
             if w.nrec == target or w.full():
                 news.append(w.close())
                 w = None
                 yield
-            elif w.pno != pno:
-                yield  # one page written: let the gate run
+            elif w.pno != pno or not n % STEP_RECS:
+                yield  # a page written, or STEP_RECS records merged: let the gate run
         if w is not None:
             news.append(w.close())
         if not news:  # shard emptied: keep an empty one so key ranges stay contiguous
-            w = _ShardWriter(self.root, first, self._wbuf())
+            w = _ShardWriter(self._p, first, self._wbuf())
             news.append(w.close())
         news[0].first = first
         try:
@@ -400,7 +411,7 @@ def _compact(self):
         want = {}
         for k in range(len(news)):
             want[news[k].tag] = k
-        blks = [bytearray(2 * len(n.pages)) for n in news]
+        blks = [bytearray(2 * n.np) for n in news]
         found = 0
         hdr = bytearray(SCAN)
         dev = self._dev
@@ -411,7 +422,7 @@ def _compact(self):
                 if hdr[o] == 0x47 and hdr[o + 1] == 0x56 and hdr[o:o + 4] == MAGIC_PAGE:
                     t, pno = struct.unpack_from("<IH", hdr, o + 4)
                     k = want.get(t)
-                    if k is not None and pno < len(news[k].pages) and _ptr_bytes(pno) == o:
+                    if k is not None and pno < news[k].np and _ptr_bytes(pno) == o:
                         struct.pack_into("<H", blks[k], 2 * pno, b)
                         found += 1
                     break
@@ -438,7 +449,7 @@ def _first_shard(self):
     # shards, so this manifest describes exactly the same cards; the loop then merges the log
     # into it like into any other shard (a cut leaves the store as it was, or with the empty
     # shard named: both are complete).
-    w = _ShardWriter(self.root, b"\x00" * 8, self._wbuf())
+    w = _ShardWriter(self._p, b"\x00" * 8, self._wbuf())
     s = w.close()
     st = ShardTable(1)
     st.append(s)
@@ -468,7 +479,7 @@ def _splice_index(self, p0, old, news, blks, found):
     """Replace the old pages of a shard in the index by the new shards' pages (in place)."""
     k = 0
     for n in news:
-        k += len(n.pages)
+        k += n.np
     if p0 is None or found != k or (self._np - old + k) * IX > len(self._ix):
         return False
     ix = self._ix
@@ -477,14 +488,14 @@ def _splice_index(self, p0, old, news, blks, found):
     mv[(p0 + k) * IX:(self._np - old + k) * IX] = mv[tail:self._np * IX]  # memmove
     e = p0 * IX
     for j in range(len(news)):
-        pages = news[j].pages
-        for pno in range(len(pages)):
-            first, n = pages[pno]
-            ix[e:e + 7] = first
+        pk = news[j].pk
+        for pno in range(news[j].np):
+            q = pno * PK
+            ix[e:e + 7] = pk[q:q + 7]
             ix[e + 7] = blks[j][2 * pno]
             ix[e + 8] = blks[j][2 * pno + 1]
-            ix[e + 9] = n & 0xFF
-            ix[e + 10] = n >> 8
+            ix[e + 9] = pk[q + 7]
+            ix[e + 10] = pk[q + 8]
             ix[e + 11] = _ptr_bytes(pno)
             e += IX
     self._np += k - old
@@ -534,12 +545,15 @@ def _shard_records(self, i):
         ix = self._ix
         for p in range(p0, p0 + np):
             e = p * IX
-            self._dev.readblocks(ix[e + 7] | ix[e + 8] << 8, buf, 0)
+            blk = ix[e + 7] | ix[e + 8] << 8
+            self._dev.readblocks(blk, buf, 0)
+            self._cblk = blk  # compact_step reads it again before every resume
             o = ix[e + 11]
             if buf[o:o + 4] != MAGIC_PAGE:
                 raise OSError(5)
             for r in page_records(buf, o, ix[e + 9] | ix[e + 10] << 8):
                 yield r
+        self._cblk = None
         return
     with open(self._p("s%08x" % self._st.tag(i)), "rb") as f:
         for p in range(np):
