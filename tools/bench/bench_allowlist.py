@@ -355,7 +355,7 @@ def run() -> dict:
         out[f"allowlist.index_heap_bytes_{tag}"] = metric(
             r["index_bytes"], "bytes", "a few KB for 100k (page index only)")
         out[f"allowlist.store_heap_bytes_{tag}"] = metric(
-            r["store_heap"], "bytes", "whole open store: index + three 4 KB page buffers")
+            r["store_heap"], "bytes", "whole open store: index, delta log, two 4 KB page buffers")
         out[f"allowlist.lookup_heap_bytes_{tag}"] = metric(
             r["lookup_heap"], "bytes", "0 (lookups ran under heap_lock)")
         out[f"allowlist.flash_bytes_per_changed_card_{tag}"] = metric(
