@@ -62,3 +62,25 @@ def test_blackhole_accepts_but_never_answers(echo_server):
                 s.recv(10)
     finally:
         nc.close()
+
+
+def test_a_socket_closed_by_cut_never_blocks_the_next_one():
+    # cut() closes sockets from the test's thread while the pump's selector still holds them;
+    # the next accepted connection gets the same descriptor number and must register anyway
+    import selectors
+
+    from tools.netcut import _register
+
+    sel = selectors.DefaultSelector()
+    old = socket.socket()
+    _register(sel, old, "old")
+    fd = old.fileno()
+    old.close()
+    new = socket.socket()
+    try:
+        assert new.fileno() == fd  # the kernel hands out the lowest free number
+        _register(sel, new, "new")
+        assert sel.get_map()[fd].data == "new"
+    finally:
+        new.close()
+        sel.close()

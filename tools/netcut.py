@@ -85,9 +85,9 @@ class NetCut:
                             continue
                     with self._lock:
                         self._pairs.append((client, upstream))
-                    sel.register(client, selectors.EVENT_READ, upstream)
+                    _register(sel, client, upstream)
                     if upstream is not None:
-                        sel.register(upstream, selectors.EVENT_READ, client)
+                        _register(sel, upstream, client)
                     continue
                 peer = key.data
                 try:
@@ -115,3 +115,13 @@ class NetCut:
                     s.close()
                 except OSError:
                     pass
+
+
+def _register(sel: selectors.BaseSelector, sock: socket.socket, data: object) -> None:
+    # cut() closes sockets from another thread while the selector still holds them; the kernel
+    # hands their descriptor number to the next accepted connection, and registering that one
+    # would fail ("already registered") and kill the pump: drop the stale entry first.
+    stale = sel.get_map().get(sock.fileno())
+    if stale is not None:
+        sel.unregister(stale.fileobj)
+    sel.register(sock, selectors.EVENT_READ, data)
