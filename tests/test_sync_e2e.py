@@ -195,6 +195,12 @@ def test_forged_replayed_tampered_and_fuzz_through_the_broker(site):
         c.loop_stop()
 
 
+# A connect or handshake that blocked the reader would stop its 5 ms gate loop for the whole
+# connect timeout (1,500 ms here); the bound sits far below that and above what a machine
+# running the rest of the suite on every core takes from a process now and then (143 ms seen).
+STALL_MS = 300
+
+
 def test_gate_keeps_full_speed_while_broker_down_or_connect_hangs(site):
     cut = NetCut(site.broker.port)
     try:
@@ -208,12 +214,12 @@ def test_gate_keeps_full_speed_while_broker_down_or_connect_hangs(site):
         time.sleep(4)  # several connect attempts time out meanwhile
         s = r.stat
         assert s["error"] and s["connects"] == 1
-        assert s["maxgap"] < 100, s  # the 5 ms gate loop never stalled
+        assert s["maxgap"] < STALL_MS, s  # the 5 ms gate loop never stalled
         assert s["loops"] - loops0 > 400  # ~1 lookup / 5 ms kept going
         cut.restore()
         site.broker.kill()  # and now a dead broker: connection refused, backoff
         time.sleep(2)
-        assert r.stat["maxgap"] < 100
+        assert r.stat["maxgap"] < STALL_MS, r.stat
         site.broker.start()
         r.wait(lambda s: s["connected"] and s["connects"] >= 2, timeout=40, what="reconnect")
         v = site.data.change(SITE, [make_record(site.rng)])
