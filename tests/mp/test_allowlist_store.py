@@ -16,6 +16,15 @@ HEAPSIZE = "320k"
 N = 1500
 
 
+def lookup_no_heap(al, k, out):
+    """al.lookup under heap_lock: a lookup that allocated would raise MemoryError."""
+    micropython.heap_lock()
+    try:
+        return al.lookup(k, out)
+    finally:
+        micropython.heap_unlock()
+
+
 def test_empty_store_denies_and_asks_for_resync():
     dev = fresh()
     al = Allowlist(ROOT, dev, SP).open()
@@ -38,11 +47,7 @@ def test_snapshot_lookup_one_read_no_heap():
     absent = bytearray(key(N + 5))
     for kk, want in ((k, True), (absent, False)):
         dev.reset_counters()
-        micropython.heap_lock()
-        try:
-            got = al.lookup(kk, out)
-        finally:
-            micropython.heap_unlock()
+        got = lookup_no_heap(al, kk, out)
         mpt.eq(got, want)
         assert dev.reads <= 1, dev.reads
     # after a reboot too
@@ -66,11 +71,7 @@ def test_deltas_compaction_reopen():
     # a log entry must still be found without a flash read, and allocation-free
     out = bytearray(16)
     kk = bytearray(key(N + 1))  # added by delta 1, still in the log
-    micropython.heap_lock()
-    try:
-        got = al.lookup(kk, out)
-    finally:
-        micropython.heap_unlock()
+    got = lookup_no_heap(al, kk, out)
     assert got
     steps = 0
     while al.compact_step():
@@ -440,11 +441,7 @@ def test_in_place_delta_programs_a_few_bytes_and_no_file():
     for k, r in cards:
         kb = bytearray(k)
         dev.reset_counters()
-        micropython.heap_lock()
-        try:
-            got = al.lookup(kb, out)
-        finally:
-            micropython.heap_unlock()
+        got = lookup_no_heap(al, kb, out)
         assert dev.reads == 1, dev.reads
         mpt.eq(got, r is not None)
         if r is not None:

@@ -92,10 +92,9 @@ def page_records(p, o, n):
             j += 1
             if c == 0:
                 st[i] = 0xFE  # replaced by an appended record
-            if (p[a + 6] >> 1) & 7:
-                key_of13(p, a, r)
-                unpack13(p, a, r)
-                yield bytes(r)
+            x = _appended(p, a, r)
+            if x:
+                yield x
         if st[i] == 0xFE:
             continue
         key_of13(p, q, r)
@@ -105,10 +104,18 @@ def page_records(p, o, n):
     while j < m:
         a = ap[2 * j] | ap[2 * j + 1] << 8
         j += 1
-        if (p[a + 6] >> 1) & 7:
-            key_of13(p, a, r)
-            unpack13(p, a, r)
-            yield bytes(r)
+        x = _appended(p, a, r)
+        if x:
+            yield x
+
+
+def _appended(p, a, r):
+    # the appended record at p[a:] as 16 bytes (r is scratch), None when it removes its card
+    if not (p[a + 6] >> 1) & 7:
+        return None
+    key_of13(p, a, r)
+    unpack13(p, a, r)
+    return bytes(r)
 
 
 class _ShardWriter:
