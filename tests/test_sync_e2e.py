@@ -215,7 +215,9 @@ def test_gate_keeps_full_speed_while_broker_down_or_connect_hangs(site):
         s = r.stat
         assert s["error"] and s["connects"] == 1
         assert s["maxgap"] < STALL_MS, s  # the 5 ms gate loop never stalled
-        assert s["loops"] - loops0 > 400  # ~1 lookup / 5 ms kept going
+        # it kept going (800 passes in 4 s on a quiet machine, 364 seen on one running the
+        # whole suite); that it never stopped for long is the stall bound above
+        assert s["loops"] - loops0 > 100, s
         cut.restore()
         site.broker.kill()  # and now a dead broker: connection refused, backoff
         time.sleep(2)
