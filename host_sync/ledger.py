@@ -75,6 +75,14 @@ def ingest(db: Db, reader_id: str, site_id: str, batch: Iterable[tuple[int, byte
     return out
 
 
+def events_lost(db: Db, reader_id: str) -> int:
+    """Events the reader lost to ring overflow, in all: its 'events dropped' events carry the
+    running total (docs/events-format.md), so the largest one seen is the answer, and a note
+    lost with the events it counted is made good by the next one."""
+    return int(db.scalar("SELECT MAX(aux) FROM events WHERE reader_id = ? AND kind = ?",
+                         (reader_id, evc.K_DROPPED)) or 0)
+
+
 def _passage(db: Db, site_id: str, tax_site_id: str, card: Sequence[str], at: dt.datetime,
              reader_id: str) -> int:
     card_no = card[0]

@@ -128,3 +128,17 @@ def test_purge_keeps_two_years_after_the_calendar_year(site):
     assert db.scalar("SELECT COUNT(*) FROM ledger") == 1
     assert db.scalar("SELECT COUNT(*) FROM events") == 1
     assert "ledger purged" in op.ok("audit")
+
+
+def test_events_lost_is_the_newest_running_total(site):
+    # Drop notes carry the reader's running total (docs/events-format.md): the host takes the
+    # largest, so a note lost with the events it counted does not shrink the figure, and the
+    # figure equals the sequence numbers that never arrived.
+    _, db = site
+    note = lambda seq, total: E.pack(seq, E.K_DROPPED, E.R_INFO, E.OK, b"", 0, t(T0), E.F_CLOCK_SET, total)  # noqa: E731
+    got = [ev(s, T0, UID1) for s in (1, 2)] + [note(11, 8)] + [ev(s, T0, UID1) for s in (12, 13)]
+    got += [ev(s, T0, UID1) for s in (30, 31)] + [note(32, 24)]  # the note at seq ~20 was lost too
+    ledger.ingest(db, "gate-01", "site-a", [(E.unpack(e)["seq"], e) for e in got])
+    seqs = {E.unpack(e)["seq"] for e in got}
+    assert ledger.events_lost(db, "gate-01") == 32 - len(seqs) == 24
+    assert ledger.events_lost(db, "gate-02") == 0

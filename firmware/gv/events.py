@@ -173,10 +173,15 @@ class _Ring:
 class EventLog:
     """A ring of segment files in `path`, each named for the sequence number of its first event.
     Appends go to the newest segment (open, write 32 bytes, close: LittleFS commits it atomically);
-    a full segment starts the next; past `max_segments` the oldest segment is deleted, unacked
-    events in it are counted in `dropped` and an 'events dropped: N' event is appended.
+    a full segment starts the next; past `max_segments` the oldest segment is deleted.
     `ack(upto)` persists the acknowledged sequence number (temp file + rename) and deletes
-    segments that are wholly acknowledged. Sequence numbers start at 1 and never repeat."""
+    segments that are wholly acknowledged. Sequence numbers start at 1 and never repeat.
+
+    Loss accounting is exact and survives reboots without a write of its own: the ring is
+    contiguous, so the unacknowledged events no longer on flash are exactly the numbers between
+    the acknowledged one and the oldest segment; an ack folds that gap into a total kept in the
+    ack file. `lost` is that total; an 'events dropped' event carries it (cumulative, not a
+    per-segment count), written once per trip round the ring and when the link is back."""
 
     def __init__(self, path, seg_events=SEG_EVENTS, max_segments=MAX_SEGMENTS):
         if max_segments < 2 or seg_events < 1:
@@ -185,7 +190,10 @@ class EventLog:
         self.seg_events = seg_events
         self.max_segments = max_segments
         self.capacity = seg_events * max_segments
-        self.dropped = 0
+        self._lost_base = 0  # lost events folded in by acks (persisted in the ack file)
+        self._told = 0  # the lost total the host acknowledged in an 'events dropped' event
+        self._drop_seq = 0  # seq and total of the newest 'events dropped' event written
+        self._drop_aux = 0
         self.corrupt = 0  # records that failed their CRC when read (skipped)
         self._buf = bytearray(SIZE)
         self._rd = bytearray(SIZE)
@@ -204,13 +212,19 @@ class EventLog:
         return self.path + "/" + name
 
     def _load_ack(self):
+        # 16 bytes: acked seq, lost events folded in at acks, lost events the host has been
+        # told of, CRC-32 of the 12 (an 8-byte file from format 1 has the first and a CRC only)
         try:
             with open(self._p(_ACK), "rb") as f:
                 b = f.read()
         except OSError:
             return 0
-        if len(b) != 8 or struct.unpack_from("<I", b, 4)[0] != crc32(b[:4]) & 0xFFFFFFFF:
+        n = len(b) - 4
+        if n not in (4, 12) or struct.unpack_from("<I", b, n)[0] != crc32(b[:n]) & 0xFFFFFFFF:
             return 0  # unreadable: uploading again is safe (the host dedupes by seq)
+        if n == 12:
+            self._lost_base = struct.unpack_from("<I", b, 4)[0]
+            self._told = struct.unpack_from("<I", b, 8)[0]
         return struct.unpack_from("<I", b, 0)[0]
 
     def _scan(self):
@@ -247,10 +261,45 @@ class EventLog:
                 return first + n
         return segs.last() if segs.n else 1
 
+    # -- loss accounting --
+    def _oldest(self):
+        return self._segs.get(0) if self._segs.n else self.next_seq
+
+    @property
+    def lost(self):
+        """Events lost to overflow since this log began: sequence numbers never acknowledged
+        that are no longer on flash (those of earlier acks, plus the gap below the oldest)."""
+        return self._lost_base + max(0, self._oldest() - self.acked - 1)
+
+    @property
+    def dropped(self):
+        """Lost events the host has not yet acknowledged hearing of (the health bit)."""
+        return self.lost - self._told
+
+    def note_lost(self):
+        """Write an 'events dropped' event with the current total unless the newest one on flash
+        already says it. The sync link calls this before it uploads, so the host learns the
+        total as it stands, not as it stood when the ring first overflowed. The note is dated
+        like the newest event (its time is not what it reports)."""
+        n = self.lost
+        if n > self._told and not (self._drop_pending() and self._drop_aux == n):
+            self._put_drop(self._t, self._cs)
+
+    def _drop_pending(self):
+        return self._drop_seq > self.acked and self._drop_seq >= self._oldest()
+
+    def _put_drop(self, t, clock_set):
+        if self._cur_count >= self.seg_events:
+            self._new_segment()
+        n = self.lost  # after making room: that may have lost a segment more
+        self._drop_seq = self._write(K_DROPPED, R_INFO, OK, b"", 0, t, clock_set, n)
+        self._drop_aux = n
+
     # -- writing --
     def append(self, kind, result, reason, uid_mv, uid_len, t, clock_set=False, aux=0):
         """Write one event and sync it to flash; returns its sequence number. Raises OSError if
         the flash refuses it (the caller keeps the door shut)."""
+        before = self.lost
         if not self._segs.n or self._cur_count >= self.seg_events:
             self._new_segment()
         try:
@@ -258,18 +307,22 @@ class EventLog:
         except OSError as e:
             if e.args[0] != 28 or self._segs.n < 2:  # only a full flash is worth a retry
                 raise
-            self._drop_oldest()  # ENOSPC: make room by giving up the oldest events
+            self._remove(self._segs.pop())  # ENOSPC: make room by giving up the oldest events
             if self._cur_count >= self.seg_events:
                 self._new_segment()
             seq = self._write(kind, result, reason, uid_mv, uid_len, t, clock_set, aux)
-        if self._lost:
-            lost, self._lost = self._lost, 0
-            if self._cur_count >= self.seg_events:
-                self._new_segment()
-            self._write(K_DROPPED, R_INFO, OK, b"", 0, t, clock_set, lost)
+        # One 'events dropped' event per trip round the ring: a new one only when the last is
+        # gone (overwritten or acknowledged), so a long outage fills the ring with events, not
+        # with drop notes (the total it carries is brought up to date by note_lost()).
+        if self.lost > before and not self._drop_pending():
+            try:
+                self._put_drop(t, clock_set)
+            except OSError:
+                pass  # the event itself is on flash; note_lost() writes the note later
         return seq
 
-    _lost = 0
+    _t = 0  # the newest event's time, for a note written outside an append
+    _cs = False
 
     def _write(self, kind, result, reason, uid, uid_len, t, clock_set, aux):
         seq = self.next_seq
@@ -279,22 +332,15 @@ class EventLog:
             f.write(self._buf)
         self.next_seq = seq + 1
         self._cur_count += 1
+        self._t = t
+        self._cs = clock_set
         return seq
 
     def _new_segment(self):
         while self._segs.n >= self.max_segments:
-            self._drop_oldest()
+            self._remove(self._segs.pop())  # counted by `lost`: the gap below the oldest grows
         self._segs.push(self.next_seq)
         self._cur_count = 0
-
-    def _drop_oldest(self):
-        first = self._segs.pop()
-        last = first + self._count(first) - 1
-        if last > self.acked:  # events nobody acknowledged: lost, say so
-            n = last - max(first, self.acked + 1) + 1
-            self.dropped += n
-            self._lost += n
-        self._remove(first)
 
     def _remove(self, first):
         try:
@@ -333,13 +379,18 @@ class EventLog:
         upto = min(upto_seq, self.next_seq - 1)
         if upto <= self.acked:
             return
-        b = bytearray(8)
-        struct.pack_into("<II", b, 0, upto, crc32(struct.pack("<I", upto)) & 0xFFFFFFFF)
+        base = self._lost_base + max(0, min(upto + 1, self._oldest()) - self.acked - 1)
+        told = self._drop_aux if self.acked < self._drop_seq <= upto else self._told
+        b = bytearray(16)
+        struct.pack_into("<III", b, 0, upto, base, told)
+        struct.pack_into("<I", b, 12, crc32(memoryview(b)[:12]) & 0xFFFFFFFF)
         tmp = self._p(_ACK + ".tmp")
         with open(tmp, "wb") as f:
             f.write(b)
         os.rename(tmp, self._p(_ACK))
         self.acked = upto
+        self._lost_base = base
+        self._told = told
         # Delete whole segments that are acknowledged; the newest stays to append to.
         segs = self._segs
         while segs.n > 1:

@@ -195,6 +195,8 @@ class Sync:
             if not self.client.connected or self._want_hello or not self._pending():
                 continue
             try:
+                if getattr(log, "dropped", 0):
+                    log.note_lost()  # the loss total as it stands now, ahead of the upload
                 batch = log.pending(_EV_BATCH)
             except Exception as e:  # noqa: BLE001 - a flash read error: try again later
                 self.last_error = "events: %s" % e
