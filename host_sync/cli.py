@@ -264,43 +264,76 @@ def cmd_cards_import(ctx: Ctx) -> int:
 
 
 # -- readers ----------------------------------------------------------------------------------
-def _write_reader_config(ctx: Ctx, reader_id: str, path: str) -> None:
+def _config_tools() -> Any:
+    from tools import provision  # the one reader-config validation (firmware/gv/config.py)
+    return provision
+
+
+def _reader_config(ctx: Ctx, reader_id: str, site_id: str, secret_hex: str,
+                   broker_pw: str) -> dict:
+    """The reader's config.json from the command line's options (not yet validated)."""
     a = ctx.args
-    r = ctx.reg.reader(reader_id)
-    site = ctx.reg.site(r["site_id"])
-    secret, broker_pw = ctx.reg.reader_credentials(reader_id)
-    card_key, pin_key = ctx.reg.site_keys(r["site_id"])
+    site = ctx.reg.site(site_id)
+    card_key, pin_key = ctx.reg.site_keys(site_id)
     ca = ""
     if a.ca:
         try:
             ca = Path(a.ca).read_text()
-        except OSError as e:
-            raise InvalidInput("cannot read the CA certificate %s: %s" % (a.ca, e))
-    cfg = {"reader_id": reader_id, "site": r["site_id"],
-           "wifi": {"ssid": a.wifi_ssid or "", "password": os.environ.get("GV_WIFI_PASSWORD", "")},
-           "broker": {"host": a.broker_host, "port": a.broker_port, "tls": not a.no_tls, "ca": ca,
-                      "user": reader_id, "password": broker_pw},
-           "secret": secret.hex(),
-           "site_keys": {"card": card_key.hex(), "pin": pin_key.hex()},
-           "gate": {"hold_ms": a.hold_ms, "open_ms": a.open_ms, "pin_policy": site["pin_policy"]}}
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(cfg, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, p)
-    ctx.reg.audit("reader config written", reader_id, "to %s" % p)
+        except (OSError, UnicodeDecodeError) as e:
+            raise InvalidInput("broker.ca: cannot read the CA certificate %s: %s" % (a.ca, e))
+    wifi: dict[str, Any] = {"ssid": a.wifi_ssid or "",
+                            "password": os.environ.get("GV_WIFI_PASSWORD", "")}
+    if a.wifi_open:
+        wifi["open"] = True
+    cfg: dict[str, Any] = {
+        "reader_id": reader_id, "site": site_id, "wifi": wifi,
+        "broker": {"host": a.broker_host or "", "port": a.broker_port, "tls": not a.no_tls,
+                   "ca": ca, "user": reader_id, "password": broker_pw},
+        "secret": secret_hex,
+        "site_keys": {"card": card_key.hex(), "pin": pin_key.hex()},
+        "gate": {"hold_ms": a.hold_ms, "open_ms": a.open_ms, "pin_policy": site["pin_policy"]}}
+    if a.no_tls:
+        cfg["broker"].pop("ca")
+    if a.virtual:
+        cfg["virtual"] = True
+        if not a.wifi_ssid:
+            cfg.pop("wifi")
+    return cfg
+
+
+def _check_reader_config(ctx: Ctx, cfg: dict, only: tuple[str, ...] | None = None) -> None:
+    """Refuse (exit 3, before anything is written) a config the reader could not boot with."""
+    errs = _config_tools().problems(cfg)
+    if only is not None:
+        errs = [e for e in errs if e.startswith(only)]
+    if errs:
+        raise InvalidInput("reader config refused:\n  " + "\n  ".join(errs))
+
+
+def _write_config_file(ctx: Ctx, reader_id: str, cfg: dict, path: str) -> None:
+    _check_reader_config(ctx, cfg)
+    try:
+        _config_tools().write_config(cfg, Path(path))
+    except OSError as e:
+        raise InvalidInput("cannot write the config to %s: %s" % (path, e))
+    ctx.reg.audit("reader config written", reader_id, "to %s" % Path(path).resolve())
 
 
 def cmd_readers_add(ctx: Ctx) -> int:
     a = ctx.args
-    r = ctx.reg.add_reader(a.reader_id, ids.site_id(a.site))
+    site_id = ids.site_id(a.site)
+    rid = ids.reader_id(a.reader_id)
+    with ctx.reg.db.tx():  # a refused config or a failed write leaves no reader behind
+        r = ctx.reg.add_reader(rid, site_id)
+        secret, broker_pw = ctx.reg.reader_credentials(rid)
+        cfg = _reader_config(ctx, rid, site_id, secret.hex(), broker_pw)
+        if a.config_out:
+            _write_config_file(ctx, rid, cfg, a.config_out)
+        else:  # the settings given now are checked now, the rest when the config is written
+            _check_reader_config(ctx, cfg, only=("gate.", "broker.port"))
     ctx.say("reader %s added to site %s; its secret and broker account are issued"
             % (r["id"], r["site_id"]))
     if a.config_out:
-        _write_reader_config(ctx, r["id"], a.config_out)
         ctx.say("config written to %s (mode 0600; it holds secrets: provision it, then delete it)"
                 % a.config_out)
     else:
@@ -311,8 +344,12 @@ def cmd_readers_add(ctx: Ctx) -> int:
 
 
 def cmd_readers_config(ctx: Ctx) -> int:
-    _write_reader_config(ctx, ctx.args.reader_id, ctx.args.config_out)
-    ctx.say("config for %s written to %s (mode 0600)" % (ctx.args.reader_id, ctx.args.config_out))
+    a = ctx.args
+    r = ctx.reg.reader(a.reader_id)
+    secret, broker_pw = ctx.reg.reader_credentials(r["id"])
+    cfg = _reader_config(ctx, r["id"], r["site_id"], secret.hex(), broker_pw)
+    _write_config_file(ctx, r["id"], cfg, a.config_out)
+    ctx.say("config for %s written to %s (mode 0600)" % (a.reader_id, a.config_out))
     return EXIT_OK
 
 
@@ -735,13 +772,23 @@ def build_parser() -> argparse.ArgumentParser:
     rp = top.add_parser("readers", help="gate readers").add_subparsers(dest="cmd", required=True)
 
     def config_opts(x: argparse.ArgumentParser) -> None:
-        x.add_argument("--broker-host", default="127.0.0.1", help="broker address the reader uses")
-        x.add_argument("--broker-port", type=int, default=8883)
+        from gv.config import GATE_RANGES
+        x.add_argument("--broker-host", help="the broker's address on the site network, as the "
+                                             "reader reaches it (required for a config)")
+        x.add_argument("--broker-port", type=int, default=8883, help="1..65535 (default 8883)")
         x.add_argument("--no-tls", action="store_true", help="plain MQTT (test benches only)")
         x.add_argument("--ca", help="the broker's CA certificate (PEM) the reader pins")
         x.add_argument("--wifi-ssid", help="Wi-Fi network (password from env GV_WIFI_PASSWORD)")
-        x.add_argument("--hold-ms", type=int, default=500, help="how long a card must be held")
-        x.add_argument("--open-ms", type=int, default=3000, help="how long the door stays open")
+        x.add_argument("--wifi-open", action="store_true",
+                       help="the Wi-Fi network has no password (never assumed from an empty one)")
+        x.add_argument("--virtual", action="store_true",
+                       help="for a virtual board on this host: a loopback broker and no Wi-Fi "
+                            "are allowed (a real reader refuses such a config)")
+        for opt, default, text in (("hold", 500, "how long a card must be held"),
+                                   ("open", 3000, "how long the door stays open")):
+            lo, hi, _ = GATE_RANGES[opt + "_ms"]
+            x.add_argument("--%s-ms" % opt, type=int, default=default,
+                           help="%s, %d..%d ms (default %d)" % (text, lo, hi, default))
 
     x = rp.add_parser("add", help="add a reader: issues its secret and broker account")
     x.add_argument("reader_id", help="e.g. gate-01")

@@ -127,13 +127,14 @@ def test_pin_only_its_verifier_is_kept(op, tmp_path):
     assert R.flags(_record(op.url, "site-b", UID)) & R.F_PIN
 
 
-def test_reader_config_and_change_status(op, tmp_path):
+def test_reader_config_and_change_status(op, tmp_path, monkeypatch):
+    monkeypatch.setenv("GV_WIFI_PASSWORD", "site-a-wifi-pass")
     op.ok("cards", "add", CARD, "--uid", UID, "--site", "site-a")
     cfg_path = tmp_path / "gate-01.json"
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
     op.ok("readers", "add", "gate-01", "--site", "site-a", "--config-out", str(cfg_path),
-          "--ca", str(ca), "--broker-host", "10.0.0.5")
+          "--ca", str(ca), "--broker-host", "10.0.0.5", "--wifi-ssid", "gates")
     printed = op.out + op.err
     op.ok("readers", "add", "gate-02", "--site", "site-a")
     cfg = json.loads(cfg_path.read_text())

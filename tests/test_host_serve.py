@@ -241,7 +241,8 @@ def test_the_real_reader_firmware_follows_the_registry(tmp_path):
               "--site", "site-a")
         op.ok("cards", "activate", "BB-2401-000001")
         op.ok("readers", "add", "gate-01", "--site", "site-a", "--config-out",
-              str(tmp_path / "gate-01.json"), "--no-tls")
+              str(tmp_path / "gate-01.json"), "--no-tls", "--virtual",
+              "--broker-host", "127.0.0.1")
         cfg = json.loads((tmp_path / "gate-01.json").read_text())
         cfg["broker"] = b.reader_broker_config("gate-01")  # the test broker's account
         head = json.loads(op.ok("sites", "list", "--json"))[0]["version"]

@@ -23,7 +23,7 @@ def reader_config(reader_id="gate-01", broker=None):
         reader_id, "site-a", wifi_ssid="site-a", wifi_password="wifi-secret", broker_host="127.0.0.1",
         broker_port=(broker or {}).get("port", 1883), broker_password=(broker or {}).get("password", "p" * 20),
         secret_hex=os.urandom(32).hex(), card_key_hex=os.urandom(16).hex(), pin_key_hex=os.urandom(16).hex(),
-        tls=False)
+        tls=False, virtual=True)
 
 
 @pytest.fixture

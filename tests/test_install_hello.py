@@ -19,10 +19,10 @@ BOARD = ROOT / "boards" / "esp32-devkitc-i2c.json"
 
 def config_for(b, reader_id="gate-01"):
     bc = b.reader_broker_config(reader_id)
-    return provision.make_config(reader_id, "site-a", wifi_ssid="site-a", wifi_password="w",
+    return provision.make_config(reader_id, "site-a", wifi_ssid="site-a", wifi_password="wifi-secret",
                                  broker_host=bc["host"], broker_port=bc["port"], broker_password=bc["password"],
                                  secret_hex=os.urandom(32).hex(), card_key_hex=os.urandom(16).hex(),
-                                 pin_key_hex=os.urandom(16).hex(), tls=False)
+                                 pin_key_hex=os.urandom(16).hex(), tls=False, virtual=True)
 
 
 def hello(key, nonce, fw):

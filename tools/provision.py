@@ -23,6 +23,7 @@ if str(mpy.FIRMWARE) not in sys.path:
 
 from gv import config as fwconfig  # noqa: E402
 from gv.sync.protocol import valid_name  # noqa: E402  (ids go into MQTT topics)
+
 SECRET_FIELDS = (("secret",), ("wifi", "password"), ("broker", "password"),
                  ("site_keys", "card"), ("site_keys", "pin"))
 REDACTED = "<redacted>"
@@ -42,45 +43,15 @@ def config_path(reader_id: str, directory: Path | None = None) -> Path:
     return (directory or readers_dir()) / f"{reader_id}.json"
 
 
-def problems(d: object) -> list[str]:
-    """Everything wrong with a reader config (field names only, never values)."""
-    if not isinstance(d, dict):
-        return ["config is not a JSON object"]
-    out: list[str] = []
-    try:
-        fwconfig.Config(d)  # the device's own checks: ids, secret and site keys, gate section
-    except fwconfig.ConfigError as e:
-        out.append(str(e))
-    for k in ("reader_id", "site"):
-        if isinstance(d.get(k), str) and not valid_name(d[k]):
-            out.append(f"{k}: use 1-32 of A-Z a-z 0-9 - _ (it is part of the reader's MQTT topics)")
-    wifi = d.get("wifi")
-    if not isinstance(wifi, dict) or not isinstance(wifi.get("ssid"), str) or not wifi.get("ssid"):
-        out.append("wifi.ssid missing")
-    elif not isinstance(wifi.get("password"), str):
-        out.append("wifi.password missing (use \"\" for an open network)")
-    b = d.get("broker")
-    if not isinstance(b, dict):
-        out.append("broker missing")
-    else:
-        if not isinstance(b.get("host"), str) or not b.get("host"):
-            out.append("broker.host missing")
-        port = b.get("port")
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            out.append("broker.port must be 1..65535")
-        if not isinstance(b.get("tls"), bool):
-            out.append("broker.tls must be true or false")
-        elif b["tls"] and "-----BEGIN CERTIFICATE-----" not in str(b.get("ca") or ""):
-            out.append("broker.ca: TLS needs the site CA certificate (PEM)")
-        if b.get("user") != d.get("reader_id"):
-            out.append("broker.user must be the reader's own account (its reader_id)")
-        if not isinstance(b.get("password"), str) or len(b.get("password") or "") < 16:
-            out.append("broker.password missing or shorter than 16 characters")
-    return out
+def problems(d: object, real: bool | None = None) -> list[str]:
+    """Everything wrong with a reader config (field names and allowed ranges, never values of
+    secrets): the firmware's own gv.config.problems, so the host refuses exactly what the
+    reader would. `real` as there: default, a real reader unless the config says "virtual"."""
+    return fwconfig.problems(d, real)
 
 
-def validate(d: object) -> dict:
-    errs = problems(d)
+def validate(d: object, real: bool | None = None) -> dict:
+    errs = problems(d, real)
     if errs:
         raise ProvisionError("reader config refused: " + "; ".join(errs))
     return d  # type: ignore[return-value]
@@ -100,16 +71,25 @@ def redacted(d: dict) -> dict:
 
 def make_config(reader_id: str, site: str, *, wifi_ssid: str, wifi_password: str, broker_host: str,
                 broker_port: int, broker_password: str, secret_hex: str, card_key_hex: str, pin_key_hex: str,
-                ca_pem: str | None = None, tls: bool = True, gate: dict | None = None) -> dict:
-    """A reader config in the contract's shape, validated."""
-    d = {"reader_id": reader_id, "site": site,
-         "wifi": {"ssid": wifi_ssid, "password": wifi_password},
+                ca_pem: str | None = None, tls: bool = True, gate: dict | None = None,
+                wifi_open: bool = False, virtual: bool = False) -> dict:
+    """A reader config in the contract's shape, validated. `wifi_open`: a Wi-Fi network without
+    a password (said explicitly, never assumed from an empty one); `virtual`: for a virtual
+    board on this host (a loopback broker and no Wi-Fi are allowed; a real reader refuses it)."""
+    wifi: dict = {"ssid": wifi_ssid, "password": wifi_password}
+    if wifi_open:
+        wifi["open"] = True
+    d = {"reader_id": reader_id, "site": site, "wifi": wifi,
          "broker": {"host": broker_host, "port": broker_port, "tls": tls, "ca": ca_pem,
                     "user": reader_id, "password": broker_password},
          "secret": secret_hex, "site_keys": {"card": card_key_hex, "pin": pin_key_hex},
          "gate": dict(fwconfig.GATE_DEFAULTS, **(gate or {}))}
     if not tls:
         d["broker"].pop("ca")
+    if virtual:
+        d["virtual"] = True
+        if not wifi_ssid:
+            d.pop("wifi")
     return validate(d)
 
 

@@ -109,7 +109,7 @@ class VirtualSite:
             cfg = cfg_dir / f"{spec.reader_id}.json"
             self.cli("readers", "add", spec.reader_id, "--site", spec.site, "--config-out", str(cfg),
                      "--broker-host", "127.0.0.1", "--broker-port", str(net.port),
-                     "--ca", self.tls.cafile, "--hold-ms", str(spec.hold_ms), "--open-ms", str(spec.open_ms))
+                     "--ca", self.tls.cafile, "--virtual", "--hold-ms", str(spec.hold_ms), "--open-ms", str(spec.open_ms))
             self.readers[spec.reader_id] = Reader(spec, cfg, net)
         self.cli("broker", "config", "--out", str(self.dir / "broker"), "--port", str(self.port),
                  "--cafile", self.tls.cafile, "--certfile", self.tls.certfile, "--keyfile", self.tls.keyfile)

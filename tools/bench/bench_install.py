@@ -15,9 +15,10 @@ BOARD = ROOT / "boards" / "esp32-devkitc-i2c.json"
 
 def _config():
     import os
-    return provision.make_config("gate-01", "site-a", wifi_ssid="s", wifi_password="w", broker_host="127.0.0.1",
+    return provision.make_config("gate-01", "site-a", wifi_ssid="s", wifi_password="wifi-secret", broker_host="127.0.0.1",
                                  broker_port=1883, broker_password="p" * 20, secret_hex=os.urandom(32).hex(),
-                                 card_key_hex=os.urandom(16).hex(), pin_key_hex=os.urandom(16).hex(), tls=False)
+                                 card_key_hex=os.urandom(16).hex(), pin_key_hex=os.urandom(16).hex(), tls=False,
+                                 virtual=True)
 
 
 def run() -> dict:
