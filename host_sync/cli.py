@@ -524,9 +524,17 @@ def _span(a: argparse.Namespace, tz: dt.tzinfo) -> tuple[dt.datetime, dt.datetim
 
 
 def _emit(ctx: Ctx, text: str) -> None:
+    """An export holds names and personal identity numbers: only its owner may read the file
+    (mode 0600, also when it replaces an existing file)."""
     if ctx.args.out and ctx.args.out != "-":
-        Path(ctx.args.out).write_text(text, encoding="utf-8")
-        print("written to %s" % ctx.args.out, file=ctx.err)
+        try:
+            fd = os.open(ctx.args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError as e:
+            raise InvalidInput("cannot write %s: %s" % (ctx.args.out, e.strerror))
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(text)
+        print("written to %s (mode 0600)" % ctx.args.out, file=ctx.err)
     else:
         ctx.out.write(text)
 

@@ -123,6 +123,15 @@ def correct(db: Db, shift_id: str, start: dt.datetime | None, end: dt.datetime |
         if not row:
             raise LookupError("no shift %r in the ledger" % shift_id)
         site_id, tax, name, pnr, emp, org, card_no = row
+        now_shift = _shift([dict(zip(LEDGER_COLS, r)) for r in db.all(
+            "SELECT %s FROM ledger WHERE shift_id = ? ORDER BY id" % ", ".join(LEDGER_COLS),
+            (shift_id,))])
+        assert now_shift is not None  # it has its "in" entry
+        new_start = start or now_shift["start"]
+        new_end = end or now_shift["end"]
+        if new_end is not None and new_end < new_start:
+            raise InvalidInput("the shift would end (%s) before it starts (%s); nothing was "
+                               "entered" % (iso(new_end), iso(new_start)))
         for kind, t in (("correct-start", start), ("correct-end", end)):
             if t is not None:
                 _entry(db, shift_id, kind, site_id, tax, (name, pnr, emp, org), card_no, t,
@@ -191,11 +200,30 @@ def shift_rows(rows: list[dict], tz: dt.tzinfo) -> list[list[str]]:
             for s in rows]
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(v: Any) -> Any:
+    """A cell a spreadsheet will not run as a formula (OWASP "CSV injection"): text starting
+    with = + - @, a tab or a carriage return gets a leading apostrophe, which spreadsheets show
+    as text. A holder's name or an imported field is operator- or portal-supplied text; numbers
+    stay numbers."""
+    if isinstance(v, str) and v.startswith(_FORMULA_START):
+        try:
+            float(v)
+            return v  # a plain negative number (never a formula)
+        except ValueError:
+            return "'" + v
+    return v
+
+
 def to_csv(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    buf = io.StringIO(newline="")
+    # CRLF rows (RFC 4180): the csv module then quotes a cell holding a CR or LF, so text with
+    # a line break stays one cell (with "\n" rows a bare CR went out unquoted)
+    w = csv.writer(buf, lineterminator="\r\n")
     w.writerow(header)
-    w.writerows(rows)
+    w.writerows([safe_cell(c) for c in r] for r in rows)
     return buf.getvalue()
 
 
