@@ -3,7 +3,7 @@ PY := .venv/bin/python
 BOARD ?= boards/esp32-devkitc-i2c.json
 JOBS ?= 2
 
-.PHONY: setup test test-fast bench demo build deploy clean
+.PHONY: setup test test-fast bench demo build firmware deploy clean
 
 setup:
 	@tools/setup.sh
@@ -19,6 +19,11 @@ demo: setup
 
 build: setup
 	$(PY) -m tools.build --board $(BOARD)
+
+# the reader frozen into MicroPython for a "firmware": "frozen" board (tools/firmware.py, docs/install.md);
+# FIRMWARE_ARGS=--dry-run prints the toolchain and the commands without building
+firmware: setup
+	$(PY) -m tools.firmware build $(BOARD) $(FIRMWARE_ARGS)
 
 deploy: setup
 	$(PY) -m tools.deploy --port $(PORT) --board $(BOARD) --reader $(READER)

@@ -87,3 +87,21 @@ def test_check_cli_lists_every_problem_and_fails(tmp_path):
     assert out.returncode == 1
     assert "REFUSED" in out.stdout and "input-only" in out.stdout and "already used by" in out.stdout
     assert out.stdout.count("\nok ") + out.stdout.startswith("ok ") == len(SHIPPED)
+
+
+def test_each_board_says_which_firmware_and_stock_needs_psram():
+    loaded = {p.stem: boards.load(p) for p in SHIPPED}
+    assert {b.firmware for b in loaded.values()} == {"frozen", "stock"}
+    assert all(b.psram_mb for b in loaded.values() if b.firmware == "stock")
+    assert loaded["esp32-devkitc-i2c"].firmware == "frozen" and loaded["esp32-devkitc-i2c"].psram_mb == 0
+    with pytest.raises(boards.BoardError, match='"stock" needs a board with PSRAM'):
+        boards.validate(_with(I2C, ("firmware",), "stock"))
+    with pytest.raises(boards.BoardError, match="firmware: None is not \"frozen\""):
+        boards.validate({k: v for k, v in I2C.items() if k != "firmware"})
+    wrover = json.loads((ROOT / "boards" / "esp32-wrover-i2c.json").read_text())
+    with pytest.raises(boards.BoardError, match="GPIO16 is wired to the module's flash/PSRAM"):
+        boards.validate(_with(wrover, ("buzzer", "pin"), 16))  # WROVER's PSRAM clock
+    with pytest.raises(boards.BoardError, match="psram: 'octal' is not one of \\['quad'\\]"):
+        boards.validate(_with(wrover, ("psram",), "octal"))
+    with pytest.raises(boards.BoardError, match="psram_mb: 3"):
+        boards.validate(_with(wrover, ("psram_mb",), 3))

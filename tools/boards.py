@@ -27,6 +27,7 @@ CHIPS: dict[str, dict] = {
         "arch": "xtensawin",
         "gpio": set(range(0, 20)) | {21, 22, 23, 25, 26, 27} | set(range(32, 40)),
         "flash": set(range(6, 12)),          # SPI flash of every ESP32-WROOM/WROVER module
+        "quad_psram": {16, 17},              # PSRAM clock/CS on ESP32-WROVER modules
         "console": {1, 3},                   # UART0 TX/RX: the REPL that mpremote talks to
         "input_only": set(range(34, 40)),    # no output driver, no internal pull-up/down
         # strap -> level the chip needs at reset for a normal boot from flash
@@ -39,6 +40,7 @@ CHIPS: dict[str, dict] = {
         "arch": "xtensawin",
         "gpio": set(range(0, 22)) | set(range(26, 49)),
         "flash": set(range(26, 33)),         # SPI flash + quad PSRAM of ESP32-S3-WROOM-1/-2
+        "quad_psram": set(),                 # quad PSRAM shares the flash pins above
         "octal_psram": set(range(33, 38)),   # also taken on modules with octal PSRAM (N8R8, N16R8)
         "console": {43, 44, 19, 20},         # UART0 TX/RX, and USB D-/D+ (USB-serial/JTAG REPL)
         "input_only": set(),
@@ -83,6 +85,16 @@ class Board:
     @property
     def stem(self) -> str:
         return self.path.stem
+
+    @property
+    def firmware(self) -> str:
+        """"frozen": the grindvakt firmware with the reader frozen in (make firmware); "stock":
+        stock MicroPython with the reader as .mpy files on LittleFS (PSRAM boards only)."""
+        return self.data["firmware"]
+
+    @property
+    def psram_mb(self) -> int:
+        return self.data.get("psram_mb", 0) if self.data.get("psram") else 0
 
 
 def _pin_roles(d: dict, problems: list[str]) -> list[tuple[str, object, str]]:
@@ -166,7 +178,9 @@ def check_pins(d: dict, problems: list[str]) -> dict[str, tuple[int, str]]:
     roles = _pin_roles(d, problems)
     taken: dict[int, str] = {}
     out: dict[str, tuple[int, str]] = {}
-    flash = set(chip["flash"]) | (chip.get("octal_psram", set()) if d.get("psram") == "octal" else set())
+    psram = d.get("psram")
+    flash = set(chip["flash"]) | (chip.get("octal_psram", set()) if psram == "octal" else set()) \
+        | (chip["quad_psram"] if psram == "quad" else set())
     for role, pin, direction in roles:
         if isinstance(pin, bool) or not isinstance(pin, int):
             problems.append(f"{role}: {pin!r} is not a GPIO number")
@@ -200,12 +214,36 @@ def check_pins(d: dict, problems: list[str]) -> dict[str, tuple[int, str]]:
     return out
 
 
+PSRAM_KINDS = {"esp32": {"quad"}, "esp32s3": {"quad", "octal"}}
+FIRMWARES = ("frozen", "stock")
+
+
+def check_firmware(d: dict, problems: list[str]) -> None:
+    """Which firmware the board runs, and the PSRAM that stock MicroPython with .mpy files needs:
+    loaded from .mpy the reader takes ~158 KB of GC heap (32-bit), a plain ESP32 gives ~112 KB."""
+    psram, fw = d.get("psram"), d.get("firmware")
+    if psram is not None:
+        kinds = PSRAM_KINDS.get(d.get("chip"), set())
+        if psram not in kinds:
+            problems.append(f"psram: {psram!r} is not one of {sorted(kinds)} (or leave it out: no PSRAM)")
+        mb = d.get("psram_mb")
+        if isinstance(mb, bool) or mb not in (2, 4, 8, 16):
+            problems.append(f"psram_mb: {mb!r} is not 2, 4, 8 or 16 (the module's PSRAM in MB)")
+    if fw not in FIRMWARES:
+        problems.append(f'firmware: {fw!r} is not "frozen" (the reader frozen into the firmware: make firmware) '
+                        f'or "stock" (stock MicroPython with .mpy files, PSRAM boards only)')
+    elif fw == "stock" and psram is None:
+        problems.append('firmware: "stock" needs a board with PSRAM (the reader loaded from .mpy files does not '
+                        'fit a plain ESP32\'s heap): use "frozen", or give "psram" and "psram_mb"')
+
+
 def validate(d: dict, path: Path | str = "<board>") -> Board:
     problems: list[str] = []
     if not isinstance(d, dict):
         raise BoardError(f"{path}: not a JSON object")
     if not isinstance(d.get("name"), str) or not d.get("name"):
         problems.append("name: missing")
+    check_firmware(d, problems)
     pins = check_pins(d, problems)
     if problems:
         raise BoardError(f"{path}: " + "; ".join(problems))
@@ -239,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
             bad += 1
             print(f"REFUSED {e}")
             continue
-        print(f"ok {f}: {b.name} ({b.chip}, {len(b.pins)} pins, {b.data['flash_mb']} MB flash)")
+        ram = f", {b.psram_mb} MB PSRAM" if b.psram_mb else ""
+        print(f"ok {f}: {b.name} ({b.chip}, {len(b.pins)} pins, {b.data['flash_mb']} MB flash{ram}, "
+              f"{b.firmware} firmware)")
     return 1 if bad else 0
 
 

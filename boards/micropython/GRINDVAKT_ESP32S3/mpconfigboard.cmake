@@ -1,0 +1,20 @@
+# grindvakt reader firmware for an ESP32-S3 without PSRAM (8 MB flash): MicroPython with the reader
+# frozen in (boards/micropython/README.md; built by `make firmware`, tools/firmware.py).
+set(IDF_TARGET esp32s3)
+
+# No boards/sdkconfig.ble: the reader has no use for Bluetooth, and leaving it out saves flash and
+# the BT controller's RAM.
+set(SDKCONFIG_DEFAULTS
+    boards/sdkconfig.base
+    ${SDKCONFIG_IDF_VERSION_SPECIFIC}
+    boards/sdkconfig.usb
+    ${MICROPY_BOARD_DIR}/sdkconfig.board
+)
+
+# ESP-IDF resolves a relative partition table path against the port folder, and this board folder
+# lives outside it: hand it the absolute path through a generated fragment (read after the others).
+file(WRITE ${CMAKE_BINARY_DIR}/sdkconfig.partitions
+    "CONFIG_PARTITION_TABLE_CUSTOM=y\nCONFIG_PARTITION_TABLE_CUSTOM_FILENAME=\"${MICROPY_BOARD_DIR}/partitions.csv\"\n")
+list(APPEND SDKCONFIG_DEFAULTS ${CMAKE_BINARY_DIR}/sdkconfig.partitions)
+
+set(MICROPY_FROZEN_MANIFEST ${MICROPY_BOARD_DIR}/manifest.py)
