@@ -96,8 +96,10 @@ def test_each_board_says_which_firmware_and_stock_needs_psram():
     assert loaded["esp32-devkitc-i2c"].firmware == "frozen" and loaded["esp32-devkitc-i2c"].psram_mb == 0
     with pytest.raises(boards.BoardError, match='"stock" needs a board with PSRAM'):
         boards.validate(_with(I2C, ("firmware",), "stock"))
-    with pytest.raises(boards.BoardError, match="firmware: None is not \"frozen\""):
-        boards.validate({k: v for k, v in I2C.items() if k != "firmware"})
+    assert all("firmware" in b.data for b in loaded.values())
+    with pytest.raises(boards.BoardError, match="firmware: 'romfs' is not \"frozen\""):
+        boards.validate(_with(I2C, ("firmware",), "romfs"))
+    assert boards.validate({k: v for k, v in I2C.items() if k != "firmware"}).firmware == "frozen"
     wrover = json.loads((ROOT / "boards" / "esp32-wrover-i2c.json").read_text())
     with pytest.raises(boards.BoardError, match="GPIO16 is wired to the module's flash/PSRAM"):
         boards.validate(_with(wrover, ("buzzer", "pin"), 16))  # WROVER's PSRAM clock

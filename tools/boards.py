@@ -90,7 +90,7 @@ class Board:
     def firmware(self) -> str:
         """"frozen": the grindvakt firmware with the reader frozen in (make firmware); "stock":
         stock MicroPython with the reader as .mpy files on LittleFS (PSRAM boards only)."""
-        return self.data["firmware"]
+        return self.data.get("firmware") or ("stock" if self.data.get("psram") else "frozen")
 
     @property
     def psram_mb(self) -> int:
@@ -229,6 +229,8 @@ def check_firmware(d: dict, problems: list[str]) -> None:
         mb = d.get("psram_mb")
         if isinstance(mb, bool) or mb not in (2, 4, 8, 16):
             problems.append(f"psram_mb: {mb!r} is not 2, 4, 8 or 16 (the module's PSRAM in MB)")
+    if fw is None:
+        return  # not said: frozen without PSRAM, stock with it (the shipped files all say it)
     if fw not in FIRMWARES:
         problems.append(f'firmware: {fw!r} is not "frozen" (the reader frozen into the firmware: make firmware) '
                         f'or "stock" (stock MicroPython with .mpy files, PSRAM boards only)')
