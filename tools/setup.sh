@@ -26,5 +26,13 @@ if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ pyproject.toml -n
   .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
   touch "$stamp"
 fi
+# The 32-bit MicroPython (WebAssembly, npm) for the heap figures and heap_lock proofs on 32-bit:
+# where Node is there; the bench and the test skip with the reason where it is not.
+if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 \
+    && [ ! -f tools/wasm/node_modules/@micropython/micropython-webassembly-pyscript/micropython.mjs ]; then
+  echo "setup: installing the 32-bit MicroPython (npm ci in tools/wasm)"
+  npm ci --no-audit --no-fund --prefix tools/wasm >/dev/null \
+    || echo "setup: npm ci in tools/wasm failed: the 32-bit heap checks will skip" >&2
+fi
 .venv/bin/micropython -c "import sys; assert sys.implementation.version[:2] >= (1, 29), sys.implementation" \
   || { echo "setup: the unix-port micropython is not v1.29+" >&2; exit 1; }
