@@ -354,16 +354,7 @@ def cmd_readers_config(ctx: Ctx) -> int:
 
 
 def reader_rows(reg: Registry, site: str | None, lag_limit_s: float) -> list[dict]:
-    rows = []
-    versions = {s["id"]: s["version"] for s in reg.sites()}
-    for r in reg.readers(site):
-        head = versions.get(r["site_id"], 0)
-        lag = max(0, head - r["applied_version"])
-        block_since = reg.oldest_unapplied_block(r["site_id"], r["applied_version"]) if lag else None
-        late = bool(block_since and (now() - parse_iso(block_since)).total_seconds() > lag_limit_s)
-        rows.append(dict(r, head=head, lag=lag, block_pending_since=block_since,
-                         lagging_block=late))
-    return rows
+    return reg.reader_rows(site, lag_limit_s)
 
 
 def cmd_readers_list(ctx: Ctx) -> int:
@@ -919,6 +910,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--poll", type=float, default=0.1,  # serve.DEFAULT_POLL_S
                    help="seconds between looks for new registry versions (default 0.1)")
     x.set_defaults(fn=cmd_serve)
+
+    from host_sync import webcli  # web, users, alarms: the console's commands
+    webcli.add_parsers(top)
     return p
 
 

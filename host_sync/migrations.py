@@ -167,9 +167,78 @@ _V4 = [
     "CREATE INDEX commands_counter ON commands (reader_id, counter)",
 ]
 
+# The operators' web console (host_sync/web/): accounts with roles (optionally limited to sites),
+# sessions (only a hash of the cookie's token is stored), alarms and their deliveries to the
+# configured sinks (an outbox: each delivery is retried until it succeeds or gives up), and the
+# indexes its pages query by (card search, events by time and kind, the alarm scan's cursor).
+_V5 = [
+    """CREATE TABLE users (
+        id {serial},
+        username TEXT NOT NULL UNIQUE,
+        pw_hash TEXT NOT NULL,
+        role TEXT NOT NULL,
+        sites TEXT NOT NULL DEFAULT '',
+        failed INTEGER NOT NULL DEFAULT 0,
+        locked_until TEXT,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL)""",
+    """CREATE TABLE web_sessions (
+        token_hash TEXT PRIMARY KEY,
+        user_id BIGINT NOT NULL REFERENCES users(id),
+        csrf TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL)""",
+    "CREATE INDEX web_sessions_user ON web_sessions (user_id)",
+    """CREATE TABLE alarms (
+        id {serial},
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        site_id TEXT NOT NULL DEFAULT '',
+        reader_id TEXT NOT NULL DEFAULT '',
+        at TEXT NOT NULL,
+        message TEXT NOT NULL,
+        cleared_at TEXT,
+        acked_by TEXT,
+        acked_at TEXT,
+        ack_note TEXT NOT NULL DEFAULT '')""",
+    "CREATE INDEX alarms_key ON alarms (key, cleared_at)",
+    "CREATE INDEX alarms_open ON alarms (acked_at, id)",
+    """CREATE TABLE alarm_sinks (
+        id {serial},
+        kind TEXT NOT NULL,
+        target TEXT NOT NULL,
+        secret TEXT NOT NULL DEFAULT '',
+        options TEXT NOT NULL DEFAULT '{}',
+        enabled INTEGER NOT NULL DEFAULT 1,
+        created_at TEXT NOT NULL)""",
+    """CREATE TABLE alarm_deliveries (
+        id {serial},
+        alarm_id BIGINT NOT NULL REFERENCES alarms(id),
+        sink_id BIGINT NOT NULL REFERENCES alarm_sinks(id),
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at TEXT NOT NULL,
+        last_error TEXT NOT NULL DEFAULT '',
+        delivered_at TEXT)""",
+    "CREATE INDEX alarm_deliveries_due ON alarm_deliveries (state, next_at)",
+    "CREATE INDEX events_received ON events (received_at)",
+    "CREATE INDEX events_reader_at ON events (reader_id, at)",
+    "CREATE INDEX events_card_at ON events (card_no, at)",
+    "CREATE INDEX cards_holder ON cards (lower(holder))",
+    "CREATE INDEX cards_employer ON cards (lower(employer))",
+    "CREATE INDEX readers_site ON readers (site_id, id)",
+    "CREATE INDEX audit_subject ON audit (subject, id)",
+    "CREATE INDEX changes_at ON changes (at)",
+    {"postgresql": 'CREATE INDEX cards_no_c ON cards (card_no COLLATE "C")'},
+    {"postgresql": 'CREATE INDEX cards_uid_c ON cards (uid COLLATE "C")'},
+    "CREATE INDEX changes_blocking ON changes (site_id, blocking, version)",
+    "CREATE INDEX changes_subject ON changes (subject, at)",
+]
+
 MIGRATIONS = [
     (1, "registry, allowlist versions, events, staff ledger", _V1),
     (2, "live pushes claimed by one serve instance", _V2),
     (3, "the pushing instance's lease", _V3),
     (4, "operators' remote commands to readers", _V4),
+    (5, "web console: accounts, sessions, alarms and their sinks, page indexes", _V5),
 ]

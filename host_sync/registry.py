@@ -237,6 +237,49 @@ class Registry:
                    or s in c["card_no"].lower()]
         return out
 
+    def search_cards(self, q: str = "", site: str | None = None, status: str | None = None,
+                     after: str = "", limit: int = 50, sites: Sequence[str] = ()) -> list[dict]:
+        """One page of cards (card-number order, after `after`) matching `q`: a card number or
+        UID (exact or leading part: primary-key and unique-index ranges), else part of a
+        holder's or employer's name. `sites` limits to cards on those sites. Never loads the
+        table: the name search walks the card-number index and stops at `limit` matches."""
+        where, args = [], []
+        q = q.strip()
+        sql = "SELECT %s FROM cards c" % ", ".join("c." + x for x in CARD_COLS)
+        if q:
+            up, low, hx = q.upper(), q.lower(), q.lower().replace(":", "").replace(" ", "")
+            # byte order for the prefix ranges (PostgreSQL has a COLLATE "C" index for them)
+            c8 = ' COLLATE "C"' if self.db.dialect == "postgresql" else ""
+            alts = ["(c.card_no%s >= ? AND c.card_no%s < ?)" % (c8, c8)]
+            args += [up, up + "~"]
+            if hx and all(ch in "0123456789abcdef" for ch in hx):
+                alts.append("(c.uid%s >= ? AND c.uid%s < ?)" % (c8, c8))
+                args += [hx, hx + "g"]
+            like = "%" + low.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            alts.append("lower(c.holder) LIKE ? ESCAPE '\\'")
+            alts.append("lower(c.employer) LIKE ? ESCAPE '\\'")
+            args += [like, like]
+            where.append("(" + " OR ".join(alts) + ")")
+        if status:
+            where.append("c.status = ?")
+            args.append(status)
+        for one, many in ((site, None), (None, sites)):
+            if one:
+                where.append("EXISTS (SELECT 1 FROM card_sites s WHERE s.card_no = c.card_no"
+                             " AND s.site_id = ?)")
+                args.append(one)
+            if many:
+                where.append("EXISTS (SELECT 1 FROM card_sites s WHERE s.card_no = c.card_no"
+                             " AND s.site_id IN (%s))" % ",".join("?" * len(many)))
+                args.extend(many)
+        if after:
+            where.append("c.card_no > ?")
+            args.append(after)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self.db.all(sql + " ORDER BY c.card_no LIMIT %d" % int(limit), args)
+        return [dict(zip(CARD_COLS, r)) for r in rows]
+
     def find_uid(self, uid_hex: str) -> str | None:
         return self.db.scalar("SELECT card_no FROM cards WHERE uid = ?", (uid_hex,))
 
@@ -426,6 +469,46 @@ class Registry:
         return [dict(zip(("site", "version", "at", "actor", "action", "subject", "blocking"), r))
                 for r in rows]
 
+    def reader_rows(self, site: str | None = None, lag_limit_s: float = 60.0,
+                    limit: int | None = None, offset: int = 0,
+                    sites: Sequence[str] = ()) -> list[dict]:
+        """Readers with their lag: head (the site's version), lag (versions behind),
+        block_pending_since (the oldest blocking change not applied) and lagging_block (pending
+        longer than lag_limit_s). `limit`/`offset` page through them in id order; `sites`
+        limits them to those sites (the CLI's `readers list` and the console's readers page)."""
+        sql = ("SELECT %s, s.version FROM readers r JOIN sites s ON s.id = r.site_id"
+               % ", ".join("r." + c for c in READER_COLS))
+        where, args = [], []
+        if site:
+            where.append("r.site_id = ?")
+            args.append(site)
+        if sites:
+            where.append("r.site_id IN (%s)" % ",".join("?" * len(sites)))
+            args.extend(sites)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY r.id"
+        if limit is not None:
+            sql += " LIMIT %d OFFSET %d" % (int(limit), int(offset))
+        rows = []
+        t = now()
+        for row in self.db.all(sql, args):
+            r = _reader_dict(row[:-1])
+            head = int(row[-1])
+            lag = max(0, head - r["applied_version"])
+            since = self.oldest_unapplied_block(r["site_id"], r["applied_version"]) if lag else None
+            late = bool(since and (t - _parse(since)).total_seconds() > lag_limit_s)
+            rows.append(dict(r, head=head, lag=lag, block_pending_since=since, lagging_block=late))
+        return rows
+
+    def change_report(self, site_id: str, version: int) -> dict:
+        """Which readers of the site applied change site:version, which not (and since when:
+        the change's time)."""
+        ch = self.change(site_id, version)
+        readers = self.readers(site_id)
+        return {"change": ch, "applied": [r for r in readers if r["applied_version"] >= version],
+                "pending": [r for r in readers if r["applied_version"] < version]}
+
     def oldest_unapplied_block(self, site_id: str, applied_version: int) -> str | None:
         """When the oldest blocking change this reader has not applied was made (or None)."""
         return self.db.scalar("SELECT MIN(at) FROM changes WHERE site_id = ? AND version > ?"
@@ -440,6 +523,11 @@ def _reader_dict(row: Iterable) -> dict:
     except ValueError:
         d["health"] = {"raw": d["health"]}
     return d
+
+
+def _parse(ts: str) -> dt.datetime:
+    from host_sync.timeutil import parse_iso
+    return parse_iso(ts)
 
 
 def _day(s: str | dt.date) -> dt.date:
