@@ -66,7 +66,8 @@ class Reader:
 
 class VirtualSite:
     def __init__(self, workdir: Path, sites: list[SiteSpec], readers: list[ReaderSpec], *,
-                 board: Path = DEFAULT_BOARD, heapsize: str | None = None, say: Callable[[str], None] | None = None):
+                 board: Path = DEFAULT_BOARD, heapsize: str | None = None, say: Callable[[str], None] | None = None,
+                 romfs: bool = False):
         self.dir = Path(workdir).resolve()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data = self.dir / "data"
@@ -74,6 +75,7 @@ class VirtualSite:
         self.specs = readers
         self.board_file = Path(board).resolve()
         self.heapsize = heapsize
+        self.romfs = romfs  # readers run the frozen firmware's modules from a ROMFS image
         self.say = say or (lambda s: None)
         self.port = free_port()
         self.broker: subprocess.Popen | None = None
@@ -151,7 +153,7 @@ class VirtualSite:
     def start_reader(self, reader_id: str, fresh: bool = True) -> VirtualBoard:
         r = self.readers[reader_id]
         vb = VirtualBoard(self.board_file, self.dir / "readers" / f"{reader_id}.img", config=r.config,
-                          fresh=fresh, heapsize=self.heapsize)
+                          fresh=fresh, heapsize=self.heapsize, romfs=self.romfs)
         vb.start()
         r.board = vb
         return vb

@@ -17,6 +17,7 @@ Steering (from this terminal's stdin, or text lines on the --control TCP port):
   key KEYS              keys pressed one after another, e.g. `key 1234#`
   fault KIND [N]        a PN532 fault (checksum, nack, no_ack, hang, stretch, garbage)
   reset                 power cycle the board        status    report state
+  heap                  report the live heap {"event": "heap", "alloc": ...} from inside the firmware
   quit                  stop the board
 Reports (stdout, or --events FILE; also sent to every control connection), one JSON object
 a line with "t" (seconds since start): boots {"event": "boot", "cause": ...}, outputs
@@ -46,6 +47,24 @@ HERE = Path(__file__).resolve().parent
 # plus this shim and the PN532 simulator (~41 KB) do not fit the 128k proxy heap on the 64-bit
 # unix port; see docs/virtual-board.md.
 DEFAULT_HEAP = "384k"
+# A board with PSRAM gets a heap like stock MicroPython gives it there (all of the PSRAM the chip
+# maps, at most 4 MB on an ESP32), so that tools.deploy reading gc.mem_free() + gc.mem_alloc()
+# tells the two kinds of board apart here as on the hardware (a plain board stays at DEFAULT_HEAP,
+# which is more than an ESP32's ~112 KB: the 64-bit port and the shim need it, docs/virtual-board.md).
+PSRAM_HEAP_MAX_MB = {"esp32": 4, "esp32s3": 8}
+
+
+def heap_bytes(text: str) -> int:
+    t = str(text).strip().lower()
+    mult = {"k": 1024, "m": 1024 * 1024}.get(t[-1:], 1)
+    return int(t[:-1] if mult > 1 else t) * mult
+
+
+def default_heap(board: dict) -> str:
+    if board.get("psram") and board.get("psram_mb"):
+        mb = min(int(board["psram_mb"]), PSRAM_HEAP_MAX_MB.get(board.get("chip"), 4))
+        return f"{mb * 1024 - 64}k"  # less what the IDF keeps of it
+    return DEFAULT_HEAP
 SHIM_PATH = [".frozen", str(HERE / "shim"), str(mpy.ROOT / "tools" / "sim")]
 
 
@@ -99,7 +118,15 @@ class Board:
     def setup(self) -> None:
         if not self.image.exists() or self.args.fresh:
             config = json.loads(Path(self.args.config).read_text()) if self.args.config else None
-            flash_image.create(self.image, self.board_path, config, firmware=not self.args.blank)
+            flash_image.create(self.image, self.board_path, config, firmware=not self.args.blank,
+                               romfs=bool(self.args.romfs or self.args.romfs_image))
+        self.romfs = None
+        if self.args.romfs_image:
+            self.romfs = Path(self.args.romfs_image).resolve()
+        elif self.args.romfs:
+            self.romfs = flash_image.romfs_image(self.board_path)
+        heap = heap_bytes(self.args.heapsize or default_heap(self.board))
+        self.heapsize = heap + (self.romfs.stat().st_size + 64 if self.romfs else 0)
         # the serial port: we keep the slave open so the port survives clients coming and going
         self.outer_master, self.outer_slave = os.openpty()
         attrs = termios.tcgetattr(self.outer_slave)
@@ -120,7 +147,8 @@ class Board:
         if self.args.stdin and sys.stdin.isatty() or self.args.stdin:
             self.sel.register(sys.stdin, selectors.EVENT_READ, "stdin")
         self.emit({"event": "ready", "pty": str(self.pty_link), "control": self.ctl_server.getsockname()[1],
-                   "board": self.board.get("name"), "chip": self.board.get("chip"), "flash": str(self.image)})
+                   "board": self.board.get("name"), "chip": self.board.get("chip"), "flash": str(self.image),
+                   "heap": heap, "romfs": str(self.romfs) if self.romfs else None})
 
     # -- the interpreter --
     def start_child(self, cause: str, skip_main: bool = False) -> None:
@@ -130,7 +158,9 @@ class Board:
         env["MICROPYPATH"] = os.pathsep.join(SHIM_PATH)
         if skip_main:
             env["GV_VB_SKIP_MAIN"] = "1"
-        argv = [mpy.micropython_bin(), "-X", f"heapsize={self.args.heapsize}", "-i", str(HERE / "board_boot.py")]
+        if self.romfs:
+            env["GV_VB_ROMFS"] = str(self.romfs)
+        argv = [mpy.micropython_bin(), "-X", f"heapsize={self.heapsize}", "-i", str(HERE / "board_boot.py")]
         pid, fd = pty.fork()
         if pid == 0:  # child: a terminal like a board's UART: no echo or line editing, ^C interrupts
             try:
@@ -327,6 +357,8 @@ class Board:
                     self.timers.append((at, "down " + k))
                     self.timers.append((at + 0.08, "up"))
                     at += 0.16
+            elif op == "heap":
+                self.to_hw("heap")
             elif op == "fault" and rest:
                 self.to_hw("fault " + " ".join(rest))
             elif op == "reset":
@@ -426,8 +458,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pty", help="path of the serial-port symlink for mpremote (default: FLASH.pty)")
     ap.add_argument("--control", type=int, default=0, help="TCP port on 127.0.0.1 for steering (0: any free)")
     ap.add_argument("--events", help="append the JSON-line reports to this file instead of stdout")
-    ap.add_argument("--heapsize", default=DEFAULT_HEAP,
-                    help=f"MicroPython heap (default {DEFAULT_HEAP}: see docs/virtual-board.md on heap)")
+    ap.add_argument("--heapsize", help=f"MicroPython heap (default {DEFAULT_HEAP}, or the PSRAM of a board "
+                                        f"file with psram_mb: see docs/virtual-board.md on heap)")
+    ap.add_argument("--romfs", action="store_true",
+                    help="a frozen-firmware board: the reader runs in place from a ROMFS image of what "
+                         "`make firmware` freezes (tools.firmware), the flash holds only board.json/config")
+    ap.add_argument("--romfs-image", help="that ROMFS image from this file (default: built from firmware/)")
     ap.add_argument("--stdin", action="store_true", help="read steering commands from stdin")
     args = ap.parse_args(argv)
     board = Board(args)

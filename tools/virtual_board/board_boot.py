@@ -9,6 +9,17 @@ import vboard  # noqa: F401 - connects to the launcher before the host filesyste
 import machine  # noqa: F401 - the shim, imported while its modules are still reachable
 import flashdev
 
+# A frozen-firmware board (--romfs): the reader's bytecode is in a ROMFS image, mounted at /rom
+# and run in place. On an ESP32 that is memory-mapped flash; here the image has to be read into the
+# heap, which the launcher made that much larger, and vboard.ROM_BYTES leaves it out of the heap
+# the board reports. Read before the host filesystem goes away.
+_rom = None
+if os.getenv("GV_VB_ROMFS"):
+    with open(os.getenv("GV_VB_ROMFS"), "rb") as _f:
+        _rom = bytearray(os.stat(os.getenv("GV_VB_ROMFS"))[6])
+        _f.readinto(_rom)
+    vboard.ROM_BYTES = len(_rom)
+
 _dev = flashdev.FlashDev(blocks=int(os.getenv("GV_VB_BLOCKS") or 512), path=os.getenv("GV_VB_IMAGE"))
 vboard.FLASH_DEV = _dev
 import esp32  # noqa: E402,F401 - the shim's partition table, importable after the root changes
@@ -22,6 +33,9 @@ vfs.umount("/")
 vfs.mount(_fs, "/")
 os.chdir("/")
 sys.path[:] = ["", ".frozen", "/lib"]
+if _rom is not None:
+    vfs.mount(vfs.VfsRom(_rom), "/rom")
+    sys.path[:] = ["", "/rom", ".frozen", "/lib"]  # "/rom" where the ESP32 has ".frozen"
 del _fs
 
 
@@ -35,6 +49,20 @@ def _run(name):
     exec(code, {"__name__": "__main__", "__file__": name})
 
 
-_run("boot.py")
-if not os.getenv("GV_VB_SKIP_MAIN"):
-    _run("main.py")
+def _run_frozen(name):
+    # as the ESP32 port runs a frozen boot.py/main.py in place of the filesystem's
+    sys.path.insert(0, "/rom/frozen_boot")
+    try:
+        __import__(name)
+    finally:
+        sys.path.remove("/rom/frozen_boot")
+
+
+if _rom is not None:
+    _run_frozen("boot")
+    if not os.getenv("GV_VB_SKIP_MAIN"):
+        _run_frozen("main")
+else:
+    _run("boot.py")
+    if not os.getenv("GV_VB_SKIP_MAIN"):
+        _run("main.py")

@@ -15,7 +15,7 @@ from tools import mpy
 class VirtualBoard:
     def __init__(self, board: str | Path, flash: str | Path, *, config: str | Path | None = None,
                  fresh: bool = False, blank: bool = False, heapsize: str | None = None,
-                 workdir: str | Path | None = None):
+                 workdir: str | Path | None = None, romfs: bool | str | Path = False):
         self.flash = Path(flash)
         self.workdir = Path(workdir or self.flash.parent)
         self.events_path = self.workdir / (self.flash.name + ".events.jsonl")
@@ -27,6 +27,11 @@ class VirtualBoard:
             self.args.append("--fresh")
         if blank:
             self.args.append("--blank")
+        if romfs is True:
+            self.args.append("--romfs")
+        elif romfs:
+            self.args += ["--romfs-image", str(romfs)]
+        self.ready: dict = {}
         self.proc: subprocess.Popen | None = None
         self.ctl: socket.socket | None = None
         self.pty = ""
@@ -38,6 +43,7 @@ class VirtualBoard:
                                      stdout=subprocess.DEVNULL, stderr=open(self.workdir / "vb.stderr", "ab"))
         ready = self.wait_for(lambda e: e.get("event") == "ready", timeout, from_start=True)
         self.pty = ready["pty"]
+        self.ready = ready
         self.ctl = socket.create_connection(("127.0.0.1", ready["control"]))
         return self
 
@@ -74,6 +80,12 @@ class VirtualBoard:
     def send(self, command: str) -> None:
         assert self.ctl is not None, "not started"
         self.ctl.sendall((command + "\n").encode())
+
+    def heap(self, timeout: float = 20) -> dict:
+        """The live heap as the firmware sees it at its next poll of the launcher (ROMFS image left out)."""
+        self.mark()
+        self.send("heap")
+        return self.wait_for(lambda e: e.get("event") == "heap", timeout)
 
     def logs(self) -> list[str]:
         return [e["log"] for e in self.events() if "log" in e]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -26,13 +27,20 @@ def write(image: Path, blocks: int, files: dict[str, Path], fmt: bool = False) -
         raise RuntimeError(f"writing flash image failed:\n{proc.stdout}{proc.stderr}")
 
 
-def create(image: Path, board_path: Path, config: dict | None = None, firmware: bool = True) -> None:
+def create(image: Path, board_path: Path, config: dict | None = None, firmware: bool = True,
+           romfs: bool = False) -> None:
     """A fresh image holding what `make build` puts on a board (the firmware compiled to .mpy for
-    the board's chip, boot.py, main.py, board.json) and an optional /config.json."""
+    the board's chip, boot.py, main.py, board.json) and an optional /config.json. With romfs the
+    reader is in the firmware (romfs_image), and the filesystem holds only board.json (and the
+    config), as the frozen deploy leaves it."""
     board = json.loads(Path(board_path).read_text())
     with tempfile.TemporaryDirectory() as tmp:
         files: dict[str, Path] = {}
-        if firmware:
+        if firmware and romfs:
+            bj = Path(tmp) / "board.json"
+            bj.write_text(json.dumps(board, sort_keys=True) + "\n")  # the bytes tools.deploy writes
+            files["board.json"] = bj
+        elif firmware:
             out, manifest = cached_build(Path(board_path))
             files = {f["path"]: out / f["path"] for f in manifest["files"]}
         if config is not None:
@@ -62,3 +70,38 @@ def cached_build(board_path: Path) -> tuple[Path, dict]:
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
     return root / board_path.stem, json.loads(manifest_path.read_text())
+
+
+# In the ROMFS image boot.py and main.py sit in this folder, which board_boot.py puts first in
+# sys.path for those two imports only: a frozen boot.py/main.py runs in place of the filesystem's,
+# while for every other module the filesystem ("") still comes first, as on the ESP32 port.
+ROM_BOOT_DIR = "frozen_boot"
+
+
+def romfs_image(board_path: Path, out: Path | None = None) -> Path:
+    """A ROMFS image (`mpremote romfs build`) of what the frozen firmware for this board's chip
+    freezes (tools.firmware: boot.py, main.py, gv/, and gv_build with the build id), compiled to
+    .mpy: the virtual board mounts it with vfs.VfsRom and runs that bytecode in place, as the
+    ESP32 runs frozen modules from flash. Cached by build id."""
+    from tools import boards, build, firmware
+
+    d = firmware.def_dir(boards.load(board_path).chip)
+    img = out or build.BUILD / "vb-cache" / f"romfs-{d.name}-{firmware.build_id(d)}.img"
+    if img.exists():
+        return img
+    img.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "rom"
+        firmware.stage(d, tree)
+        (tree / ROM_BOOT_DIR).mkdir()
+        for name in ("boot.py", "main.py"):
+            os.rename(tree / name, tree / ROM_BOOT_DIR / name)
+        part = img.with_name(img.name + ".%d" % os.getpid())
+        mpremote = Path(mpy.micropython_bin()).parent / "mpremote"
+        env = dict(os.environ, PATH=os.pathsep.join([str(Path(mpy.mpy_cross_bin()).parent), os.environ.get("PATH", "")]))
+        p = subprocess.run([str(mpremote) if mpremote.exists() else "mpremote", "romfs", "-o", str(part), "build",
+                            str(tree)], env=env, capture_output=True, text=True, timeout=300)
+        if p.returncode:
+            raise RuntimeError(f"mpremote romfs build failed:\n{p.stdout}{p.stderr}")
+        os.replace(part, img)
+    return img

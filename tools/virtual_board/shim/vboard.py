@@ -9,6 +9,7 @@ import time
 BOARD = {}
 CHIP = "esp32"
 FLASH_DEV = None  # the FlashDev under the root filesystem (set by board_boot)
+ROM_BYTES = 0  # the ROMFS image held in the heap (set by board_boot; flash on a real board)
 _sock = None
 _buf = b""
 _last_poll = 0
@@ -77,6 +78,22 @@ def poll(force=False):
             fn(line)
 
 
+def heap_report():
+    """The heap as the board would report it: the live heap after a collection, without the
+    ROMFS image (flash on a real board). Taken wherever the firmware last polled the launcher,
+    i.e. inside its running loop; the shim and the PN532 simulator (~41 KB) are in it."""
+    import gc
+
+    gc.collect()
+    send({"event": "heap", "alloc": gc.mem_alloc() - ROM_BYTES, "free": gc.mem_free(),
+          "total": gc.mem_alloc() + gc.mem_free() - ROM_BYTES, "rom_bytes": ROM_BYTES})
+
+
+def _on_line(line):
+    if line == "heap":
+        heap_report()
+
+
 def reset_cause():
     return os.getenv("GV_VB_RESET") or "power-on"
 
@@ -91,3 +108,4 @@ def reboot(cause):
 
 _load_board()
 _connect()
+_handlers.append(_on_line)
