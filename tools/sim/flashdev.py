@@ -33,6 +33,7 @@ class FlashDev:
         self._erased = b"\xff" * block_size
         self._old = bytearray(128)  # what a program is about to change (see _program)
         self._oldmv = memoryview(self._old)
+        self._one = bytearray(1)
         anon = path is None
         if anon:
             path = _anon_path()
@@ -110,8 +111,10 @@ class FlashDev:
             view = None
         if view is None:  # LittleFS only ever programs erased flash: a plain write is exact
             self._f.seek(addr)
+            one = self._one  # a byte at a time through a buffer of its own (no slice: no heap)
             for i in range(k):
-                self._f.write(data[c + i:c + i + 1])
+                one[0] = data[c + i]
+                self._f.write(one)
             return
         self._f.seek(addr)
         self._f.readinto(view)

@@ -42,11 +42,20 @@ ENOSPC = const(28)
 GAP = const(28)  # erased bytes always left between overrides and appended entries (two append
 # slots): a scan from either end then meets a whole erased slot and stops, even on a full page
 LOW_ROOM = const(56)  # a page with less erased room than this after a delta asks for compaction
+MAX_VERSION = 0xFFFFFFFF  # versions are u32 on the wire and on flash; 0 means "none yet"
+
+
+class BadData(ValueError):
+    """An update the store refuses for what it says, not for the flash: a header past the hard
+    limits, a record that cannot be (status, flags), records out of order, a count that does
+    not add up. Raised before anything is allocated, written or deleted: the store, and a
+    snapshot in progress, are exactly as before (the sync layer reports it as "malformed")."""
 
 MAN_HDR = "<4sBBHIIHHI"  # magic, format, 0, 0, version, count, nshards, ndeltas, tag
 MAN_HDR_N = const(24)
 SHARD = "<8sIII"  # first_key, tag, nrec, crc
 SHARD_N = const(20)
+MAX_SHARDS = const(202)  # shard entries one manifest block holds beside its crc and one CR slot
 DELTA = "<III"  # tag, nrec, crc
 DELTA_N = const(12)
 DHDR = "<4sIIII"  # magic, from, to, nrec, crc

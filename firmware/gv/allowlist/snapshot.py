@@ -2,10 +2,22 @@
 # New shard files are written beside the live ones; a small state file S (temp + rename after
 # every finished shard) records them, so a cut loses at most the shard being written. The
 # manifest switch in end_snapshot is the single moment the reader moves to the new version.
+#
+# What the host sends is checked before it touches anything: a header against hard limits
+# (version, count: the partition's pages and the manifest's shard slots) before anything is
+# allocated or deleted, a chunk whole (length, statuses, flags, order, the count it would reach)
+# before its first record reaches a writer. A refused header or chunk raises BadData and leaves
+# the rebuild exactly where it was, so the host's correct resend is taken. A flash error (or a
+# MemoryError) part-way drops the rebuild back to what S holds (its durable progress) and deletes
+# what S does not name. S never names a file that is not there: a new S is switched before the
+# files of the rebuild it replaces are deleted, and open() drops an S whose files are missing.
 import os
 import struct
 from binascii import crc32
-from gv.allowlist.layout import MAGIC_SNAP, REC, SNAP_HDR, ShardTable, _cmpk, _rm, trunc_key
+from gv.allowlist.layout import (
+    FREC, IX, MAGIC_SNAP, MAX_SHARDS, MAX_VERSION, PAGE_HDR, PAGE_RECS, REC, SNAP_HDR, BadData,
+    ShardTable, _cmpk, _rm, trunc_key,
+)
 from gv.allowlist.pages import _ShardWriter
 
 ZERO8 = b"\x00" * 8
@@ -23,6 +35,44 @@ def _save_snap(self):
     os.rename(tmp, self._p("S"))
 
 
+def max_cards(self):
+    """The most cards a snapshot may announce: what the RAM page index (one entry per flash block
+    of the partition) and the manifest's shard slots can hold."""
+    return min((len(self._ix) // IX) * PAGE_RECS, MAX_SHARDS * self._srecs)
+
+
+def check_header(self, version, count):
+    """BadData unless version and count are within the hard limits (nothing is touched)."""
+    if not 0 < version <= MAX_VERSION:
+        raise BadData("snapshot version %d out of range" % version)
+    if not 0 <= count <= max_cards(self):
+        raise BadData("snapshot of %d cards: this store holds at most %d" % (count, max_cards(self)))
+
+
+def check_records(mv, lk=None):
+    """BadData unless mv holds whole 16-byte records the store can keep (status 1-5, no flag it
+    cannot keep), sorted strictly by their 52-bit key, the first above lk when given. No heap."""
+    n = len(mv) // REC
+    if len(mv) % REC:
+        raise BadData("chunk is not whole records")
+    for i in range(n):
+        o = i * REC
+        s = mv[o + 8]
+        if not 1 <= (s & 7) <= 5:
+            raise BadData("bad record status")
+        if s >> 4:
+            raise BadData("record flag the store cannot keep")
+        if i:
+            c = _cmpk(mv, o - REC, mv, o)
+        elif lk is not None:
+            c = _cmpk(lk, 0, mv, o)
+        else:
+            c = -1
+        if c >= 0:
+            raise BadData("snapshot records not sorted (or two cards share a 52-bit key)")
+    return n
+
+
 def snapshot_progress(self):
     """(version, count, records_received_durably) of an unfinished snapshot, else None. After a
     cut, call begin_snapshot(version, count) again and send from record index received."""
@@ -33,70 +83,148 @@ def snapshot_progress(self):
     return None if st is None else (st[0], st[1], st[2])
 
 
+def _received(sn):
+    # records taken by this rebuild so far (durable shards and the shard being written)
+    w = sn["w"]
+    return sn["st"].total() + (w.nrec if w is not None else 0)
+
+
+def _last_key(self, st):
+    # The 52-bit key of the last record S holds (its last shard's last page's last record), so a
+    # resumed rebuild checks its first chunk against it. None when it cannot be read.
+    i = len(st) - 1
+    if i < 0 or not st.nrec(i):
+        return None
+    from gv.allowlist.store import _file_off
+    p = self._pages_of(st.nrec(i)) - 1
+    b = bytearray(PAGE_HDR)
+    try:
+        with open(self._p("s%08x" % st.tag(i)), "rb") as f:
+            f.seek(_file_off(p))
+            if f.readinto(b) != PAGE_HDR:
+                return None
+            n = b[10] | b[11] << 8
+            if not 0 < n <= PAGE_RECS:
+                return None
+            f.seek(_file_off(p) + PAGE_HDR + (n - 1) * FREC)
+            if f.readinto(memoryview(b)[:7]) != 7:
+                return None
+    except OSError:
+        return None
+    b[6] &= 0xF0
+    b[7] = 0
+    return b[0:8]
+
+
+def abandon(self):
+    """Drop the rebuild in RAM back to what S holds on flash (after a flash error or MemoryError
+    part-way): the shard being written and any shard S does not name are deleted."""
+    sn = self._snap
+    self._snap = None
+    if sn is not None and sn["w"] is not None:
+        sn["w"].abort()
+    if self._cgen is None:  # no compaction with files of its own in flight (begin stops it)
+        try:
+            self._collect_garbage()
+        except (OSError, MemoryError):
+            pass  # left for the next boot's collection
+
+
 def begin_snapshot(self, version, count):
     """Start (or resume, same version and count) installing a full snapshot of count records,
-    sent sorted by key through snapshot_chunk. Returns the records already durably received."""
-    self._cgen = None
+    sent sorted by key through snapshot_chunk. Returns the records already durably received.
+    BadData (nothing touched) when version or count is past the hard limits."""
+    check_header(self, version, count)
     prev = self._load_snap()
+    resume = prev is not None and prev[0] == version and prev[1] == count
+    lk = None
+    if resume and len(prev[3]):
+        lk = _last_key(self, prev[3])
+        resume = lk is not None  # S's records cannot be read back: start afresh
+    st = prev[3] if resume else ShardTable(count // self._srecs + 2)  # one allocation for the install
+    # from here on the rebuild in RAM is replaced
+    self._cgen = None
     if self._snap is not None and self._snap["w"] is not None:
         self._snap["w"].abort()
-    if prev is not None and prev[0] == version and prev[1] == count:
-        st = prev[3]
-    else:
+    self._snap = None
+    sn = {"version": version, "count": count, "st": st, "w": None,
+          "lk": bytearray(8), "has_lk": lk is not None}
+    if lk is not None:
+        sn["lk"][0:8] = lk
+    if not resume:
+        # a new rebuild: its S (naming no shard yet) replaces the old one first, then the old
+        # rebuild's files go (a cut between leaves them as garbage the next boot deletes)
+        self._snap = sn
+        try:
+            _save_snap(self)
+        except BaseException as e:  # noqa: B036 - the old S stays, naming files that are there
+            self._snap = None
+            if isinstance(e, OSError):
+                self._storage_failed(e, (self._p("S.tmp"),))
+            else:
+                _rm(self._p("S.tmp"))
+            raise
         if prev is not None:
             for i in range(len(prev[3])):
-                _rm(self._p("s%08x" % prev[3].tag(i)))
-        st = ShardTable(count // self._srecs + 2)  # one allocation for the whole install
-    self._snap = {"version": version, "count": count, "st": st, "w": None,
-                  "lk": bytearray(8), "has_lk": False}
-    try:
-        _save_snap(self)
-    except OSError as e:
-        self._snap = None
-        self._storage_failed(e, (self._p("S.tmp"),))
-        raise
+                t = prev[3].tag(i)
+                if not _names(self._st, t):
+                    _rm(self._p("s%08x" % t))
+    self._snap = sn
     return st.total()
 
 
+def _names(st, tag):
+    for i in range(len(st)):
+        if st.tag(i) == tag:
+            return True
+    return False
+
+
 def snapshot_chunk(self, records_bytes):
-    """Add records (a multiple of 16 bytes, sorted by key, continuing the snapshot)."""
+    """Add records (a multiple of 16 bytes, sorted by key, continuing the snapshot). All or
+    nothing: BadData leaves the rebuild as it was; a flash error drops it back to S."""
     sn = self._snap
     if sn is None:
-        raise ValueError("no snapshot begun")
+        raise BadData("no snapshot begun")
     mv = memoryview(records_bytes)
-    if len(mv) % REC:
-        raise ValueError("chunk is not whole records")
     lk = sn["lk"]
+    n = check_records(mv, lk if sn["has_lk"] else None)
+    if _received(sn) + n > sn["count"]:
+        raise BadData("chunk past the %d records announced" % sn["count"])
+    if not n:
+        return
     try:
-        for i in range(len(mv) // REC):
+        for i in range(n):
             o = i * REC
-            if not 1 <= (mv[o + 8] & 7) <= 5:
-                raise ValueError("bad record status")
-            if mv[o + 8] >> 4:
-                raise ValueError("record flag the store cannot keep")
-            if sn["has_lk"] and _cmpk(mv, o, lk, 0) <= 0:
-                raise ValueError("snapshot records not sorted (or two cards share a 52-bit key)")
-            lk[0:8] = mv[o:o + 8]
-            trunc_key(lk, 0)
-            sn["has_lk"] = True
             w = sn["w"]
             if w is None:
+                lk[0:8] = mv[o:o + 8]
+                trunc_key(lk, 0)
                 w = sn["w"] = _ShardWriter(self._p, ZERO8 if not len(sn["st"]) else lk, self._wbuf(), self._sp)
             w.add(mv[o:o + REC])
             if w.full():
                 sn["st"].append(w.close())
                 sn["w"] = None
                 _save_snap(self)
-    except OSError as e:
-        self._storage_failed(e, (self._p("S.tmp"),))
+        o = (n - 1) * REC
+        lk[0:8] = mv[o:o + 8]
+        trunc_key(lk, 0)
+        sn["has_lk"] = True
+    except BaseException as e:  # noqa: B036 - a flash error or MemoryError: back to S, then report
+        abandon(self)
+        if isinstance(e, OSError):
+            self._storage_failed(e, (self._p("S.tmp"),))
         raise
 
 
 def end_snapshot(self):
-    """Switch to the snapshot atomically; old shards and deltas go afterwards."""
+    """Switch to the snapshot atomically; old shards and deltas go afterwards. BadData (rebuild
+    untouched) when fewer records came than announced."""
     sn = self._snap
     if sn is None:
-        raise ValueError("no snapshot begun")
+        raise BadData("no snapshot begun")
+    if _received(sn) != sn["count"]:
+        raise BadData("snapshot has %d records, announced %d" % (_received(sn), sn["count"]))
     st = sn["st"]
     try:
         if sn["w"] is not None:
@@ -104,31 +232,40 @@ def end_snapshot(self):
             sn["w"] = None
         if not len(st):
             st.append(_ShardWriter(self._p, ZERO8, self._wbuf()).close())
-        total = st.total()
-        if total != sn["count"]:
-            raise ValueError("snapshot has %d records, announced %d" % (total, sn["count"]))
         st.set_first(0, ZERO8)
-        old_st, old_d = self._st, self._dtags
-        self._write_manifest(sn["version"], total, st, [])
-    except OSError as e:
-        self._storage_failed(e, (self._p("M.tmp"),))
+        self._write_manifest(sn["version"], sn["count"], st, [])
+    except BaseException as e:  # noqa: B036 - not switched: the store is at its old version
+        abandon(self)
+        if isinstance(e, OSError):
+            self._storage_failed(e, (self._p("M.tmp"),))
         raise
+    # Switched: RAM follows the manifest before anything else can fail. Until the index is
+    # built the store answers no card (fail closed), and says so.
     self._snap = None
-    _rm(self._p("S"))
-    for i in range(len(old_st)):
-        _rm(self._p("s%08x" % old_st.tag(i)))
-    for d in old_d:
-        _rm(self._p("d%08x" % d[0]))
-    old_st = None
+    old_st, old_d = self._st, self._dtags
     self._st = st
     self._dtags = []
     self._nlog = 0
+    self._np = 0
+    self._need = set()
     self.version = sn["version"]
-    self.count = total
+    self.count = sn["count"]
+    self.health = "corrupt: index not built after snapshot"
+    self.need_resync = True
+    try:
+        _rm(self._p("S"))
+        for i in range(len(old_st)):
+            t = old_st.tag(i)
+            if not _names(st, t):
+                _rm(self._p("s%08x" % t))
+        for d in old_d:
+            _rm(self._p("d%08x" % d[0]))
+    except MemoryError:
+        pass  # what is left is garbage the next boot deletes
+    old_st = old_d = None
     bad = self._build_index(verify=True)
     if bad:
         self.health = "corrupt: %d shard(s) after snapshot" % bad
-        self.need_resync = True
     else:
         self.health = "ok"
         self.need_resync = False

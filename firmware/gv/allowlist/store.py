@@ -125,6 +125,7 @@ class Allowlist:
         self._fix = 0
         if bad:
             problems.append("%d shard(s) missing or corrupt" % bad)
+        self._check_snap()
         self._collect_garbage()
         if problems:
             self.health = "corrupt: " + "; ".join(problems)
@@ -136,6 +137,33 @@ class Allowlist:
             self.health = "ok"
             self.need_resync = False
         return self
+
+    def _check_snap(self):
+        # A rebuild's state file S must name only shard files that are there, whole, and not the
+        # live store's (an S whose shards the manifest names is a rebuild that was switched to
+        # just before a cut: resuming it would delete the live shards). Otherwise it goes, and
+        # the rebuild starts again (its files are garbage for _collect_garbage).
+        snap = self._load_snap()
+        if snap is None:
+            return
+        st = snap[3]
+        for i in range(len(st)):
+            t = st.tag(i)
+            live = False
+            for j in range(len(self._st)):
+                if self._st.tag(j) == t:
+                    live = True
+            if live or not self._shard_file_ok(t, st.nrec(i)):
+                _rm(self._p("S"))
+                return
+
+    def _shard_file_ok(self, tag, nrec):
+        """The shard file is there with the size nrec records give it (every page fills its
+        block's data: a file cut short, or gone, fails)."""
+        try:
+            return os.stat(self._p("s%08x" % tag))[6] == _file_off(self._pages_of(nrec))
+        except OSError:
+            return False
 
     def _wbuf(self):
         if self._wb is None:
@@ -326,9 +354,9 @@ class Allowlist:
             j0 = struct.unpack_from("<I", base, 4 * i)[0]
             j1 = struct.unpack_from("<I", base, 4 * i + 4)[0]
             crc = 0
-            ok = True
+            ok = self._shard_file_ok(st.tag(i), st.nrec(i))  # blocks LittleFS freed may still hold its pages
             k0 = k
-            for j in range(j0, j1):
+            for j in range(j0, j1 if ok else j0):
                 p = j - j0
                 b = ix[j * IX + 7] | ix[j * IX + 8] << 8
                 if b == 0xFFFF:
@@ -370,7 +398,7 @@ class Allowlist:
         bad = 0
         for i in range(len(st)):
             k0 = k
-            ok = True
+            ok = self._shard_file_ok(st.tag(i), st.nrec(i))
             crc = 0
             try:
                 with open(self._p("s%08x" % st.tag(i)), "rb") as f:

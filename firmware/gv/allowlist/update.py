@@ -3,7 +3,7 @@ import struct
 from binascii import crc32
 from gv.allowlist.layout import (
     APS, AP_C, AP_W, BLOCK, CR, CR_C, CR_D, CR_W, FREC, GAP, IX, LOW_ROOM, MAX_DELTA, MAGIC_PAGE, SCAN,
-    MAX_DFILES, MAGIC_DELTA, OVS, OV_W, PAGE_HDR, PK, REC, DHDR, ShardTable,
+    MAX_DFILES, MAGIC_DELTA, MAX_VERSION, OVS, OV_W, PAGE_HDR, PK, REC, DHDR, BadData, ShardTable,
     _cmpk, _merge_into, _ptr_bytes, _rm, _tag, entry_span, trunc_key,
 )
 from gv.allowlist.pages import _ShardWriter, _sort_records, pack13, page_records
@@ -21,7 +21,9 @@ def _collect(records, cap):
     # A bytearray is sorted in place (no second copy of a 16 KB delta on a small heap).
     if isinstance(records, (bytes, bytearray, memoryview)):
         if len(records) % REC:
-            raise ValueError("delta is not whole records")
+            raise BadData("delta is not whole records")
+        if len(records) // REC > cap:  # before the copy
+            raise BadData("delta too large: send a snapshot")
         buf = records if isinstance(records, bytearray) else bytearray(records)
         n = len(buf) // REC
     else:
@@ -29,9 +31,9 @@ def _collect(records, cap):
         n = 0
         for k, r in records:
             if len(k) != 8:
-                raise ValueError("key must be 8 bytes")
+                raise BadData("key must be 8 bytes")
             if r is not None and (len(r) != REC or _cmpk(r, 0, k, 0) != 0):
-                raise ValueError("bad record")
+                raise BadData("bad record")
             if (n + 1) * REC > len(buf):  # grow by doubling, by hand (one copy per doubling)
                 nb = bytearray(2 * len(buf))
                 nb[0:len(buf)] = buf
@@ -45,22 +47,22 @@ def _collect(records, cap):
                 buf[o + 8:o + REC] = r[8:REC]
             n += 1
             if n > cap:
-                raise ValueError("delta too large: send a snapshot")
+                raise BadData("delta too large: send a snapshot")
     if n > cap:
-        raise ValueError("delta too large: send a snapshot")
+        raise BadData("delta too large: send a snapshot")
     for i in range(n):
         st = buf[i * REC + 8]
         if st and not 1 <= (st & 7) <= 5:
-            raise ValueError("bad record status")
+            raise BadData("bad record status")
         if st >> 4:
-            raise ValueError("record flag the store cannot keep")
+            raise BadData("record flag the store cannot keep")
         if not st and any(buf[i * REC + 9:i * REC + REC]):
-            raise ValueError("bad removal")
+            raise BadData("bad removal")
         _as_stored(buf, i * REC)
     _sort_records(buf, n)
     for i in range(1, n):
         if _cmpk(buf, (i - 1) * REC, buf, i * REC) == 0:
-            raise ValueError("delta names a card twice (or two cards share a 52-bit key)")
+            raise BadData("delta names a card twice (or two cards share a 52-bit key)")
     return buf if len(buf) == n * REC else buf[0:n * REC]
 
 
@@ -79,7 +81,9 @@ def apply_delta(self, from_version, to_version, records):
     (key8, rec16) or (key8, None) to remove. Returns True when applied; False when the flash
     refused (full or failing: .health says so, the store stays at from_version). Raises
     ValueError on a delta that does not fit this store."""
-    if from_version != self.version or to_version <= from_version:
+    if not 0 <= from_version < to_version <= MAX_VERSION:
+        raise BadData("delta %d->%d: versions out of range" % (from_version, to_version))
+    if from_version != self.version:
         raise ValueError("delta %d->%d does not follow version %d" % (from_version, to_version, self.version))
     if self._dirty:
         self.health = "write failed: reboot to recover"

@@ -13,6 +13,8 @@ import gc
 import os
 
 from gv.compat import ticks_diff, ticks_ms
+from gv.allowlist.layout import BadData
+from gv.allowlist.snapshot import check_records
 from gv.sync import protocol as P
 from gv.sync.mqtt import MQTTClient, tls_context
 
@@ -23,6 +25,7 @@ _REPORT_MS = 1000  # at most one REJECT report per reason per second
 _EV_BATCH = 30  # 30 x 32-byte events: ~1 KiB messages
 _SEEN = 32  # anti-replay window: host counters remembered per session
 _MAX_CHUNK = 160  # records one SNAP chunk may inflate to (2.5 KiB buffer, preallocated)
+_ZLIB_WBITS = 10  # SNAP's zlib window (docs/protocol.md)
 
 
 class Sync:
@@ -317,7 +320,9 @@ class Sync:
             self._want_sync = True
         except Exception as e:  # noqa: BLE001 - the store refused it; the gate goes on
             self.last_error = "apply: %s" % e
-            self._reject(P.E_STORE, typ, ctr)
+            # what the host sent cannot be (a bad record, an absurd header, records out of
+            # order): malformed; the flash or the store's capacity refused it: store error
+            self._reject(P.E_MALFORMED if isinstance(e, BadData) else P.E_STORE, typ, ctr)
             self._want_sync = True
 
     def _fresh(self, ctr):
@@ -371,9 +376,26 @@ class Sync:
         self._work.set()
 
     def _on_snap(self, body):
+        try:
+            self._snap_msg(body)
+        except (P.ProtoError, BadData):
+            raise  # refused before the store changed: the rebuild stands where it was
+        except BaseException:  # noqa: B036 - the store dropped its rebuild back to what is durable
+            self._snap_open = None
+            raise
+
+    def _snap_msg(self, body):
         flags, head, version, count, offset, n, data = P.parse_snap(body)
         self.head = head
         if n > _MAX_CHUNK:
+            raise P.ProtoError(P.E_MALFORMED)
+        # the data first, inflated and checked whole: a chunk that cannot be neither begins a
+        # rebuild nor drops the one in progress
+        recs = None
+        if n:
+            recs = self._inflate(data, n) if flags & P.F_ZLIB else data
+            check_records(recs)
+        elif flags & P.F_ZLIB or len(data):
             raise P.ProtoError(P.E_MALFORMED)
         sv, done = self._progress()
         if offset == 0 and sv != version:
@@ -394,7 +416,6 @@ class Sync:
             self._snap_open = version
             self._snap_done = offset
         if n:
-            recs = self._inflate(data, n) if flags & P.F_ZLIB else data
             self.al.snapshot_chunk(recs)
             self._snap_done = offset + n
             self.chunks += 1
@@ -411,14 +432,20 @@ class Sync:
 
         want = n * P.REC
         mv = memoryview(self._zbuf)[:want]
-        d = deflate.DeflateIO(io.BytesIO(bytes(data)), deflate.ZLIB)
-        got = 0
-        while got < want:
-            k = d.readinto(mv[got:])
-            if not k:
-                break
-            got += k
-        if got != want or d.read(1):
+        try:
+            # the window the protocol fixes (2^10), not the one the stream's header claims: an
+            # authentic header saying 2^15 would otherwise take 32 KB of heap for its window
+            d = deflate.DeflateIO(io.BytesIO(bytes(data)), deflate.ZLIB, _ZLIB_WBITS)
+            got = 0
+            while got < want:
+                k = d.readinto(mv[got:])
+                if not k:
+                    break
+                got += k
+            more = d.read(1)
+        except (OSError, ValueError, EOFError):  # a corrupt stream (bad header, data or checksum)
+            raise P.ProtoError(P.E_MALFORMED)
+        if got != want or more:
             raise P.ProtoError(P.E_MALFORMED)
         return mv
 
