@@ -48,6 +48,8 @@ class Ctx:
     def db(self) -> Db:
         if self._db is None:
             self._db = open_db(self.args.db, self.args.data_dir)
+            if self._db.created:
+                _new_registry_notice(self._db.url, self.err)
         return self._db
 
     @property
@@ -63,6 +65,17 @@ class Ctx:
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
+
+
+def _new_registry_notice(url: str, err: Any) -> None:
+    """Said whenever a command made a new, empty registry: a wrong folder or a missing --db
+    must not pass for an empty site."""
+    print("notice: created a new, empty registry at %s (another registry? give --db URL, "
+          "--data-dir DIR or set GV_DB)" % url.replace("sqlite:///", ""), file=err)
+    legacy = Path("data") / "grindvakt.sqlite3"
+    if legacy.exists() and str(legacy.resolve()) not in url:
+        print("notice: a registry from an earlier version is in %s: use it with --data-dir %s"
+              % (legacy.resolve(), legacy.parent.resolve()), file=err)
 
 
 def _tz(name: str) -> dt.tzinfo:
@@ -275,19 +288,23 @@ def _reader_config(ctx: Ctx, reader_id: str, site_id: str, secret_hex: str,
     a = ctx.args
     site = ctx.reg.site(site_id)
     card_key, pin_key = ctx.reg.site_keys(site_id)
+    site_conf = _site_conf()  # `site init` said where the broker is and which CA(s) to pin
+    ca_path = a.ca or (str(site_conf.trust) if site_conf and not a.no_tls else None)
+    host = a.broker_host or (site_conf.reader_host if site_conf else "")
+    port = a.broker_port or (site_conf.port if site_conf else 8883)
     ca = ""
-    if a.ca:
+    if ca_path:
         try:
-            ca = Path(a.ca).read_text()
+            ca = Path(ca_path).read_text()
         except (OSError, UnicodeDecodeError) as e:
-            raise InvalidInput("broker.ca: cannot read the CA certificate %s: %s" % (a.ca, e))
+            raise InvalidInput("broker.ca: cannot read the CA certificate %s: %s" % (ca_path, e))
     wifi: dict[str, Any] = {"ssid": a.wifi_ssid or "",
                             "password": os.environ.get("GV_WIFI_PASSWORD", "")}
     if a.wifi_open:
         wifi["open"] = True
     cfg: dict[str, Any] = {
         "reader_id": reader_id, "site": site_id, "wifi": wifi,
-        "broker": {"host": a.broker_host or "", "port": a.broker_port, "tls": not a.no_tls,
+        "broker": {"host": host, "port": port, "tls": not a.no_tls,
                    "ca": ca, "user": reader_id, "password": broker_pw},
         "secret": secret_hex,
         "site_keys": {"card": card_key.hex(), "pin": pin_key.hex()},
@@ -338,8 +355,12 @@ def cmd_readers_add(ctx: Ctx) -> int:
                 % a.config_out)
     else:
         ctx.say("write its config with: host-sync readers config %s --config-out FILE" % r["id"])
-    ctx.say("the broker needs the new account: host-sync broker config --out DIR, then reload "
-            "mosquitto (SIGHUP)")
+    done = refresh_site_broker(ctx)
+    if done is None:
+        ctx.say("the broker needs the new account: host-sync broker config --out DIR, then reload "
+                "mosquitto (SIGHUP)")
+    else:
+        ctx.say("the site's broker has its account: " + done)
     return EXIT_OK
 
 
@@ -643,24 +664,182 @@ def host_broker_account(reg: Registry) -> tuple[str, str]:
     return "host", pw
 
 
+def _accounts(ctx: Ctx) -> tuple[list, list]:
+    from host_sync import broker
+    user, pw = host_broker_account(ctx.reg)
+    return ([broker.ReaderAccount(rid, site, bpw) for rid, site, bpw in ctx.reg.broker_accounts()],
+            [broker.HostAccount(user, pw)])
+
+
+def _site_conf(required: bool = False) -> Any:
+    from host_sync import siteconf
+    try:
+        conf = siteconf.SiteConf.load()
+    except siteconf.SiteError as e:
+        raise InvalidInput(str(e))
+    if conf is None and required:
+        from host_sync.paths import config_dir
+        raise NotFound("no site set up in %s: run 'host-sync site init' first (or set "
+                       "GV_CONFIG_DIR)" % config_dir())
+    return conf
+
+
+def refresh_site_broker(ctx: Ctx) -> str | None:
+    """After an account change: the site's broker files rewritten and the broker told. None when
+    this host has no site set up (`broker config --out DIR` is then the way)."""
+    from host_sync import broker, siteconf
+    conf = _site_conf()
+    if conf is None:
+        return None
+    readers, hosts = _accounts(ctx)
+    try:
+        siteconf.write_broker(conf, readers, hosts)
+    except broker.BrokerConfigError as e:
+        raise InvalidInput(str(e))
+    ctx.reg.audit("broker config written", str(conf.broker_dir), "%d reader account(s)" % len(readers))
+    return siteconf.reload_broker(conf)
+
+
 def cmd_broker_config(ctx: Ctx) -> int:
     from host_sync import broker
     a = ctx.args
-    user, pw = host_broker_account(ctx.reg)
-    accounts = [broker.ReaderAccount(rid, site, bpw) for rid, site, bpw in ctx.reg.broker_accounts()]
+    if a.out is None:
+        conf = _site_conf(required=True)
+        done = refresh_site_broker(ctx)
+        ctx.say("broker accounts for %d reader(s) written to %s" % (len(ctx.reg.broker_accounts()),
+                                                                   conf.broker_dir), "  " + str(done))
+        return EXIT_OK
+    readers, hosts = _accounts(ctx)
     tls = None
     if a.cafile or a.certfile or a.keyfile:
         if not (a.cafile and a.certfile and a.keyfile):
             raise InvalidInput("TLS needs --cafile, --certfile and --keyfile together")
-        tls = broker.TlsFiles(a.cafile, a.certfile, a.keyfile)
+        tls = broker.TlsFiles(*(str(Path(f).resolve()) for f in (a.cafile, a.certfile, a.keyfile)))
     try:
-        files = broker.write_config(a.out, accounts, [broker.HostAccount(user, pw)], port=a.port,
-                                    tls=tls, plain_port=a.plain_port)
+        files = broker.write_config(a.out, readers, hosts, port=a.port, tls=tls,
+                                    plain_port=a.plain_port, bind=a.bind or "127.0.0.1",
+                                    run_as=a.run_as)
     except broker.BrokerConfigError as e:
         raise InvalidInput(str(e))
-    ctx.reg.audit("broker config written", a.out, "%d reader account(s)" % len(accounts))
-    ctx.say("mosquitto config for %d reader(s) and the host written to %s" % (len(accounts), a.out),
+    ctx.reg.audit("broker config written", a.out, "%d reader account(s)" % len(readers))
+    ctx.say("mosquitto config for %d reader(s) and the host written to %s" % (len(readers), a.out),
             "run: mosquitto -c %s   (send it SIGHUP after adding readers)" % files.conf)
+    return EXIT_OK
+
+
+# -- this host's site set-up ------------------------------------------------------------------
+def cmd_site_init(ctx: Ctx) -> int:
+    from host_sync import broker, pki, siteconf
+    a = ctx.args
+    try:
+        siteconf.mosquitto_bin()
+        old = siteconf.SiteConf.load()
+        conf = siteconf.init(a.name or [], a.address or [], a.bind, a.port, force=a.new_ca)
+        if a.run_as is not None:
+            conf.run_as = a.run_as or None
+            conf.save()
+        elif old is not None and old.run_as and old.run_as != conf.run_as:
+            conf.run_as = old.run_as
+            conf.save()
+        readers, hosts = _accounts(ctx)
+        files = siteconf.write_broker(conf, readers, hosts)
+    except (siteconf.SiteError, pki.PkiError, broker.BrokerConfigError, KeyError) as e:
+        raise InvalidInput(str(e).strip("'\""))
+    ca = conf.pki.info(conf.pki.ca_pem)
+    srv = conf.pki.info(conf.pki.server_pem)
+    ctx.reg.audit("site set up", str(conf.dir), "names %s, port %d" % (",".join(conf.names), conf.port))
+    listen = ", ".join("%s:%d" % (b, conf.port) for b in conf.bind) if conf.bind else \
+        "every address, port %d" % conf.port
+    ctx.say("site set up in %s" % conf.dir,
+            "  site CA        %s (%s, until %s)%s" % (conf.pki.ca_pem, ca.fingerprint[:16],
+                                                      ca.not_after.date(),
+                                                      " kept" if old and not a.new_ca else ""),
+            "  broker cert    %s for %s (until %s)" % (conf.pki.server_pem, ", ".join(srv.names),
+                                                        srv.not_after.date()),
+            "  mosquitto      %s: TLS on %s, no plain listener, %d reader account(s)"
+            % (files.conf, listen, len(readers)),
+            "                 runs as %s%s" % (conf.run_as or "root",
+                                               " (its files are group %s)" % conf.run_as
+                                               if conf.owner()[1] is not None else ""),
+            "  registry       %s" % redact(ctx.db.url),
+            "  readers get    broker %s:%d, CA %s" % (conf.reader_host, conf.port, conf.trust))
+    if conf.run_as is None and siteconf.paths.is_root():
+        ctx.say("  warning: there is no user 'mosquitto': the broker will run as root")
+    ctx.say("next:",
+            "  1. start the broker and the sync service at boot:  host-sync site services",
+            "  2. add the site:     host-sync sites add SITE --name NAME --tax-id ID",
+            "  3. add each reader:  GV_WIFI_PASSWORD=... host-sync readers add gate-01 --site SITE "
+            "--wifi-ssid SSID --config-out gate-01.json",
+            "  4. deploy it:        make deploy PORT=/dev/ttyUSB0 BOARD=boards/<board>.json "
+            "READER=gate-01.json",
+            "  5. import the cards: host-sync cards import cards.csv --site SITE --apply")
+    return EXIT_OK
+
+
+def cmd_site_show(ctx: Ctx) -> int:
+    conf = _site_conf(required=True)
+    p = conf.pki
+    ca = p.info(p.ca_pem)
+    srv = p.info(p.server_pem)
+    ctx.say("site config     %s" % conf.dir,
+            "site CA         %s, until %s (%d days), sha256 %s" % (ca.subject, ca.not_after.date(),
+                                                                 ca.days_left(), ca.fingerprint),
+            "readers trust   %s (%d CA(s)%s)" % (p.trust_pem, p.trust_count(),
+                                                   ", a roll is under way" if p.rolling() else ""),
+            "broker cert     %s, until %s (%d days)" % (", ".join(srv.names), srv.not_after.date(),
+                                                        srv.days_left()),
+            "broker          %s (%s:%d)" % (conf.conf_path, ",".join(conf.bind) if conf.bind
+                                            else "all addresses", conf.port),
+            "readers told    %s:%d" % (conf.reader_host, conf.port),
+            "registry        %s" % redact(ctx.db.url))
+    return EXIT_OK
+
+
+def cmd_site_renew_cert(ctx: Ctx) -> int:
+    from host_sync import pki, siteconf
+    conf = _site_conf(required=True)
+    names = list(dict.fromkeys((ctx.args.address or []) + (ctx.args.name or []))) or None
+    try:
+        info = conf.pki.issue_server(names)
+        if names:
+            conf.names = names
+            conf.save()
+        siteconf.write_broker(conf, *_accounts(ctx))
+    except pki.PkiError as e:
+        raise InvalidInput(str(e))
+    ctx.reg.audit("broker certificate renewed", str(conf.pki.server_pem), ",".join(info.names))
+    ctx.say("broker certificate renewed for %s, until %s" % (", ".join(info.names),
+                                                            info.not_after.date()),
+            "  " + siteconf.reload_broker(conf, restart=True),
+            "  readers need nothing: they trust the site CA, not this certificate")
+    return EXIT_OK
+
+
+def cmd_site_roll_ca(ctx: Ctx) -> int:
+    from host_sync import pki, siteconf
+    conf = _site_conf(required=True)
+    try:
+        if ctx.args.finish:
+            info = conf.pki.roll_finish()
+            siteconf.write_broker(conf, *_accounts(ctx))
+        else:
+            info = conf.pki.roll_begin("grindvakt site CA (%s, rolled)" % conf.names[0])
+            siteconf.write_broker(conf, *_accounts(ctx))
+    except pki.PkiError as e:
+        raise InvalidInput(str(e))
+    if ctx.args.finish:
+        ctx.reg.audit("site CA roll finished", str(conf.pki.ca_pem), info.fingerprint)
+        ctx.say("the new CA (sha256 %s) now signs the broker's certificate; %s holds only it"
+                % (info.fingerprint[:16], conf.trust),
+                "  " + siteconf.reload_broker(conf, restart=True),
+                "  readers deployed during the roll trust it already; redeploy the others")
+    else:
+        ctx.reg.audit("site CA roll begun", str(conf.pki.next_pem), info.fingerprint)
+        ctx.say("next CA made (sha256 %s); %s now holds the old and the new CA"
+                % (info.fingerprint[:16], conf.trust),
+                "  1. give every reader the new trust file: host-sync readers config READER "
+                "--config-out FILE, then deploy it",
+                "  2. when all are done: host-sync site roll-ca --finish")
     return EXIT_OK
 
 
@@ -682,11 +861,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 done, 1 unexpected error, 2 bad command line, 3 refused (card rule "
                "or bad input; nothing changed), 4 not found, 5 readers still pending, "
                "6 database unavailable. The database is a SQLite file in --data-dir (default "
-               "./data, env GV_DATA) or PostgreSQL given by --db postgresql://... (env GV_DB).",
+               "/var/lib/grindvakt as root, else ~/.local/share/grindvakt; env GV_DATA) or "
+               "PostgreSQL given by --db postgresql://... (env GV_DB); a new, empty registry is "
+               "announced when one is created.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--db", help="database URL: postgresql://user@host/db or sqlite:///path "
                                 "(env GV_DB)")
-    p.add_argument("--data-dir", help="folder for the SQLite database (env GV_DATA; default ./data)")
+    p.add_argument("--data-dir", help="folder for the SQLite database (env GV_DATA; default "
+                                      "/var/lib/grindvakt as root, ~/.local/share/grindvakt else)")
     p.add_argument("--as", dest="actor", default=os.environ.get("GV_OPERATOR") or _user(),
                    help="who is making the change, for the audit log (env GV_OPERATOR; default "
                         "your login name)")
@@ -773,10 +955,12 @@ def build_parser() -> argparse.ArgumentParser:
     def config_opts(x: argparse.ArgumentParser) -> None:
         from gv.config import GATE_RANGES
         x.add_argument("--broker-host", help="the broker's address on the site network, as the "
-                                             "reader reaches it (required for a config)")
-        x.add_argument("--broker-port", type=int, default=8883, help="1..65535 (default 8883)")
+                                             "reader reaches it (default: the one 'site init' "
+                                             "recorded; required without a site)")
+        x.add_argument("--broker-port", type=int, help="1..65535 (default: the site's, else 8883)")
         x.add_argument("--no-tls", action="store_true", help="plain MQTT (test benches only)")
-        x.add_argument("--ca", help="the broker's CA certificate (PEM) the reader pins")
+        x.add_argument("--ca", help="the broker's CA certificate(s) (PEM) the reader pins "
+                       "(default: the site's trust file)")
         x.add_argument("--wifi-ssid", help="Wi-Fi network (password from env GV_WIFI_PASSWORD)")
         x.add_argument("--wifi-open", action="store_true",
                        help="the Wi-Fi network has no password (never assumed from an empty one)")
@@ -885,19 +1069,62 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(fn=cmd_audit)
 
     bp = top.add_parser("broker", help="the MQTT broker").add_subparsers(dest="cmd", required=True)
-    x = bp.add_parser("config", help="write mosquitto.conf, passwd and acl for every reader")
-    x.add_argument("--out", required=True, help="folder for the files")
+    x = bp.add_parser("config", help="write mosquitto's passwd and acl for every reader (and "
+                                     "reload it)", description="Without --out: rewrite the "
+                      "site's broker accounts (set up by 'host-sync site init') and make the "
+                      "running broker reread them. With --out: a stand-alone config in DIR.")
+    x.add_argument("--out", help="folder for a stand-alone config (default: the site's broker)")
     x.add_argument("--port", type=int, default=8883)
+    x.add_argument("--bind", action="append", help="with --out: address to listen on "
+                                                   "(repeatable; default 127.0.0.1)")
     x.add_argument("--plain-port", type=int, help="an extra plain listener (loopback host only)")
+    x.add_argument("--run-as", help="with --out: the user mosquitto drops to when started as root")
     x.add_argument("--cafile")
     x.add_argument("--certfile")
     x.add_argument("--keyfile")
     x.set_defaults(fn=cmd_broker_config)
 
+    sp = top.add_parser("site", help="this host's set-up: site CA, broker certificate and "
+                                     "config, services").add_subparsers(dest="cmd", required=True)
+    x = sp.add_parser("init", help="create the site CA, the broker's certificate and its "
+                                   "mosquitto config (run once per host)",
+                      description="Creates the site CA and the broker's TLS certificate (for "
+                      "the addresses and names readers use, plus localhost), and a mosquitto "
+                      "config with absolute paths: TLS only, every registry account, files "
+                      "readable by the user mosquitto runs as. Rerunning keeps the CA (readers "
+                      "stay valid) and reissues the rest. Files go to GV_CONFIG_DIR, "
+                      "/etc/grindvakt as root, ~/.config/grindvakt otherwise.")
+    x.add_argument("--address", action="append", help="an IP address readers reach this host "
+                   "at (repeatable; the first is written into readers' configs)")
+    x.add_argument("--name", action="append", help="a DNS name readers reach this host by "
+                   "(repeatable; default this host's name when no --address is given)")
+    x.add_argument("--bind", action="append", help="listen only on this address (repeatable; "
+                   "default every address); 127.0.0.1 is added for the host's own service")
+    x.add_argument("--port", type=int, default=8883, help="the broker's TLS port (8883)")
+    x.add_argument("--run-as", help="the user mosquitto runs as (default: 'mosquitto' as root, "
+                   "else you)")
+    x.add_argument("--new-ca", action="store_true", help="replace the site CA (every reader "
+                   "must be redeployed; to change it without a cut use 'site roll-ca')")
+    x.set_defaults(fn=cmd_site_init)
+    x = sp.add_parser("show", help="the site's certificates, broker and registry")
+    x.set_defaults(fn=cmd_site_show)
+    x = sp.add_parser("renew-cert", help="a new broker certificate from the site CA")
+    x.add_argument("--address", action="append", help="new addresses (default: the current ones)")
+    x.add_argument("--name", action="append", help="new DNS names (default: the current ones)")
+    x.set_defaults(fn=cmd_site_renew_cert)
+    x = sp.add_parser("roll-ca", help="replace the site CA without cutting readers off (two steps)",
+                      description="Step 1 (no option): make the next CA; the readers' trust file "
+                      "then holds both, so redeploy every reader's config. Step 2 (--finish): "
+                      "the new CA signs the broker's certificate and the old one is dropped.")
+    x.add_argument("--finish", action="store_true", help="step 2, once every reader trusts both")
+    x.set_defaults(fn=cmd_site_roll_ca)
+
     x = top.add_parser("serve", help="run the sync service: push changes, collect events")
     x.add_argument("--broker-host", default="127.0.0.1")
-    x.add_argument("--broker-port", type=int, default=8883)
-    x.add_argument("--tls-ca", help="CA certificate of the broker (TLS); plain MQTT without it")
+    x.add_argument("--broker-port", type=int, help="default: the site's ('site init'), else 8883")
+    x.add_argument("--tls-ca", help="CA certificate(s) of the broker (TLS; default: the site's "
+                                    "trust file); plain MQTT without it and without a site")
+    x.add_argument("--plain", action="store_true", help="plain MQTT even when a site is set up")
     x.add_argument("--broker-user", default="host")
     x.add_argument("--broker-password-env", default="GV_BROKER_PASSWORD",
                    help="environment variable holding the broker password (default: "

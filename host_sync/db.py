@@ -27,12 +27,15 @@ class DbError(Exception):
 
 
 def resolve_url(db: str | None, data_dir: str | None) -> str:
-    """--db / GV_DB wins; otherwise a SQLite file in --data-dir / GV_DATA / ./data."""
+    """--db / GV_DB wins; otherwise a SQLite file in --data-dir, else the host's data directory
+    (GV_DATA, /var/lib/grindvakt as root, ~/.local/share/grindvakt: host_sync/paths.py), the
+    same from whichever folder a command runs."""
     url = db or os.environ.get("GV_DB")
     if url:
         return url
-    d = data_dir or os.environ.get("GV_DATA") or "data"
-    return "sqlite:///" + str(Path(d).resolve() / DB_FILE)
+    from host_sync.paths import data_dir as default_dir
+    d = Path(data_dir) if data_dir else default_dir()
+    return "sqlite:///" + str(d.resolve() / DB_FILE)
 
 
 def redact(url: str) -> str:
@@ -52,6 +55,7 @@ class Db:
         self.url = url
         self._lock = threading.RLock()
         self._depth = 0
+        self.created = False  # a new, empty SQLite registry was made by this open
         if url.startswith(("postgresql://", "postgres://")):
             self.dialect = "postgresql"
             try:
@@ -67,6 +71,7 @@ class Db:
             self.dialect = "sqlite"
             path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ":memory:"
             if path != ":memory:":
+                self.created = not os.path.exists(path)
                 try:
                     Path(path).parent.mkdir(parents=True, exist_ok=True)
                 except OSError as e:

@@ -184,6 +184,12 @@ def run(ctx: Any) -> int:
     from host_sync.syncer import HostSync
 
     a = ctx.args
+    from host_sync.cli import _site_conf
+    site = _site_conf()  # `site init` recorded the broker's port and the CA to trust
+    if a.broker_port is None:
+        a.broker_port = site.port if site else 8883
+    if a.tls_ca is None and site is not None and not a.plain:
+        a.tls_ca = str(site.trust)
     instance = a.instance or "%s-%d" % (socket.gethostname(), os.getpid())
     data = CappedData(RegistryData(ctx.db, actor="serve:%s" % instance))
     password = os.environ.get(a.broker_password_env) or host_broker_account(ctx.reg)[1]

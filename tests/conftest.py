@@ -20,6 +20,19 @@ sys.path.insert(0, str(ROOT / "firmware"))
 
 from tools import mpy  # noqa: E402
 
+# The host's own set-up (/etc/grindvakt, /var/lib/grindvakt as root: host_sync/paths.py) is never
+# read or written by a test: each run gets empty ones of its own (tests that want a site set it up).
+import os as _os  # noqa: E402
+import tempfile as _tempfile  # noqa: E402
+
+_HOST_HOME = _tempfile.mkdtemp(prefix="gv-test-host-")
+import atexit as _atexit  # noqa: E402
+import shutil as _shutil  # noqa: E402
+
+_atexit.register(_shutil.rmtree, _HOST_HOME, True)
+_os.environ.setdefault("GV_CONFIG_DIR", _os.path.join(_HOST_HOME, "config"))
+_os.environ.setdefault("GV_DATA", _os.path.join(_HOST_HOME, "data"))
+
 MP_DIR = ROOT / "tests" / "mp"
 _DEF = re.compile(r"^def (test_\w+)\s*\(", re.M)
 _HEAP = re.compile(r"^HEAPSIZE\s*=\s*['\"](\w+)['\"]", re.M)

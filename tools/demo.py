@@ -182,7 +182,7 @@ def run(workdir: Path, keep: bool) -> int:
         if keep:
             print()
             say("The site keeps running. Explore it by hand (Ctrl-C here stops everything):")
-            cli = f"{sys.executable} -m host_sync --data-dir {site.data}"
+            cli = f"GV_CONFIG_DIR={site.env['GV_CONFIG_DIR']} {sys.executable} -m host_sync --data-dir {site.data}"
             say(f"  {cli} cards list", 1)
             say(f"  {cli} readers list", 1)
             for rid, rd in site.readers.items():

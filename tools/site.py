@@ -84,10 +84,15 @@ class VirtualSite:
         self.tls = None
 
     # ---- the operators' CLI ----
+    @property
+    def env(self) -> dict:
+        """This site's host: its own config folder (CA, broker) and registry, not the machine's."""
+        return {"GV_CONFIG_DIR": str(self.dir / "host"), "GV_DATA": str(self.data), "GV_DB": ""}
+
     def cli(self, *args: str, check: bool = True, input: str | None = None,
             env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "host_sync", "--data-dir", str(self.data), "--as", "site-manager", *args]
-        e = dict(os.environ, **(env or {}))
+        e = dict(os.environ, **self.env, **(env or {}))
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, input=input, env=e,
                               timeout=timeout)
         if check and proc.returncode != 0:
@@ -97,10 +102,19 @@ class VirtualSite:
 
     # ---- set-up ----
     def provision(self) -> None:
-        """Sites, readers (secrets and broker accounts), TLS files and the broker config."""
-        from host_sync.broker import make_test_ca
+        """The host's site set-up (CA, broker certificate and config), sites, readers (secrets
+        and broker accounts): all through the operators' CLI, as on a real host."""
+        from host_sync.broker import TlsFiles
+        from host_sync.pki import SitePki
 
-        self.tls = make_test_ca(self.dir / "tls", ("127.0.0.1", "localhost"))
+        # as root, mosquitto drops to the user named here: the test's own (pytest's folders
+        # are private to it); a real site keeps the default, the user "mosquitto"
+        import getpass
+
+        self.cli("site", "init", "--address", "127.0.0.1", "--bind", "127.0.0.1",
+                 "--port", str(self.port), "--run-as", getpass.getuser())
+        pki = SitePki(self.dir / "host")
+        self.tls = TlsFiles(str(pki.trust_pem), str(pki.server_pem), str(pki.server_key))
         for s in self.sites:
             self.cli("sites", "add", s.site_id, "--name", s.name, "--tax-id", s.tax_id,
                      "--pin-policy", s.pin_policy)
@@ -110,20 +124,12 @@ class VirtualSite:
             net = NetCut(self.port)  # the reader's own network path to the broker
             cfg = cfg_dir / f"{spec.reader_id}.json"
             self.cli("readers", "add", spec.reader_id, "--site", spec.site, "--config-out", str(cfg),
-                     "--broker-host", "127.0.0.1", "--broker-port", str(net.port),
-                     "--ca", self.tls.cafile, "--virtual", "--hold-ms", str(spec.hold_ms), "--open-ms", str(spec.open_ms))
+                     "--broker-port", str(net.port), "--virtual", "--hold-ms", str(spec.hold_ms),
+                     "--open-ms", str(spec.open_ms))
             self.readers[spec.reader_id] = Reader(spec, cfg, net)
-        self.cli("broker", "config", "--out", str(self.dir / "broker"), "--port", str(self.port),
-                 "--cafile", self.tls.cafile, "--certfile", self.tls.certfile, "--keyfile", self.tls.keyfile)
 
     def start_broker(self) -> None:
-        conf = self.dir / "broker" / "mosquitto.conf"
-        if os.geteuid() == 0 and "\nuser " not in conf.read_text():
-            # mosquitto started as root drops to the user "mosquitto", who can't read our 0600 files
-            import getpass
-
-            with open(conf, "a") as f:
-                f.write(f"user {getpass.getuser()}\n")
+        conf = self.dir / "host" / "broker" / "mosquitto.conf"
         log = open(self.dir / "mosquitto.log", "ab")
         self.broker = subprocess.Popen([mosquitto_bin(), "-c", str(conf)], stdout=log, stderr=log)
         _wait_port(self.port, 10)
@@ -136,9 +142,9 @@ class VirtualSite:
 
     def start_host(self) -> None:
         log = open(self.dir / "host.log", "ab")
-        cmd = [sys.executable, "-m", "host_sync", "--data-dir", str(self.data), "serve",
-               "--broker-host", "127.0.0.1", "--broker-port", str(self.port), "--tls-ca", self.tls.cafile]
-        self.host = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log)
+        cmd = [sys.executable, "-m", "host_sync", "--data-dir", str(self.data), "serve"]
+        self.host = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log,
+                                     env=dict(os.environ, **self.env))
 
     def stop_host(self, kill: bool = False) -> None:
         if self.host is not None:
