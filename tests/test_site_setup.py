@@ -134,8 +134,8 @@ def test_rolling_the_ca_trusts_both_then_the_new_one(tmp_path):
 def test_readers_get_the_sites_broker_and_ca(tmp_path):
     ok(tmp_path, "site", "init", "--address", "10.20.0.5", "--port", "18883")
     ok(tmp_path, "sites", "add", "site-a", "--tax-id", "X1")
-    p = ok(tmp_path, "readers", "add", "gate-01", "--site", "site-a", "--config-out",
-           str(tmp_path / "g.json"), env={"GV_WIFI_PASSWORD": "w"})
+    p = ok(tmp_path, "readers", "add", "gate-01", "--site", "site-a", "--wifi-ssid", "site-a",
+           "--config-out", str(tmp_path / "g.json"), env={"GV_WIFI_PASSWORD": "correct horse"})
     assert "the site's broker has its account" in p.stdout
     cfg = json.loads((tmp_path / "g.json").read_text())
     b = cfg["broker"]
