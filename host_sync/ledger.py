@@ -34,17 +34,23 @@ LEDGER_COLS = ("id", "shift_id", "kind", "site_id", "tax_site_id", "employer", "
 def ingest(db: Db, reader_id: str, site_id: str, batch: Iterable[tuple[int, bytes]]) -> dict:
     """Store a reader's events; idempotent by (reader, seq). Returns counts
     {"stored", "duplicate", "rejected", "ledger"} and "rejected_seqs" (undecodable events,
-    which are logged by the caller and acknowledged so they do not block the queue)."""
+    which are logged by the caller and acknowledged so they do not block the queue).
+
+    An event made while the reader's clock was not set is stored with its best estimate (the
+    reader's lower bound, else the reception time, said in time_basis) and its ledger entry
+    waits: the boot's "clock set" event, when it comes, dates every event of that boot exactly
+    and their entries are made then; a new boot (or a gap in the numbers, where a boot could
+    hide) makes the waiting entries with the estimate and a note saying so."""
     out = {"stored": 0, "duplicate": 0, "rejected": 0, "ledger": 0, "rejected_seqs": []}
     received = now()
-    cards: dict[str, tuple | None] = {}  # uid -> (card_no, holder, pnr, employer, org)
+    ctx = _Ctx(db, reader_id, site_id)
     with db.tx():
         site = db.one("SELECT tax_site_id FROM sites WHERE id = ?", (site_id,))
-        tax_site_id = site[0] if site else ""
-        for seq, raw in batch:
+        ctx.tax = site[0] if site else ""
+        for seq, raw in sorted(batch, key=lambda x: x[0]):
             try:
                 d = evc.unpack(raw)
-            except (ValueError, TypeError) as e:
+            except (ValueError, TypeError):
                 out["rejected"] += 1
                 out["rejected_seqs"].append(seq)
                 continue
@@ -52,27 +58,122 @@ def ingest(db: Db, reader_id: str, site_id: str, batch: Iterable[tuple[int, byte
                 out["rejected"] += 1
                 out["rejected_seqs"].append(seq)
                 continue
-            at = from_reader_seconds(d["t"]) if d["clock_set"] else received
+            if d["clock_set"]:
+                at, basis = from_reader_seconds(d["t"]), "reader"
+            elif d["floor"]:
+                at, basis = from_reader_seconds(d["t"]), "estimated"
+            else:
+                at, basis = received, "received"
             uid = d["uid"].hex()
-            if uid and uid not in cards:
-                cards[uid] = db.one("SELECT card_no, holder, pnr, employer, employer_org FROM cards"
-                                    " WHERE uid = ?", (uid,))
-            card = cards.get(uid) if uid else None
-            card_no = card[0] if card else None
+            card = ctx.card(uid)
+            passage = bool(card and site and d["result"] == evc.R_GRANT
+                           and d["kind"] in (evc.K_DECISION, evc.K_ALARM))
+            held = passage and basis != "reader"
             cur = db.execute(
                 "INSERT INTO events (reader_id, seq, site_id, at, received_at, kind, result, reason,"
-                " uid, card_no, aux, clock_set, raw) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                " uid, card_no, aux, clock_set, raw, time_basis, held)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT (reader_id, seq) DO NOTHING",
                 (reader_id, seq, site_id, iso(at), iso(received), d["kind"], d["result"],
-                 d["reason"], uid, card_no, d["aux"], 1 if d["clock_set"] else 0, raw.hex()))
+                 d["reason"], uid, card[0] if card else None, d["aux"],
+                 1 if d["clock_set"] else 0, raw.hex(), basis, 1 if held else 0))
             if cur.rowcount == 0:
                 out["duplicate"] += 1
                 continue
             out["stored"] += 1
-            if (card and site and d["result"] == evc.R_GRANT
-                    and d["kind"] in (evc.K_DECISION, evc.K_ALARM)):
-                out["ledger"] += _passage(db, site_id, tax_site_id, card, at, reader_id)
+            if d["kind"] == evc.K_BOOT:
+                out["ledger"] += _release(ctx, seq)  # earlier boots can no longer be dated
+            elif d["kind"] == evc.K_CLOCK and d["clock_set"]:
+                out["ledger"] += _date_boot(ctx, seq, d["t"] - d["aux"])
+            if passage and not held:
+                out["ledger"] += _passage(db, site_id, ctx.tax, card, at, reader_id)
     return out
+
+
+class _Ctx:
+    """What one ingest looks up more than once: the site's tax id, cards by UID."""
+
+    def __init__(self, db: Db, reader_id: str, site_id: str):
+        self.db, self.reader_id, self.site_id = db, reader_id, site_id
+        self.tax = ""
+        self._cards: dict[str, tuple | None] = {}  # uid -> (card_no, holder, pnr, employer, org)
+
+    def card(self, uid: str) -> tuple | None:
+        if not uid:
+            return None
+        if uid not in self._cards:
+            self._cards[uid] = self.db.one("SELECT card_no, holder, pnr, employer, employer_org"
+                                           " FROM cards WHERE uid = ?", (uid,))
+        return self._cards[uid]
+
+
+def _date_boot(ctx: _Ctx, clock_seq: int, offset: int) -> int:
+    """A "clock set" event at clock_seq: wall = t + offset for this boot's earlier events made
+    without a clock (their t and the event's aux share one time base). Only the boot's own boot
+    event and those after it, with no number missing in between, are this boot's for sure."""
+    db = ctx.db
+    boot = db.scalar("SELECT MAX(seq) FROM events WHERE reader_id = ? AND kind = ? AND seq < ?",
+                     (ctx.reader_id, evc.K_BOOT, clock_seq))
+    first = db.scalar("SELECT MIN(seq) FROM events WHERE reader_id = ? AND seq > ? AND seq < ?"
+                      " AND clock_set = 0", (ctx.reader_id, boot or 0, clock_seq))
+    if first is None:
+        return 0
+    if boot is None:  # the boot event is not here: only a run that reaches seq 1 is certain
+        start = 0
+    else:
+        start = int(boot)
+    have = db.scalar("SELECT COUNT(*) FROM events WHERE reader_id = ? AND seq > ? AND seq < ?",
+                     (ctx.reader_id, start, clock_seq))
+    if int(have or 0) != clock_seq - start - 1:
+        return _release(ctx, clock_seq)  # a gap could hide another boot: estimates stay
+    rows = db.all("SELECT seq, raw, held FROM events WHERE reader_id = ? AND seq >= ? AND seq < ?"
+                  " AND clock_set = 0 AND time_basis <> 'dated' ORDER BY seq",
+                  (ctx.reader_id, start, clock_seq))
+    n = 0
+    for seq, raw, held in rows:
+        d = evc.unpack(bytes.fromhex(raw))
+        at = from_reader_seconds(d["t"] + offset)
+        db.execute("UPDATE events SET at = ?, time_basis = 'dated', held = 0 WHERE reader_id = ?"
+                   " AND seq = ?", (iso(at), ctx.reader_id, seq))
+        card = ctx.card(d["uid"].hex())
+        if held and card:
+            n += _passage(db, ctx.site_id, ctx.tax, card, at, ctx.reader_id)
+    return n
+
+
+def _release(ctx: _Ctx, before_seq: int) -> int:
+    """Make the waiting entries of events before before_seq with their estimated times."""
+    db = ctx.db
+    rows = db.all("SELECT seq, at, uid, time_basis FROM events WHERE reader_id = ? AND held = 1"
+                  " AND seq < ? ORDER BY seq", (ctx.reader_id, before_seq))
+    n = 0
+    for seq, at, uid, basis in rows:
+        db.execute("UPDATE events SET held = 0 WHERE reader_id = ? AND seq = ?",
+                   (ctx.reader_id, seq))
+        card = ctx.card(uid)
+        if card:
+            note = ("time estimated: the reader's clock was not set (at least this late)"
+                    if basis == "estimated" else
+                    "time estimated: the reader's clock was not set (time received)")
+            n += _passage(ctx.db, ctx.site_id, ctx.tax, card, parse_iso(at), ctx.reader_id, note)
+    return n
+
+
+def release_stale(db: Db, older_than: dt.timedelta = dt.timedelta(hours=1)) -> int:
+    """Entries still waiting for a clock an hour after their events arrived (the reader's
+    "clock set" event never came: it rebooted offline, or its flash refused the event) are made
+    with the estimate. serve calls this now and then."""
+    cutoff = iso(now() - older_than)
+    n = 0
+    with db.tx():
+        for reader_id, site_id, top in db.all(
+                "SELECT reader_id, site_id, MAX(seq) FROM events WHERE held = 1 AND received_at < ?"
+                " GROUP BY reader_id, site_id", (cutoff,)):
+            ctx = _Ctx(db, reader_id, site_id)
+            site = db.one("SELECT tax_site_id FROM sites WHERE id = ?", (site_id,))
+            ctx.tax = site[0] if site else ""
+            n += _release(ctx, int(top) + 1)
+    return n
 
 
 def events_lost(db: Db, reader_id: str) -> int:
@@ -84,7 +185,7 @@ def events_lost(db: Db, reader_id: str) -> int:
 
 
 def _passage(db: Db, site_id: str, tax_site_id: str, card: Sequence[str], at: dt.datetime,
-             reader_id: str) -> int:
+             reader_id: str, note: str = "") -> int:
     card_no = card[0]
     last = db.one("SELECT shift_id, kind, at FROM ledger WHERE card_no = ? AND site_id = ?"
                   " AND kind IN ('in', 'out') AND at <= ? ORDER BY at DESC, id DESC LIMIT 1",
@@ -95,7 +196,7 @@ def _passage(db: Db, site_id: str, tax_site_id: str, card: Sequence[str], at: dt
         shift_id, kind = last[0], "out"
     else:
         shift_id, kind = uuid.uuid4().hex[:12], "in"
-    _entry(db, shift_id, kind, site_id, tax_site_id, card[1:], card_no, at, reader_id, "")
+    _entry(db, shift_id, kind, site_id, tax_site_id, card[1:], card_no, at, reader_id, note)
     return 1
 
 
@@ -268,16 +369,16 @@ def purge(db: Db, before: dt.date, actor: str, apply: bool) -> dict:
 
 
 EVENT_HEADER = ("at", "reader", "seq", "kind", "result", "reason", "card_number", "holder",
-                "uid", "aux", "clock_set", "received_at")
+                "uid", "aux", "clock_set", "time_basis", "received_at")
 
 
 def event_rows(db: Db, site_id: str, t_from: dt.datetime, t_to: dt.datetime,
                tz: dt.tzinfo) -> list[list[Any]]:
     rows = db.all("SELECT e.at, e.reader_id, e.seq, e.kind, e.result, e.reason, e.card_no,"
-                  " c.holder, e.uid, e.aux, e.clock_set, e.received_at FROM events e"
+                  " c.holder, e.uid, e.aux, e.clock_set, e.time_basis, e.received_at FROM events e"
                   " LEFT JOIN cards c ON c.card_no = e.card_no"
                   " WHERE e.site_id = ? AND e.at >= ? AND e.at < ? ORDER BY e.at, e.reader_id, e.seq",
                   (site_id, iso(t_from), iso(t_to)))
     return [[_fmt_t(parse_iso(r[0]), tz), r[1], r[2], evc.KINDS.get(r[3], r[3]),
              evc.RESULTS.get(r[4], r[4]), evc.REASONS.get(r[5], r[5]), r[6] or "", r[7] or "",
-             r[8], r[9], "yes" if r[10] else "no", _fmt_t(parse_iso(r[11]), tz)] for r in rows]
+             r[8], r[9], "yes" if r[10] else "no", r[11], _fmt_t(parse_iso(r[12]), tz)] for r in rows]

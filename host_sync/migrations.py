@@ -235,10 +235,20 @@ _V5 = [
     "CREATE INDEX changes_subject ON changes (subject, at)",
 ]
 
+# Events made while a reader's clock was not set: how their time was found ('reader': its own
+# clock; 'dated': from the boot's later "clock set" event; 'estimated': the reader's lower bound;
+# 'received': no basis, the reception time) and whether their ledger entry still waits for it.
+_V6 = [
+    "ALTER TABLE events ADD COLUMN time_basis TEXT NOT NULL DEFAULT 'reader'",
+    "ALTER TABLE events ADD COLUMN held INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX events_held ON events (reader_id, held, seq)",
+]
+
 MIGRATIONS = [
     (1, "registry, allowlist versions, events, staff ledger", _V1),
     (2, "live pushes claimed by one serve instance", _V2),
     (3, "the pushing instance's lease", _V3),
     (4, "operators' remote commands to readers", _V4),
     (5, "web console: accounts, sessions, alarms and their sinks, page indexes", _V5),
+    (6, "event times found after the fact (clock set later in the same boot)", _V6),
 ]

@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any
 
-from host_sync import commands
+from host_sync import commands, ledger
 from host_sync.store import RegistryData
 
 log = logging.getLogger("host_sync.serve")
@@ -72,6 +72,7 @@ class Service:
         self._nudges: list[float] = []
         self.commands_sent = 0
         self._next_expire = 0.0
+        self._next_clock = 0.0
 
     LEASE = "push"
     LEASE_TTL_S = 3.0
@@ -79,6 +80,8 @@ class Service:
     # loaded host), then every NUDGE_EVERY_S while leading: a stuck reader is asked again
     NUDGE_AFTER_S = (2.0, 3.0, 5.0)
     NUDGE_EVERY_S = 30.0
+    CLOCK_EVERY_S = 3600.0  # each reader gets the time this often (drift), besides after HELLO
+    HOUSEKEEP_S = 60.0  # how often clocks and ledger entries waiting for one are looked at
 
     def nudge(self) -> int:
         """Ask every reader not recorded at its site's version where it is: an empty DELTA
@@ -147,6 +150,13 @@ class Service:
         if self._nudge_at is not None and now >= self._nudge_at and self.engine.connected.is_set():
             self._nudge_at = now + (self._nudges.pop(0) if self._nudges else self.NUDGE_EVERY_S)
             self.nudge()
+        if now >= self._next_clock and self.engine.connected.is_set():
+            self._next_clock = now + self.HOUSEKEEP_S
+            self.engine.correct_clocks(self.CLOCK_EVERY_S)
+            released = ledger.release_stale(self.data.db)
+            if released:
+                log.warning("ledger entries made with estimated times=%d (reader clock never set)",
+                            released)
         if now >= self._next_lag_check:
             self._next_lag_check = now + self.lag_check_s
             for rid, site, applied, since in self.data.lagging_blocks(self.lag_limit_s):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
@@ -69,6 +70,7 @@ class ReaderState:
     hello: dict = field(default_factory=dict)
     rejected: dict = field(default_factory=dict)  # reason -> count reported
     clock_sent: bool = False  # the time was sent since the reader's last HELLO
+    clock_at: float = 0.0  # time.monotonic() when the time was last sent
 
 
 class HostSync:
@@ -214,7 +216,22 @@ class HostSync:
         # stamps its events with uptime: give it the time once per HELLO.
         if st.hello and st.hello["health"] & P.H_CLOCK and not st.clock_sent:
             st.clock_sent = True
-            self._publish(st, st.session.seal(P.T_CMD, P.cmd_body(P.C_SET_CLOCK, _now_2020())))
+            self._send_clock(st)
+
+    def _send_clock(self, st: ReaderState) -> None:
+        st.clock_at = time.monotonic()
+        self._publish(st, st.session.seal(P.T_CMD, P.cmd_body(P.C_SET_CLOCK, _now_2020())))
+
+    def correct_clocks(self, every_s: float) -> int:
+        """Send the time to each reader in session that had it last more than every_s ago: a
+        reader's crystal drifts seconds a day, and the ledger is dated by its clock."""
+        now, n = time.monotonic(), 0
+        with self._lock:
+            for st in self.readers.values():
+                if st.online and st.session.nonce is not None and now - st.clock_at >= every_s:
+                    self._send_clock(st)
+                    n += 1
+        return n
 
     def _dispatch(self, st: ReaderState, leaf: str, typ: int, counter: int, body,
                   retained: bool = False) -> None:

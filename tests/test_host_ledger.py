@@ -142,3 +142,60 @@ def test_events_lost_is_the_newest_running_total(site):
     seqs = {E.unpack(e)["seq"] for e in got}
     assert ledger.events_lost(db, "gate-01") == 32 - len(seqs) == 24
     assert ledger.events_lost(db, "gate-02") == 0
+
+
+def _raw(seq: int, kind: int, t_: int, flags: int, uid: bytes = b"", result: int = E.R_INFO,
+         aux: int = 0) -> bytes:
+    return E.pack(seq, kind, result, E.OK, uid, len(uid), t_, flags, aux)
+
+
+def _ledger_at(db: Db, card_no: str) -> list[tuple[str, str]]:
+    return [(r[0], r[1]) for r in db.all("SELECT at, note FROM ledger WHERE card_no = ? ORDER BY id",
+                                         (card_no,))]
+
+
+def test_events_without_a_clock_are_dated_by_the_boots_clock_event(site):
+    # A reader rebooted offline: its lower bound is 40 minutes behind the real time. Anna's
+    # passage is made on that bound; when the network is back the host sets the clock and the
+    # reader logs it (t = the real time, aux = what its clock read). The ledger entry waits and
+    # is made at the real time of the passage, not at the bound and not at reception.
+    _, db = site
+    real = T0  # when Anna really passed
+    lag = 40 * 60  # the bound is this far behind
+    bound = t(real) - lag - 5  # booted 5 s before the passage
+    evs = [_raw(20, E.K_BOOT, bound, E.F_FLOOR),
+           _raw(21, E.K_DECISION, bound + 5, E.F_FLOOR, UID1, E.R_GRANT),
+           _raw(22, E.K_DECISION, bound + 65, E.F_FLOOR, UID2, E.R_GRANT)]
+    r = ledger.ingest(db, "gate-01", "site-a", [(E.unpack(e)["seq"], e) for e in evs])
+    assert r["stored"] == 3 and r["ledger"] == 0  # waiting for the clock
+    assert _ledger_at(db, "BB-2401-000001") == []
+    # 10 minutes after the passage the clock is set (a later upload)
+    clk = _raw(23, E.K_CLOCK, t(real) + 600, E.F_CLOCK_SET, aux=bound + 5 + 600)
+    r = ledger.ingest(db, "gate-01", "site-a", [(23, clk)])
+    assert r["ledger"] == 2
+    assert _ledger_at(db, "BB-2401-000001") == [(ledger.iso(real), "")]
+    got = db.all("SELECT seq, at, time_basis FROM events WHERE reader_id = 'gate-01' ORDER BY seq")
+    assert [(s, b) for s, _, b in got] == [(20, "dated"), (21, "dated"), (22, "dated"), (23, "reader")]
+    assert got[2][1] == ledger.iso(real + dt.timedelta(seconds=60))
+
+
+def test_events_of_a_boot_that_never_got_the_time_keep_their_estimate_and_say_so(site):
+    _, db = site
+    bound = t(T0)
+    evs = [_raw(1, E.K_BOOT, bound, E.F_FLOOR),
+           _raw(2, E.K_DECISION, bound + 30, E.F_FLOOR, UID1, E.R_GRANT),
+           _raw(3, E.K_BOOT, 12, 0),  # rebooted again, no bound this time, never got the time
+           _raw(4, E.K_DECISION, 40, 0, UID2, E.R_GRANT)]
+    r = ledger.ingest(db, "gate-02", "site-a", [(E.unpack(e)["seq"], e) for e in evs])
+    assert r["ledger"] == 1  # Anna's, released by the next boot with the bound's time
+    (at, note), = _ledger_at(db, "BB-2401-000001")
+    assert at == ledger.iso(T0 + dt.timedelta(seconds=30)) and "estimated" in note
+    assert _ledger_at(db, "BB-2401-000002") == []  # Bo's waits (its boot may still get the time)
+    # a gap in the numbers before the clock event: the boot is not certain, estimates stay
+    clk = _raw(9, E.K_CLOCK, bound + 3600, E.F_CLOCK_SET, aux=100)
+    ledger.ingest(db, "gate-02", "site-a", [(9, clk)])
+    (at, note), = _ledger_at(db, "BB-2401-000002")
+    assert "time received" in note
+    basis = db.scalar("SELECT time_basis FROM events WHERE reader_id = 'gate-02' AND seq = 4")
+    assert basis == "received"
+    assert ledger.release_stale(db) == 0  # nothing left waiting

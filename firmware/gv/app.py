@@ -3,6 +3,7 @@
 # tasks. The gate never waits on the network: sync and Wi-Fi only ever await with timeouts.
 import asyncio
 import gc
+import time
 
 import machine
 
@@ -12,6 +13,7 @@ from gv import config as C
 AL_PATH = "/al"
 EV_PATH = "/events"
 LOCK_PATH = "/lockouts"
+CLOCK_PATH = "/clock"  # the wall clock's lower bound (gv.gate.clock), kept through power cuts
 WDT_MS = 8000
 REBOOT_DELAY_MS = 1500  # let the command's result reach the host first
 FATAL_PAUSE_MS = 5000  # shorter than the watchdog (not started, or fed until here)
@@ -44,6 +46,7 @@ class Reader:
         from gv.drivers.keypad import Keypad
         from gv.drivers.outputs import Buzzer, Leds, Relay
         from gv.events import EventLog
+        from gv.gate import clock as CK
         from gv.gate.lockout import Lockouts
         from gv.gate.runner import GateRunner
 
@@ -67,11 +70,13 @@ class Reader:
         self.keyer = Keyer(cfg.card_key, cfg.pin_key)
         self.events = EventLog(EV_PATH)
         self.lockouts = Lockouts(LOCK_PATH)
+        self.clock = CK.Clock()
+        self.clock.restore(CK.load_bound(CLOCK_PATH))  # dates stay checked through a power cut
         gc.collect()
         _wdt = self.wdt = machine.WDT(timeout=WDT_MS)
         self.gate = GateRunner(cfg.gate, self.pn532, self.allowlist, self.keyer, self.events,
                                self.lockouts, self.relay, self.leds, self.buzzer, self.keypad,
-                               wdt=self.wdt)
+                               wdt=self.wdt, clock=self.clock)
         self.sync = None
         self.wifi = None
         if cfg.broker.get("host"):
@@ -103,12 +108,23 @@ class Reader:
             self.gate.clear_lockouts()
             return True
         if name == "set_clock":
-            self.gate.clock.set(arg)
-            return True
+            return self.gate.set_clock(arg, CLOCK_PATH)
         if name == "reboot":
             asyncio.create_task(self._reboot())
             return True
         return None
+
+    async def _keep_clock(self):
+        # Move the saved lower bound forward while running, so a power cut loses at most
+        # SAVE_EVERY_S of it (one 8-byte file write every 10 minutes).
+        from gv.gate import clock as CK
+
+        while True:
+            await asyncio.sleep_ms(CK.SAVE_EVERY_S * 1000)
+            try:
+                CK.save_bound(CLOCK_PATH, self.clock.bound(time.ticks_ms()))
+            except OSError as e:  # a full flash: the bound stays where it was (older: safe)
+                print("clock: bound not saved: %r" % (e,))
 
     async def _reboot(self):
         await asyncio.sleep_ms(REBOOT_DELAY_MS)
@@ -131,7 +147,7 @@ class Reader:
     async def run(self):
         print("grindvakt %s: reader %s at %s up; allowlist v%d" % (
             VERSION, self.cfg.reader_id, self.cfg.site, self.allowlist.version))
-        tasks = [asyncio.create_task(self.gate.run())]
+        tasks = [asyncio.create_task(self.gate.run()), asyncio.create_task(self._keep_clock())]
         if self.sync is not None:
             tasks.append(asyncio.create_task(self.wifi.run()))
             tasks.append(asyncio.create_task(self.sync.run()))
@@ -182,7 +198,5 @@ def main():
 
         sys.print_exception(e)
         print("grindvakt: fatal error, rebooting in %d s" % (FATAL_PAUSE_MS // 1000))
-        import time
-
         time.sleep_ms(FATAL_PAUSE_MS)  # no hot reboot loop; the door stays shut meanwhile
         machine.reset()

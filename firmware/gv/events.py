@@ -33,6 +33,7 @@ K_BOOT = const(5)  # the reader started; aux = lockout seconds restored
 K_CLEARED = const(6)  # the host cleared lockouts
 K_FAULT = const(7)  # an error in the decision path (door kept shut)
 K_REMOTE_OPEN = const(8)  # the host opened the door once
+K_CLOCK = const(9)  # the clock was set: t = the new wall time, aux = what the clock read before
 
 # result
 R_INFO = const(0)
@@ -61,6 +62,7 @@ PIN_CANCELLED = const(17)  # card taken away / keypad unusable during PIN entry
 NO_PIN = const(18)  # PIN required but no PIN verifier in the record
 
 F_CLOCK_SET = const(1)  # t is seconds since 2020-01-01 UTC; else seconds since boot
+F_FLOOR = const(2)  # clock not set: t is a lower bound of wall time (saved bound + uptime)
 
 REASONS = {
     OK: "ok", UNKNOWN: "unknown card", INACTIVE: "not activated", BLOCKED: "blocked",
@@ -74,6 +76,7 @@ REASONS = {
 KINDS = {
     K_DECISION: "decision", K_LOCKOUT: "lockout", K_ALARM: "alarm", K_DROPPED: "events dropped",
     K_BOOT: "boot", K_CLEARED: "lockout cleared", K_FAULT: "fault", K_REMOTE_OPEN: "remote open",
+    K_CLOCK: "clock set",
 }
 RESULTS = {R_INFO: "info", R_GRANT: "grant", R_REFUSE: "refuse"}
 
@@ -112,7 +115,8 @@ def unpack(ev):
     if uid_len > UID_MAX:
         raise EventError("uid_len")
     return {"seq": seq, "kind": kind, "result": result, "reason": reason, "t": t,
-            "clock_set": bool(flags & F_CLOCK_SET), "uid": bytes(uid[:uid_len]), "aux": aux}
+            "clock_set": bool(flags & F_CLOCK_SET), "floor": bool(flags & F_FLOOR),
+            "uid": bytes(uid[:uid_len]), "aux": aux}
 
 
 def describe(ev):
@@ -121,7 +125,8 @@ def describe(ev):
     return "#%d %s %s: %s uid=%s t=%d%s aux=%d" % (
         d["seq"], KINDS.get(d["kind"], "kind%d" % d["kind"]), RESULTS.get(d["result"], "?"),
         REASONS.get(d["reason"], "reason%d" % d["reason"]), d["uid"].hex() if d["uid"] else "-",
-        d["t"], "" if d["clock_set"] else " (clock not set)", d["aux"])
+        d["t"], "" if d["clock_set"] else (" (lower bound)" if d["floor"] else " (clock not set)"),
+        d["aux"])
 
 
 # ---- the flash ring ----
@@ -298,7 +303,8 @@ class EventLog:
     # -- writing --
     def append(self, kind, result, reason, uid_mv, uid_len, t, clock_set=False, aux=0):
         """Write one event and sync it to flash; returns its sequence number. Raises OSError if
-        the flash refuses it (the caller keeps the door shut)."""
+        the flash refuses it (the caller keeps the door shut). clock_set: a bool, or the clock's
+        flags (F_CLOCK_SET, F_FLOOR or 0: gv.gate.clock.Clock.flags)."""
         before = self.lost
         if not self._segs.n or self._cur_count >= self.seg_events:
             self._new_segment()
@@ -327,7 +333,7 @@ class EventLog:
     def _write(self, kind, result, reason, uid, uid_len, t, clock_set, aux):
         seq = self.next_seq
         pack_into(self._buf, seq, kind, result, reason, uid, uid_len, t,
-                  F_CLOCK_SET if clock_set else 0, aux)
+                  int(clock_set) & 3, aux)  # True/False, or the clock's flags
         with open(self._p(_seg_name(self._segs.last())), "ab") as f:
             f.write(self._buf)
         self.next_seq = seq + 1

@@ -19,11 +19,11 @@ def test_vectors_pack_and_unpack():
     v = _vectors()
     for c in v["events"]:
         uid = bytes.fromhex(c["uid"])
-        flags = E.F_CLOCK_SET if c["clock_set"] else 0
+        flags = (E.F_CLOCK_SET if c["clock_set"] else 0) | (E.F_FLOOR if c["floor"] else 0)
         got = E.pack(c["seq"], c["kind"], c["result"], c["reason"], uid, len(uid), c["t"], flags, c["aux"])
         mpt.eq(got.hex(), c["hex"], "seq %d" % c["seq"])
         d = E.unpack(bytes.fromhex(c["hex"]))
-        for k in ("seq", "kind", "result", "reason", "t", "clock_set", "aux"):
+        for k in ("seq", "kind", "result", "reason", "t", "clock_set", "floor", "aux"):
             mpt.eq(d[k], c[k], k)
         mpt.eq(d["uid"], uid)  # leading zero bytes are kept
         E.describe(got)

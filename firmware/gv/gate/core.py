@@ -226,8 +226,12 @@ class Gate:
             if r is None:
                 return self._refuse(now, E.BAD_RECORD, S.S_DENY, True)
             return self._refuse(now, r[0], r[1], True)
-        day = self.clock.day(now)
-        if day >= 0:  # dates are checked only once the clock is set (docs/gate.md)
+        # Dates against the clock, or without one against the lower bound it kept through a
+        # power cut (docs/gate.md): a start the bound has not reached refuses (fail-secure); an
+        # end refuses once the bound is past it (the real date can only be later). A reader
+        # that has never known the time (no bound: provisioning writes one) checks no dates.
+        day = self.clock.floor_day(now)
+        if day >= 0:
             if day < R.valid_from(rec):
                 return self._refuse(now, E.NOT_YET_VALID, S.S_INVALID, True)
             if day > R.valid_until(rec):
@@ -259,7 +263,7 @@ class Gate:
     def _log(self, now, kind, result, reason, uid_len, aux):
         c = self.clock
         self.last_seq = self.events.append(kind, result, reason, self._uidmv, uid_len,
-                                           c.seconds(now), c.is_set(), aux)
+                                           c.seconds(now), c.flags(), aux)
 
     # ---- PIN ----
     def _wipe(self):

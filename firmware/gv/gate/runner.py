@@ -155,12 +155,32 @@ class GateRunner:
         try:
             c = self.clock
             return self.events.append(kind, result, reason, uid or self._fault_uid, uid_len,
-                                      c.seconds(now), c.is_set(), aux)
+                                      c.seconds(now), c.flags(), aux)
         except Exception as e:
             self.log("gate: event not written: %r" % (e,))
             return 0
 
     # ---- commands from the host (gv.sync calls these after authenticating them) ----
+    def set_clock(self, seconds, bound_path=None, now=None):
+        """The host's time: set, logged and saved as the clock's lower bound. The event (t = the
+        new time, aux = what the clock read before: uptime or the bound) lets the host date this
+        boot's events made without a clock; a correction under 2 s is not logged."""
+        now = ticks_ms() if now is None else now
+        c = self.clock
+        was, before = c.is_set(), c.seconds(now)
+        c.set(seconds, now)
+        d = seconds - before
+        if not was or d > 1 or d < -1:
+            self._event(now, E.K_CLOCK, E.R_INFO, E.OK, before)
+        if bound_path:
+            from gv.gate import clock as CK
+
+            try:
+                CK.save_bound(bound_path, seconds, True)
+            except OSError as e:  # the live clock is right; the bound stays older (safe)
+                self.log("gate: clock bound not saved: %r" % (e,))
+        return True
+
     def clear_lockouts(self, key8=None, now=None):
         """Clear one card's lockout (key8 = its allowlist key) or all lockouts and the reader's."""
         now = ticks_ms() if now is None else now
