@@ -46,6 +46,8 @@ def decode(typ: int, body) -> dict:
     if typ == P.T_CMDRES:
         k, c, r = P.parse_cmdres(body)
         return {"counter": k, "cmd": c, "result": r}
+    if typ == P.T_HEALTH:
+        return P.parse_health(body)
     raise AssertionError(typ)
 
 
@@ -81,7 +83,7 @@ def test_rejects():
 
 
 PARSERS = [P.parse_delta, P.parse_snap, P.parse_evack, P.parse_cmd, P.parse_hello,
-           P.parse_sync, P.parse_events, P.parse_reject, P.parse_cmdres]
+           P.parse_sync, P.parse_events, P.parse_reject, P.parse_cmdres, P.parse_health]
 
 
 @settings(max_examples=400, deadline=None)

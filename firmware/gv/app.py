@@ -50,6 +50,9 @@ class Reader:
         from gv.gate.lockout import Lockouts
         from gv.gate.runner import GateRunner
 
+        from gv import memory
+
+        memory.load()  # MemoryErrors before this boot: reported in HEALTH
         self.board = board
         self.cfg = cfg
         # outputs first, so the door is driven shut before anything else can fail
@@ -87,6 +90,9 @@ class Reader:
             self.sync = Sync(cfg, self.allowlist, events=self.events, on_command=self.command,
                              health=self.health, fw="grindvakt-" + VERSION)
         gc.collect()
+        from gv.sync.protocol import M_BOOT
+
+        memory.record(M_BOOT, collect=False)  # the heaps with the reader's objects built
 
     @staticmethod
     def _pn532(board):
@@ -154,6 +160,15 @@ class Reader:
         await asyncio.gather(*tasks)
 
 
+def _door_shut(board):
+    relay = (board or {}).get("relay") or {}
+    if relay.get("pin") is not None:
+        try:
+            machine.Pin(relay["pin"], machine.Pin.OUT, value=0 if relay.get("active_high", True) else 1)
+        except Exception:  # noqa: BLE001 - no heap even for this: the pin keeps its last state
+            pass
+
+
 async def _unprovisioned(board, why):
     # No config: nothing can be decided, so the door stays shut; blink red and keep the REPL.
     global _wdt
@@ -162,9 +177,7 @@ async def _unprovisioned(board, why):
     leds = (board or {}).get("leds") or {}
     if leds.get("red") is not None:
         red = machine.Pin(leds["red"], machine.Pin.OUT, value=0)
-    relay = (board or {}).get("relay") or {}
-    if relay.get("pin") is not None:
-        machine.Pin(relay["pin"], machine.Pin.OUT, value=0 if relay.get("active_high", True) else 1)
+    _door_shut(board)
     _wdt = machine.WDT(timeout=WDT_MS)
     on = 0
     while True:
@@ -196,6 +209,11 @@ def main():
     except Exception as e:  # noqa: BLE001 - fail secure: a reboot beats a half-working gate
         import sys
 
+        _door_shut(board)  # whatever failed, the relay is driven off before anything else
+        if isinstance(e, MemoryError):
+            from gv import memory
+
+            memory.note_error("app")  # counted across the reboot, reported in HEALTH
         sys.print_exception(e)
         print("grindvakt: fatal error, rebooting in %d s" % (FATAL_PAUSE_MS // 1000))
         time.sleep_ms(FATAL_PAUSE_MS)  # no hot reboot loop; the door stays shut meanwhile

@@ -48,6 +48,8 @@ def decode(typ, body):
     if typ == P.T_CMDRES:
         k, c, r = P.parse_cmdres(body)
         return {"counter": k, "cmd": c, "result": r}
+    if typ == P.T_HEALTH:
+        return P.parse_health(body)
     raise AssertionError("type %d" % typ)
 
 

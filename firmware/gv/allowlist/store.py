@@ -681,6 +681,15 @@ class Allowlist:
             n += _round(DHDR_N + d[1] * REC)
         return n + BLOCK
 
+    def snapshot_flash_need(self, count, done=0):
+        """About how many bytes of flash a rebuild of count records still needs with done of them
+        stored: its shard files' blocks, the state file, the new manifest and LittleFS's copy-on-
+        write block (the live version stays on flash until the switch). For the health report."""
+        left = max(0, count - done)
+        full, rest = left // self._srecs, left % self._srecs
+        blocks = full * self._pages_of(self._srecs) + self._pages_of(rest)
+        return (blocks + 3) * BLOCK
+
 
 
     # ---------------------------------------------------------------- updates (loaded on demand)

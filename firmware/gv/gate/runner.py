@@ -136,6 +136,10 @@ class GateRunner:
         self.relay.off()
         self.faults += 1
         self.fault_run += 1
+        if isinstance(e, MemoryError):  # counted across the reboot, reported in HEALTH
+            from gv import memory
+
+            memory.note_error("gate", self.fault_run <= 3)
         self.last_fault = repr(e)
         try:
             self.gate.abort()

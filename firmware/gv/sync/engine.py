@@ -12,7 +12,8 @@ import asyncio
 import gc
 import os
 
-from gv.compat import ticks_diff, ticks_ms
+from gv import memory
+from gv.compat import ticks_add, ticks_diff, ticks_ms
 from gv.allowlist.layout import BadData
 from gv.allowlist.snapshot import check_records
 from gv.sync import protocol as P
@@ -21,7 +22,9 @@ from gv.sync.mqtt import MQTTClient, tls_context
 FW = "grindvakt-0.1"
 _ANSWER_MS = 5000  # no answer to HELLO/SYNC (or progress) for this long: ask again
 _EVACK_MS = 5000  # an EVENTS batch without EVACK for this long is sent again
-_REPORT_MS = 1000  # at most one REJECT report per reason per second
+_REPORT_MS = 60000  # a reason's first REJECT goes at once, then its count once a minute
+_HEALTH_MS = P.HEALTH_S * 1000  # a HEALTH report at least this often
+_ROOM_MS = 10000  # while backing off, look this often whether the flash has room again
 _EV_BATCH = 30  # 30 x 32-byte events: ~1 KiB messages
 _SEEN = 32  # anti-replay window: host counters remembered per session
 _MAX_CHUNK = 160  # records one SNAP chunk may inflate to (2.5 KiB buffer, preallocated)
@@ -49,6 +52,9 @@ class Sync:
         self.t_out = P.topic(site, rid, "out")
         self.t_hello = P.topic(site, rid, "hello")
         self.t_status = P.topic(site, rid, "status")
+        # back-off after the flash refused an update for want of room: first wait, longest wait
+        # (ms; doubled per refusal, jittered over its upper half); tests shorten it
+        self.retry_ms = (15000, 900000)
         if client is None:
             b = cfg.broker
             ctx = tls_context(b["ca"]) if b.get("tls", True) else None
@@ -61,6 +67,8 @@ class Sync:
         client.on_message = self._on_message
         client.on_connect = self._on_connect
         client.subscribe(self.t_in)
+        if hasattr(client, "before_tls"):
+            client.before_tls = memory.tls_room  # no handshake that cannot fit the ESP-IDF heap
         self.client = client
         # session
         self.nonce = None
@@ -83,6 +91,7 @@ class Sync:
         self._zbuf = bytearray(_MAX_CHUNK * P.REC)
         self._snap_open = None  # snapshot version begun in this boot
         self._snap_done = 0  # records of it handed to the store
+        self._snap_count = 0  # records of the rebuild being received
         # counters for tests, health and the REPL
         self.deltas = 0
         self.chunks = 0
@@ -91,6 +100,16 @@ class Sync:
         self.rejected = {}  # reason -> count
         self.events_sent = 0
         self.last_error = None
+        # back-off (flash full) and health reports
+        self.refusals = 0  # consecutive updates the flash refused for want of room
+        self.need_flash = 0  # bytes the refused update still needs (0: nothing refused)
+        self._retry_at = None  # ticks when to ask again; None: not backing off
+        self._room_at = 0  # ticks of the last look for room while backing off
+        self._h_sent = None  # (health bits, backing off) of the last HEALTH sent
+        self._h_at = 0  # ticks of the last HEALTH sent
+        self._t0 = ticks_ms()
+        self._up_s = 0
+        self.health_sent = 0
 
     # ---- tasks ----
     async def run(self):
@@ -114,6 +133,7 @@ class Sync:
         self._work.set()
 
     async def _on_connect(self):
+        memory.record(P.M_TLS)  # the heaps with the broker link (and its TLS) up
         # a fresh session: everything sealed for an older one is now stale
         self.nonce = os.urandom(P.NONCE_LEN)
         self._ctr = 0
@@ -138,12 +158,23 @@ class Sync:
             except asyncio.TimeoutError:
                 pass
             self._work.clear()
+            self._uptime()
             if not self.client.connected:
                 continue
             try:
                 await self._send_owed()
             except Exception as e:  # noqa: BLE001 - the sender never dies
+                if isinstance(e, MemoryError):
+                    memory.note_error("sync sender")
                 self.last_error = "sender: %s" % e
+
+    def _uptime(self):
+        # whole seconds since boot, wrap-safe (called at least every 500 ms, far below the
+        # ticks period), a small int on 32-bit for 34 years
+        d = ticks_diff(ticks_ms(), self._t0) // 1000
+        if d > 0:
+            self._up_s += d
+            self._t0 = ticks_add(self._t0, d * 1000)
 
     async def _send_owed(self):
         now = ticks_ms()
@@ -154,7 +185,10 @@ class Sync:
             if not await self._pub(self.t_hello, P.T_HELLO, self._hello_body(), retain=True):
                 return
             self._want_hello = False
-            self._asked = ticks_ms()
+            # backing off, the HELLO asks for nothing: no "no answer" re-HELLO either
+            self._asked = ticks_ms() if self._retry_at is None else None
+            self._h_sent = None  # a new session: tell this host the health at once
+        self._back_off_due(now)
         if self._want_ack:
             self._want_ack = False
             v, sv, so = self._state()
@@ -187,6 +221,50 @@ class Sync:
             count, typ, ctr = self._rej.pop(reason)
             self._rej_at[reason] = now
             await self._pub(self.t_out, P.T_REJECT, P.reject_body(reason, typ, count, ctr))
+        h = (self._health_bits(), self._retry_at is not None)
+        if h != self._h_sent or ticks_diff(now, self._h_at) >= _HEALTH_MS:
+            if await self._pub(self.t_out, P.T_HEALTH, self._health_body(h[0])):
+                self._h_sent = h
+                self._h_at = now
+                self.health_sent += 1
+
+    # ---- back-off ----
+    def _refused(self, count):
+        """The flash refused an update for want of room (count: the rebuild's records, 0 for a
+        delta): wait before asking again (exponential, bounded, jittered), and say why in the
+        next HEALTH."""
+        self.refusals += 1
+        lo, hi = self.retry_ms
+        d = min(lo << min(self.refusals - 1, 16), hi)
+        d = d // 2 + _rand(d // 2)
+        self._retry_at = ticks_add(ticks_ms(), d)
+        self._room_at = ticks_ms()
+        need = 2 * 4096  # a delta: its file (or the manifest's block) and LittleFS's copy
+        if count and hasattr(self.al, "snapshot_flash_need"):
+            p = self.al.snapshot_progress()  # what is durably on flash is kept for the next try
+            need = self.al.snapshot_flash_need(count, p[2] if p and p[1] == count else 0)
+        self.need_flash = need
+        self._want_sync = False
+        self._asked = None
+        self._snap_open = None  # the next try resumes from what is durably on flash
+
+    def _back_off_due(self, now):
+        # While backing off: ask again when the wait is over, or sooner when the flash has room
+        # again (someone freed it, or the store cleaned up): the HEALTH that says so goes first.
+        if self._retry_at is None:
+            return
+        if ticks_diff(now, self._retry_at) < 0:
+            if ticks_diff(now, self._room_at) < _ROOM_MS:
+                return
+            self._room_at = now
+            if _flash(self.al)[0] < self.need_flash:
+                return
+        self._retry_at = None
+        self._want_sync = True
+
+    def _done_update(self):
+        self.refusals = 0
+        self.need_flash = 0
 
     async def _uploader(self):
         log = self.log
@@ -255,22 +333,40 @@ class Sync:
         v = 0 if self._force_rebuild or getattr(self.al, "need_resync", False) else self.al.version
         return v, sv, so
 
-    def _hello_body(self):
-        v, sv, so = self._state()
+    def _health_bits(self):
         health = self.health() if self.health is not None else 0
         ah = getattr(self.al, "health", "ok")
         if ah not in ("ok", "empty"):
             health |= P.H_ALLOWLIST
-            if ah.startswith("full") or ah.startswith("write"):
+            if ah.startswith("write"):
                 health |= P.H_FLASH
-        pending = 0
-        if self.log is not None:
-            if getattr(self.log, "dropped", 0):
-                health |= P.H_EVENTS
-            pending = self._pending()
+        if self._retry_at is not None:
+            health |= P.H_FULL  # backing off: the flash had no room for an update
+        if self.log is not None and getattr(self.log, "dropped", 0):
+            health |= P.H_EVENTS
+        if memory.errors or memory.tls_deferred:
+            health |= P.H_MEMORY
+        return health
+
+    def _hello_body(self):
+        v, sv, so = self._state()
+        pending = self._pending() if self.log is not None else 0
         gc.collect()  # report the heap that is really free, not what garbage happens to hold (a HELLO is rare)
-        return P.hello_body(v, sv, so, _free_flash(getattr(self.al, "root", "/")),
-                            gc.mem_free(), health, pending, self.fw)
+        return P.hello_body(v, sv, so, _flash(self.al)[0], gc.mem_free(), self._health_bits(),
+                            pending, self.fw)
+
+    def _health_body(self, bits):
+        free, size = _flash(self.al)
+        mem = [memory.figures(P.M_NOW)]
+        for k in (P.M_BOOT, P.M_WIFI, P.M_TLS, P.M_REBUILD):
+            m = memory.stages.get(k)
+            if m is not None:
+                mem.append(m)
+        now = ticks_ms()
+        retry = 0 if self._retry_at is None else max(0, ticks_diff(self._retry_at, now)) // 1000
+        return P.health_body(bits, self.al.version, free, size, self.need_flash,
+                             self._pending() if self.log is not None else 0, memory.errors,
+                             memory.tls_deferred, self._up_s, retry, mem)
 
     # ---- incoming ----
     def _reject(self, reason, typ, ctr):
@@ -316,14 +412,22 @@ class Sync:
             if e.reason == P.E_ORDER and self._asked is None:
                 self._want_sync = True
         except MemoryError:
+            memory.note_error("sync apply")
             self._reject(P.E_BUSY, typ, ctr)
             self._want_sync = True
         except Exception as e:  # noqa: BLE001 - the store refused it; the gate goes on
             self.last_error = "apply: %s" % e
-            # what the host sent cannot be (a bad record, an absurd header, records out of
-            # order): malformed; the flash or the store's capacity refused it: store error
-            self._reject(P.E_MALFORMED if isinstance(e, BadData) else P.E_STORE, typ, ctr)
-            self._want_sync = True
+            if isinstance(e, BadData):
+                # what the host sent cannot be (a bad record, an absurd header, records out of
+                # order): malformed
+                self._reject(P.E_MALFORMED, typ, ctr)
+                self._want_sync = True
+            elif _no_room(e) or str(getattr(self.al, "health", "")).startswith("full"):
+                self._refused(self._snap_count if typ == P.T_SNAP else 0)
+                self._reject(P.E_FULL, typ, ctr)
+            else:  # the flash failed or the store's capacity refused it
+                self._reject(P.E_STORE, typ, ctr)
+                self._want_sync = True
 
     def _fresh(self, ctr):
         # Anti-replay window: keep the highest _SEEN counters accepted in this session; accept a
@@ -359,9 +463,12 @@ class Sync:
         if self._progress()[0] or self._force_rebuild:
             pass  # a rebuild is under way: it brings this change, or catch-up will
         elif frm == v and to > v:
+            if self._retry_at is not None:
+                raise P.ProtoError(P.E_FULL)  # backing off: not before the wait is over
             if not self.al.apply_delta(frm, to, P.delta_entries(body, n)):
                 raise OSError("flash refused the delta: " + str(self.al.health))
             self.deltas += 1
+            self._done_update()
             self._want_ack = True
         elif to <= v:
             self._want_ack = True  # already have it (or "you are current"): say where we are
@@ -389,6 +496,11 @@ class Sync:
         self.head = head
         if n > _MAX_CHUNK:
             raise P.ProtoError(P.E_MALFORMED)
+        self._snap_count = count  # what a refusal says it needs
+        if self._retry_at is not None:
+            # backing off: the rest of a window sent before the host knew; the flash is not
+            # tried again before the wait is over (each try rewrites blocks for nothing)
+            raise P.ProtoError(P.E_FULL)
         # the data first, inflated and checked whole: a chunk that cannot be neither begins a
         # rebuild nor drops the one in progress
         recs = None
@@ -419,10 +531,12 @@ class Sync:
             self.al.snapshot_chunk(recs)
             self._snap_done = offset + n
             self.chunks += 1
+        memory.low_water(P.M_REBUILD, gc.mem_free())
         if offset + n >= count:
             self.al.end_snapshot()
             self._snap_open = None
             self._want_ack = True
+            self._done_update()
         self._answered(flags)
         self._work.set()
 
@@ -478,9 +592,23 @@ class Sync:
         self._work.set()
 
 
-def _free_flash(path):
+def _flash(al):
+    """(free, size) in bytes of the filesystem holding the allowlist. LittleFS counts blocks in
+    use by walking the filesystem and can count more than there are on a full flash: its free
+    count then wraps (2^32-20 blocks was seen on a 2 MiB partition). Clamped to the partition."""
     try:
-        st = os.statvfs(path)
-        return st[0] * st[4]
+        st = os.statvfs(getattr(al, "root", "/"))
     except (OSError, AttributeError):
-        return 0
+        return 0, 0
+    size = st[1] * st[2]
+    free = st[0] * st[4] if st[4] <= st[2] else 0  # wrapped: more in use than there is
+    return min(free, size), size
+
+
+def _no_room(e):
+    return isinstance(e, OSError) and bool(e.args) and e.args[0] == 28  # ENOSPC
+
+
+def _rand(n):
+    # jitter up to n ms (n may exceed 16 bits: waits run to minutes)
+    return int.from_bytes(os.urandom(3), "big") % (n + 1) if n > 0 else 0

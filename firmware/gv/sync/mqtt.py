@@ -72,6 +72,7 @@ class MQTTClient:
         self.will = will  # (topic, message, retain) sent at QoS 1 by the broker if we vanish
         self.on_message = on_message
         self.on_connect = on_connect
+        self.before_tls = None  # () -> False to put a TLS connect off (backoff) for want of memory
         self.connect_timeout_ms = connect_timeout_ms
         self.ack_timeout_ms = ack_timeout_ms
         self.backoff_ms = backoff_ms
@@ -206,6 +207,8 @@ class MQTTClient:
         self.tx_bytes += len(pkt)
 
     async def _open(self):
+        if self.ssl is not None and self.before_tls is not None and not self.before_tls():
+            raise MQTTError("too little ESP-IDF heap for a TLS handshake: waiting")
         ai = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)[0]
         sock = socket.socket(ai[0], ai[1], ai[2])
         try:  # small MQTT packets: no Nagle delay (IPPROTO_TCP 6, TCP_NODELAY 1 on lwIP and Linux)

@@ -42,6 +42,7 @@ T_ACK = const(0x12)
 T_EVENTS = const(0x13)
 T_REJECT = const(0x14)
 T_CMDRES = const(0x15)
+T_HEALTH = const(0x16)
 
 # flags in DELTA and SNAP
 F_ASK = const(1)  # last message of an answer: ask again (SYNC) if still behind
@@ -71,9 +72,10 @@ E_TYPE = const(6)  # unknown or wrong-direction type
 E_ORDER = const(7)  # delta/chunk not following the reader's state (gap or out of order)
 E_STORE = const(8)  # the allowlist refused it (flash error, bad record)
 E_BUSY = const(9)  # resources (e.g. memory) short: try again later
+E_FULL = const(10)  # the flash has no room for it: the reader backs off (HEALTH says how much)
 ERRORS = {E_MALFORMED: "malformed", E_PROTO: "protocol version", E_MAC: "bad MAC",
           E_SESSION: "stale session", E_REPLAY: "replayed", E_TYPE: "bad type",
-          E_ORDER: "out of order", E_STORE: "store error", E_BUSY: "busy"}
+          E_ORDER: "out of order", E_STORE: "store error", E_BUSY: "busy", E_FULL: "flash full"}
 
 
 class ProtoError(ValueError):
@@ -272,8 +274,10 @@ H_PN532 = const(2)  # the NFC module is failing
 H_FLASH = const(4)  # a flash write failed
 H_EVENTS = const(8)  # events were dropped (ring overflow)
 H_CLOCK = const(16)  # clock not set
+H_FULL = const(32)  # the flash refused an update for want of room (backing off)
+H_MEMORY = const(64)  # a MemoryError since the last boot, or too little heap for a TLS handshake
 HEALTH = {H_ALLOWLIST: "allowlist", H_PN532: "pn532", H_FLASH: "flash", H_EVENTS: "events",
-          H_CLOCK: "clock"}
+          H_CLOCK: "clock", H_FULL: "flash full", H_MEMORY: "memory"}
 
 
 def hello_body(al_version, snap_version, snap_offset, free_flash, free_heap, health,
@@ -351,3 +355,55 @@ def parse_cmdres(body):
     if len(body) != 10:
         raise ProtoError(E_MALFORMED)
     return struct.unpack_from(">QBB", body, 0)
+
+
+# HEALTH (0x16, on out): health u16, al_version u32, free_flash u32, flash_size u32,
+#   need_flash u32, events_pending u32, mem_errors u16, tls_deferred u16, uptime_s u32,
+#   retry_s u16, n u8, n x (stage u8, gc_free u32, gc_largest u32, idf_free u32, idf_largest u32)
+# Sent when the health bits or the back-off change, and every HEALTH_S seconds. need_flash: bytes
+# the update the flash refused still needs (0: none refused); retry_s: seconds until the reader
+# asks again (0: not backing off). mem_errors: MemoryErrors since provisioning (kept across
+# reboots); tls_deferred: TLS connects put off this boot for want of ESP-IDF heap. A figure the
+# reader cannot know (the ESP-IDF heap on the unix port) is UNKNOWN.
+HEALTH_S = const(300)
+UNKNOWN = 0xFFFFFFFF
+M_NOW = const(1)  # when the report was made
+M_BOOT = const(2)  # after the reader's objects were built
+M_WIFI = const(3)  # after Wi-Fi joined
+M_TLS = const(4)  # after the TLS link to the broker was up
+M_REBUILD = const(5)  # the lowest GC free seen during a rebuild
+STAGES = {M_NOW: "now", M_BOOT: "boot", M_WIFI: "wifi", M_TLS: "tls", M_REBUILD: "rebuild"}
+_HEALTH = ">HIIIIIHHIHB"
+HEALTH_HDR = const(33)
+_MEM = ">BIIII"
+MEM_N = const(17)
+
+
+def health_body(health, al_version, free_flash, flash_size, need_flash, events_pending,
+                mem_errors, tls_deferred, uptime_s, retry_s, mem):
+    """mem: list of (stage, gc_free, gc_largest, idf_free, idf_largest)."""
+    out = bytearray(struct.pack(_HEALTH, health, al_version, free_flash, flash_size, need_flash,
+                                events_pending, min(mem_errors, 0xFFFF),
+                                min(tls_deferred, 0xFFFF), uptime_s, min(retry_s, 0xFFFF),
+                                len(mem)))
+    for m in mem:
+        out += struct.pack(_MEM, *m)
+    return bytes(out)
+
+
+def parse_health(body):
+    if len(body) < HEALTH_HDR:
+        raise ProtoError(E_MALFORMED)
+    v = struct.unpack_from(_HEALTH, body, 0)
+    if len(body) != HEALTH_HDR + v[10] * MEM_N:
+        raise ProtoError(E_MALFORMED)
+    mem = {}
+    for i in range(v[10]):
+        m = struct.unpack_from(_MEM, body, HEALTH_HDR + i * MEM_N)
+        name = STAGES.get(m[0])
+        if name is None:
+            raise ProtoError(E_MALFORMED)
+        mem[name] = list(m[1:])
+    return {"health": v[0], "al_version": v[1], "free_flash": v[2], "flash_size": v[3],
+            "need_flash": v[4], "events_pending": v[5], "mem_errors": v[6],
+            "tls_deferred": v[7], "uptime_s": v[8], "retry_s": v[9], "mem": mem}

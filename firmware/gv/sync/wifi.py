@@ -52,6 +52,10 @@ class WiFi:
                     waited += _POLL_MS
                 if wlan.isconnected():
                     self.joins += 1
+                    from gv import memory
+                    from gv.sync.protocol import M_WIFI
+
+                    memory.record(M_WIFI)  # the heaps with Wi-Fi up
                     backoff = 1000
                 else:
                     await asyncio.sleep_ms(backoff)
