@@ -384,19 +384,50 @@ def cmd_readers_list(ctx: Ctx) -> int:
     if a.json:
         ctx.say(json.dumps(rows, indent=1, default=str))
     else:
-        def health(r: dict) -> str:
-            h = r["health"] or {}
-            bits = ["%s=%s" % (k, h[k]) for k in sorted(h) if k not in ("firmware",)][:4]
-            return " ".join(bits) or "-"
+        from host_sync.health import summary as health  # problems first, then the figures
         ctx.say(*_table([(r["id"], r["site_id"], "online" if r["online"] else "OFFLINE",
                           "%d/%d" % (r["applied_version"], r["head"]),
                           ("%d" % r["lag"]) + (" LAGGING A BLOCK since %s" % r["block_pending_since"]
                                                if r["lagging_block"] else ""),
-                          _ago(r["last_seen"]), r["firmware"] or "-", health(r)) for r in rows],
+                          _ago(r["last_seen"]), r["firmware"] or "-", health(r["health"]))
+                         for r in rows],
                         ("READER", "SITE", "ONLINE", "APPLIED", "LAG", "LAST-SEEN", "FIRMWARE",
                          "HEALTH")))
     if a.check and any(r["lagging_block"] or r["lag"] for r in rows):
         return EXIT_PENDING
+    return EXIT_OK
+
+
+def cmd_readers_show(ctx: Ctx) -> int:
+    """One reader: its link, every health figure with when it was last reported, memory by stage."""
+    from host_sync import health as hl
+    a = ctx.args
+    rows = [r for r in reader_rows(ctx.reg, None, a.lag_limit) if r["id"] == a.reader_id]
+    if not rows:
+        ctx.reg.reader(a.reader_id)  # exit 4 for an unknown reader
+    r = rows[0]
+    h = r["health"] or {}
+    if a.json:
+        ctx.say(json.dumps(dict(r, problems=hl.problems(h)), indent=1, default=str))
+        return EXIT_OK
+    at = h.get("at") or {}
+    ctx.say("reader %s at site %s: %s, applied %d of %d, last seen %s, firmware %s"
+            % (r["id"], r["site_id"], "online" if r["online"] else "OFFLINE", r["applied_version"],
+               r["head"], _ago(r["last_seen"]), r["firmware"] or "-"))
+    probs = hl.problems(h)
+    ctx.say("problems: " + ("; ".join(probs) if probs else "none"))
+    figs = [(k, h[k]) for k in ("free_flash", "flash_size", "need_flash", "free_heap",
+                                "events_pending", "mem_errors", "tls_deferred", "uptime_s",
+                                "retry_s", "snap_version", "snap_offset", "hello_version")
+            if k in h]
+    ctx.say(*_table([(k, v, _ago(at.get(k))) for k, v in figs], ("FIGURE", "VALUE", "REPORTED")))
+    mem = h.get("mem") or {}
+    if mem:
+        def b(n: int) -> str:
+            return "-" if n == hl.P.UNKNOWN else hl.kib(n)
+        ctx.say(*_table([(st, b(m[0]), b(m[1]), b(m[2]), b(m[3]), _ago(at.get("mem." + st)))
+                         for st in hl.STAGES if (m := mem.get(st))],
+                        ("MEMORY AT", "GC FREE", "GC BLOCK", "IDF FREE", "IDF BLOCK", "REPORTED")))
     return EXIT_OK
 
 
@@ -504,6 +535,7 @@ def cmd_status(ctx: Ctx) -> int:
     if ctx.args.json:
         ctx.say(json.dumps({"change": ch, "applied": [r["id"] for r in done],
                             "pending": [{"reader": r["id"], "applied_version": r["applied_version"],
+                                         "attention": (r["health"] or {}).get("attention"),
                                          "since": ch["at"], "online": r["online"],
                                          "last_seen": r["last_seen"]} for r in todo]},
                            indent=1, default=str))
@@ -518,6 +550,9 @@ def cmd_status(ctx: Ctx) -> int:
         ctx.say("  PENDING  %s (at version %d) since %s (%s); %s, last seen %s"
                 % (r["id"], r["applied_version"], ch["at"], _ago(ch["at"]).replace(" ago", ""),
                    "online" if r["online"] else "OFFLINE", _ago(r["last_seen"])))
+        att = (r["health"] or {}).get("attention")
+        if att:
+            ctx.say("           needs attention: %s" % att)
     return EXIT_PENDING if todo else EXIT_OK
 
 
@@ -991,6 +1026,12 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--check", action="store_true", help="exit 5 when any reader lags")
     x.add_argument("--json", action="store_true")
     x.set_defaults(fn=cmd_readers_list)
+    x = rp.add_parser("show", help="one reader: every health figure and when it was reported, "
+                                   "memory at boot, Wi-Fi, TLS and the rebuild peak")
+    x.add_argument("reader_id")
+    x.add_argument("--lag-limit", type=float, default=DEFAULT_LAG_LIMIT_S, help=argparse.SUPPRESS)
+    x.add_argument("--json", action="store_true")
+    x.set_defaults(fn=cmd_readers_show)
 
     x = rp.add_parser("command", help="send a reader a remote command (via host-sync serve)",
                       description="Queue a remote command for one reader; 'host-sync serve' sends "

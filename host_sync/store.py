@@ -9,17 +9,17 @@ from typing import Any
 
 from gv import events as evc
 
-from host_sync import commands, ledger
+from host_sync import commands, health as hl, ledger
 from host_sync.db import Db
 from host_sync.registry import Registry
 from host_sync.timeutil import now_iso
 
 log = logging.getLogger("host_sync.store")
 
-HEALTH_BITS = {1: "allowlist needs a resend", 2: "PN532 failing", 4: "flash write failed",
-               8: "events dropped", 16: "clock not set"}
+HEALTH_BITS = hl.HEALTH_BITS
 REJECT_REASONS = {1: "malformed", 2: "protocol version", 3: "bad MAC", 4: "stale session",
-                  5: "replayed", 6: "bad type", 7: "out of order", 8: "store error", 9: "busy"}
+                  5: "replayed", 6: "bad type", 7: "out of order", 8: "store error", 9: "busy",
+                  10: "flash full"}
 
 
 class RegistryData:
@@ -101,24 +101,45 @@ class RegistryData:
             if site and int(version) >= self.current_version(site):
                 self.db.execute("UPDATE readers SET lag_since = NULL WHERE id = ?", (reader_id,))
 
+    def _health(self, reader_id: str) -> dict[str, Any]:
+        raw = self.db.scalar("SELECT health FROM readers WHERE id = ?", (reader_id,))
+        try:
+            return json.loads(raw) if raw else {}
+        except ValueError:
+            return {}
+
     def reader_hello(self, reader_id: str, info: dict[str, Any]) -> None:
-        bits = int(info.get("health", 0) or 0)
-        health = {k: info[k] for k in ("free_flash", "free_heap", "events_pending",
-                                       "snap_version", "snap_offset") if k in info}
-        problems = [name for b, name in HEALTH_BITS.items() if bits & b]
-        health["problems"] = ",".join(problems) or "none"
         fw = info.get("fw") or info.get("firmware") or ""
         if isinstance(fw, bytes):
             fw = fw.decode("utf-8", "replace")
         # The applied version comes from ACKs only: a HELLO may be the retained one from the
         # reader's last connect (stale), seen again when this host subscribes.
-        health["hello_version"] = info.get("al_version", info.get("version"))
         with self.db.tx():
+            old = self._health(reader_id)
+            health = hl.merge(old, info, "hello", now_iso())
             self.db.execute("UPDATE readers SET firmware = ?, health = ?, last_seen = ?, online = 1"
                             " WHERE id = ?", (str(fw)[:64], json.dumps(health, sort_keys=True),
                                               now_iso(), reader_id))
-        if problems:
-            log.warning("reader %s reports: %s", reader_id, ", ".join(problems))
+        self._say_problems(reader_id, old, health)
+
+    def reader_health(self, reader_id: str, info: dict[str, Any]) -> None:
+        """A HEALTH report (docs/protocol.md): merged into the reader's health, figure by figure."""
+        with self.db.tx():
+            old = self._health(reader_id)
+            health = hl.merge(old, info, "health", now_iso())
+            self.db.execute("UPDATE readers SET health = ?, last_seen = ? WHERE id = ?",
+                            (json.dumps(health, sort_keys=True), now_iso(), reader_id))
+        self._say_problems(reader_id, old, health)
+
+    def _say_problems(self, reader_id: str, old: dict[str, Any], new: dict[str, Any]) -> None:
+        # one log line when what needs attention changes, not one per report
+        was, now = hl.problems(old), hl.problems(new)
+        if [p.split(" (")[0].split(":")[0] for p in now] != \
+                [p.split(" (")[0].split(":")[0] for p in was]:
+            if now:
+                log.warning("reader %s reports: %s", reader_id, "; ".join(now))
+            else:
+                log.info("reader %s: healthy again", reader_id)
 
     def reader_status(self, reader_id: str, online: bool) -> None:
         self.db.execute("UPDATE readers SET online = ?, last_seen = ? WHERE id = ?",

@@ -61,6 +61,8 @@ class SyncData(Protocol):
 
     def command_result(self, reader_id: str, counter: int, cmd: int, result: int) -> None: ...
 
+    # optional: def reader_health(self, reader_id: str, info: dict) -> None (HEALTH reports)
+
 
 @dataclass
 class ReaderState:
@@ -71,6 +73,15 @@ class ReaderState:
     rejected: dict = field(default_factory=dict)  # reason -> count reported
     clock_sent: bool = False  # the time was sent since the reader's last HELLO
     clock_at: float = 0.0  # time.monotonic() when the time was last sent
+    health: dict = field(default_factory=dict)  # the latest HEALTH report
+    full_refusals: int = 0  # "flash full" refusals since the reader last succeeded
+    hold_until: float = 0.0  # monotonic: no answers or live deltas before this (flash full)
+
+    def held(self, now: float | None = None) -> bool:
+        return (time.monotonic() if now is None else now) < self.hold_until
+
+    def release(self) -> None:
+        self.hold_until = 0.0
 
 
 class HostSync:
@@ -89,7 +100,9 @@ class HostSync:
         self.pushed: dict[str, int] = {}  # site -> version last pushed live
         self._snaps: dict[str, tuple[int, list[bytes]]] = {}  # site -> cached snapshot
         self._lock = threading.RLock()
-        self.stats = {"events_stored": 0, "events_dup": 0, "rejected_in": 0, "published": 0}
+        self.stats = {"events_stored": 0, "events_dup": 0, "rejected_in": 0, "published": 0,
+                      "held": 0}
+        self.hold_s = (5.0, 300.0)  # hold after a "flash full": first, longest (doubled per refusal)
         self.connected = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or "",
                                   clean_session=True)
@@ -166,8 +179,9 @@ class HostSync:
             return P.peek(msg)[2]
 
     def _site_readers(self, site: str) -> list[ReaderState]:
+        # a reader held for a full flash gets no live deltas: it catches up when it asks again
         return [st for st in self.readers.values()
-                if st.session.site == site and st.session.nonce is not None]
+                if st.session.site == site and st.session.nonce is not None and not st.held()]
 
     # ---- incoming ----
     def _state(self, site: str, reader_id: str) -> ReaderState | None:
@@ -241,6 +255,13 @@ class HostSync:
             st.hello = info
             st.clock_sent = False
             self.data.reader_hello(rid, info)
+            if info["health"] & P.H_FULL:
+                # backing off for a full flash: this HELLO asks for nothing (the reader SYNCs
+                # when its wait is over); a rebuild window now would only be refused
+                if not retained:
+                    st.online = True
+                    self._give_clock(st)
+                return
             if not retained:
                 # a live HELLO: the reader just connected and waits for an answer. A retained
                 # one (this host just subscribed) only teaches us the session: that reader may
@@ -251,12 +272,18 @@ class HostSync:
         elif leaf != "out":
             return
         elif typ == P.T_SYNC:
+            if st.held():
+                # asked again sooner than a reader that backs off would: not answered
+                self.stats["held"] += 1
+                return
             self._answer(st, *P.parse_sync(body))
             # a HELLO this host only saw retained (it subscribed after the reader said it) was
             # not answered with the time: the reader's first SYNC is
             self._give_clock(st)
         elif typ == P.T_ACK:
             v, sv, _ = P.parse_ack(body)
+            st.full_refusals = 0
+            st.release()
             if not sv:
                 st.applied = v
                 self.data.reader_applied(rid, v)
@@ -271,12 +298,36 @@ class HostSync:
         elif typ == P.T_REJECT:
             reason, rtyp, count, _ = P.parse_reject(body)
             st.rejected[reason] = st.rejected.get(reason, 0) + count
-            log.warning("reader %s rejected %d message(s): %s", rid, count,
-                        P.ERRORS.get(reason, reason))
+            # the reader reports a reason's count at most once a minute; the registry logs it
+            if reason == P.E_FULL and not (st.health.get("health", 0) & P.H_FULL):
+                self._hold(st)  # a reader that does not say it backs off: the host's own hold
             self.data.reader_rejected(rid, reason, count)
+        elif typ == P.T_HEALTH:
+            info = P.parse_health(body)
+            st.health = info
+            if info["health"] & P.H_FULL:
+                # it backs off itself and says when it asks again: hold until just before
+                self._hold(st, info["retry_s"] * 0.8 if info["retry_s"] else None)
+            elif st.held() and info["need_flash"] and info["free_flash"] >= info["need_flash"]:
+                st.release()  # it says it has room again: the next SYNC is answered
+            rh = getattr(self.data, "reader_health", None)
+            if rh is not None:
+                rh(rid, info)
         elif typ == P.T_CMDRES:
             ctr, cmd, res = P.parse_cmdres(body)
             self.data.command_result(rid, ctr, cmd, res)
+
+    def _hold(self, st: ReaderState, wait: float | None = None) -> None:
+        """No answers or live deltas to a reader whose flash refused an update: for `wait` (the
+        reader's own back-off) or a while that doubles per refusal; it ends early when the reader
+        says it has room or succeeds."""
+        st.full_refusals += 1
+        if wait is None:
+            lo, hi = self.hold_s
+            wait = min(lo * 2 ** min(st.full_refusals - 1, 16), hi)
+        st.hold_until = time.monotonic() + wait
+        log.warning("reader %s: flash full, holding its updates for %.0f s (refusal %d)",
+                    st.session.reader_id, wait, st.full_refusals)
 
     # ---- answers ----
     def _answer(self, st: ReaderState, v: int, sv: int, so: int) -> None:
