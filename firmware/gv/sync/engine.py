@@ -510,6 +510,8 @@ class Sync:
         elif flags & P.F_ZLIB or len(data):
             raise P.ProtoError(P.E_MALFORMED)
         sv, done = self._progress()
+        if sv == version and count != self._snap_count():
+            raise P.ProtoError(P.E_MALFORMED)  # one version, one snapshot: its count cannot change
         if offset == 0 and sv != version:
             self.al.begin_snapshot(version, count)  # a new rebuild (any older one is dropped)
             self._snap_open = version
@@ -539,6 +541,10 @@ class Sync:
             self._done_update()
         self._answered(flags)
         self._work.set()
+
+    def _snap_count(self):
+        p = self.al.snapshot_progress()
+        return p[1] if p else -1
 
     def _inflate(self, data, n):
         import deflate

@@ -220,12 +220,19 @@ def parse_delta(body):
 
 
 def delta_entries(body, n):
-    """Yields (key8, rec16 or None for a removal) as memoryviews into body."""
+    """Yields (key8, rec16 or None for a removal) as memoryviews into body. ProtoError for a
+    removal (status 0) that carries anything but zeros."""
     mv = memoryview(body)
     for i in range(n):
         o = DELTA_HDR + i * REC
         rec = mv[o:o + REC]
-        yield rec[:8], (None if rec[8] == 0 else rec)
+        if rec[8] == 0:
+            for j in range(9, REC):
+                if rec[j]:
+                    raise ProtoError(E_MALFORMED)
+            yield rec[:8], None
+        else:
+            yield rec[:8], rec
 
 
 def snap_body(head, version, count, offset, n, data, flags=0):
