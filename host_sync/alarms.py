@@ -111,7 +111,7 @@ def scan(db: Db, lag_limit_s: float = 60.0, offline_after_s: float = 0.0) -> lis
         if kind == evc.K_ALARM:
             who = card_no or ("UID %s" % uid if uid else "unknown card")
             aid = raise_alarm(db, "duress", "duress:%s:%d" % (rid, seq),
-                              "DURESS PIN at %s (site %s), card %s, %s: the door was opened under"
+                              "DURESS PIN at %s (site %s), card %s, %s UTC: the door was opened under"
                               " threat" % (rid, site, who, at[:19].replace("T", " ")),
                               site, rid, at=received)
             if aid:

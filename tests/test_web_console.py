@@ -9,10 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import http.server
 import json
 import re
-import threading
 
 import pytest
 from starlette.testclient import TestClient
@@ -23,6 +21,7 @@ from host_sync import accounts, alarms, ledger
 from host_sync.db import Db
 from host_sync.web.app import Config, create_app
 from tests.host_kit import Operator, database, org_for, pnr_for
+from tests.web_kit import Receiver
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 ANNA, BO, CARL = "AB-2403-000101", "AB-2403-000102", "CD-2311-004711"
@@ -236,37 +235,6 @@ def test_ledger_day_on_site_now_and_exports(console):
     assert "ledger exported" in o.out and "web:vera" in o.out
 
 
-class Receiver:
-    """A webhook receiver on 127.0.0.1 that refuses the first `fail` requests."""
-
-    def __init__(self, fail: int = 0):
-        self.got: list[tuple[dict, bytes]] = []
-        self.fail = fail
-        outer = self
-
-        class H(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["content-length"]))
-                if outer.fail > 0:
-                    outer.fail -= 1
-                    self.send_response(503)
-                else:
-                    outer.got.append((dict(self.headers), body))
-                    self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *a):
-                pass
-
-        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = "http://127.0.0.1:%d/hook" % self.srv.server_address[1]
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.srv.shutdown()
-        self.srv.server_close()
-
-
 @BOTH
 def test_duress_alarm_reaches_a_signed_webhook_with_retries_and_is_acknowledged(console,
                                                                                   monkeypatch):
@@ -284,7 +252,7 @@ def test_duress_alarm_reaches_a_signed_webhook_with_retries_and_is_acknowledged(
         assert alarms.deliver(db) == 0  # the receiver refuses the first try ...
         db.execute("UPDATE alarm_deliveries SET next_at = ?", ("2000-01-01T00:00:00Z",))
         assert alarms.deliver(db) == 1  # ... and the retry gets through
-        headers, body = rx.got[0]
+        headers, body, _ = rx.got[0]
         sig = hmac.new(b"s3cret-for-the-hook-1234", body, hashlib.sha256).hexdigest()
         assert headers["X-Grindvakt-Signature"] == "sha256=" + sig
         msg = json.loads(body)

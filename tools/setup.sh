@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make setup: the venv with every pinned dependency, plus Debian's mosquitto and socat.
+# make setup: the venv with every pinned dependency, plus Debian's mosquitto, socat and (for the
+# console's browser tests) chromium + chromium-driver.
 # Idempotent: does only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,17 @@ PY=${PYTHON:-python3}
 need_deb=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_deb+=(mosquitto)
 command -v socat >/dev/null 2>&1 || need_deb+=(socat)
+# the console's browser tests: Debian's Chromium and its driver (never a downloaded browser)
+need_browser=()
+command -v chromium >/dev/null 2>&1 || need_browser+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_browser+=(chromium-driver)
+if [ ${#need_browser[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    need_deb+=("${need_browser[@]}")
+  else
+    echo "setup: ${need_browser[*]} missing: the browser tests will be skipped (sudo apt-get install chromium chromium-driver)" >&2
+  fi
+fi
 if [ ${#need_deb[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "setup: installing Debian packages: ${need_deb[*]}"

@@ -80,6 +80,8 @@ class VirtualSite:
         self.port = free_port()
         self.broker: subprocess.Popen | None = None
         self.host: subprocess.Popen | None = None
+        self.web: subprocess.Popen | None = None
+        self.web_url = ""
         self.readers: dict[str, Reader] = {}
         self.tls = None
 
@@ -156,6 +158,21 @@ class VirtualSite:
                 self.host.wait()
             self.host = None
 
+    def start_web(self, user: str, password: str, role: str = "admin", port: int | None = None,
+                  env: dict | None = None) -> str:
+        """The operators' web console (`host-sync web`) on a local port, with one account;
+        returns its address."""
+        self.cli("users", "add", user, "--role", role, "--password-stdin", input=password + "\n")
+        port = port or free_port()
+        log = open(self.dir / "web.log", "ab")
+        cmd = [sys.executable, "-m", "host_sync", "--data-dir", str(self.data), "web", "--host",
+               "127.0.0.1", "--port", str(port), "--lag-limit", "30"]
+        self.web = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=log,
+                                    env=dict(os.environ, **(env or {})))
+        _wait_port(port, 30)
+        self.web_url = f"http://127.0.0.1:{port}"
+        return self.web_url
+
     def start_reader(self, reader_id: str, fresh: bool = True) -> VirtualBoard:
         r = self.readers[reader_id]
         vb = VirtualBoard(self.board_file, self.dir / "readers" / f"{reader_id}.img", config=r.config,
@@ -183,6 +200,13 @@ class VirtualSite:
                 r.board.stop()
                 r.board = None
             r.net.close()
+        if self.web is not None:
+            self.web.terminate()
+            try:
+                self.web.wait(15)
+            except subprocess.TimeoutExpired:
+                self.web.kill()
+            self.web = None
         self.stop_host()
         self.stop_broker(kill=False)
 
