@@ -510,7 +510,7 @@ class Sync:
         elif flags & P.F_ZLIB or len(data):
             raise P.ProtoError(P.E_MALFORMED)
         sv, done = self._progress()
-        if sv == version and count != self._snap_count():
+        if sv == version and count != self._rebuild_count():
             raise P.ProtoError(P.E_MALFORMED)  # one version, one snapshot: its count cannot change
         if offset == 0 and sv != version:
             self.al.begin_snapshot(version, count)  # a new rebuild (any older one is dropped)
@@ -542,7 +542,7 @@ class Sync:
         self._answered(flags)
         self._work.set()
 
-    def _snap_count(self):
+    def _rebuild_count(self):
         p = self.al.snapshot_progress()
         return p[1] if p else -1
 
