@@ -26,7 +26,7 @@ import host_sync  # noqa: F401 - puts firmware/ on sys.path for the shared codec
 from host_sync import ids, rules
 from host_sync.db import Db, DbError, open_db, redact, resolve_url
 from host_sync.ids import InvalidInput
-from host_sync.registry import CardInput, NotFound, Registry
+from host_sync.registry import VERSION_MAX_RECORDS, CardInput, NotFound, Registry
 from host_sync.timeutil import UTC, now, parse_iso
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_NOT_FOUND, EXIT_PENDING, EXIT_DB = range(7)
@@ -269,9 +269,14 @@ def cmd_cards_import(ctx: Ctx) -> int:
         ctx.say("nothing to apply")
         return EXIT_OK
     prog = Progress("importing", len(plan.new), ctx.err, quiet=a.quiet)
+    before = {s["id"]: s["version"] for s in ctx.reg.sites()}
     versions = importer.apply(ctx.reg, plan, Path(a.file).name, progress=prog)
     prog.done()
     ctx.say("applied.")
+    for site, v in sorted(versions.items()):
+        if v - before.get(site, 0) > 1:  # split so each version fits one DELTA (importer.py)
+            ctx.say("  site %s: one change in %d versions (%d-%d) of at most %d cards each"
+                    % (site, v - before[site], before[site] + 1, v, VERSION_MAX_RECORDS))
     ctx.say(*_versions_line(ctx, versions))
     return EXIT_OK
 

@@ -1,6 +1,10 @@
 """`cards import`: the card list an operator already has (a card-portal export, CSV) compared
-with the registry. A dry run prints the difference; --apply makes it, all in one transaction
-(one allowlist version per site), so a bad row means nothing is applied at all.
+with the registry. A dry run prints the difference; --apply makes it, all in one transaction, so a
+bad row means nothing is applied at all. Every allowlist change an import makes at a site (new
+cards, status and validity changes, cards added to the site) is published together: one version
+per site, split into consecutive versions of at most 100 records (registry.VERSION_MAX_RECORDS)
+only because a reader applies a version from one DELTA message (2048 bytes) and a bigger one
+would cost every reader of the site a full rebuild. 600 new cards: 6 versions.
 
 Columns (header row required; comma or semicolon separated; UTF-8, a BOM is fine):
   card_number            BB-YYMM-NNNNNN (required)
@@ -237,8 +241,9 @@ def apply(reg: Registry, p: Plan, source: str,
         return {}
     with reg.db.tx():
         versions: dict[str, int] = {}
+        per_site: dict[str, list] = {}
         if p.new:
-            versions.update(reg.add_cards(p.new, action="cards imported", progress=progress))
+            per_site = reg.insert_cards(p.new, action="cards imported", progress=progress)
         touched: set[str] = set()
         ts = now_iso()
         for no, _old, new, _path in p.status:
@@ -254,7 +259,6 @@ def apply(reg: Registry, p: Plan, source: str,
         if p.new_links:
             reg.db.executemany("INSERT INTO card_sites (card_no, site_id) VALUES (?,?)", p.new_links)
             touched.update(no for no, _ in p.new_links)
-        per_site: dict[str, list] = {}
         for no in sorted(touched):
             card = reg.card(no)
             for s, ver in reg.db.all("SELECT site_id, pin_verifier FROM card_sites WHERE card_no = ?",

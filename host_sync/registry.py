@@ -286,7 +286,17 @@ class Registry:
     def add_cards(self, cards: Sequence[CardInput], action: str = "card added",
                   progress: Any = None) -> dict[str, int]:
         """Insert new cards and add them to their sites, all in one transaction, one allowlist
-        version per site touched. Returns {site: new version}."""
+        change per site touched (split into versions of at most VERSION_MAX_RECORDS). Returns
+        {site: new version}."""
+        with self.db.tx():
+            per_site = self.insert_cards(cards, action, progress)
+            subject = cards[0].card_no if len(cards) == 1 else "%d cards" % len(cards)
+            return {s: self._publish(s, action, subject, recs) for s, recs in per_site.items()}
+
+    def insert_cards(self, cards: Sequence[CardInput], action: str = "card added",
+                     progress: Any = None) -> dict[str, list[tuple[bytes, bytes, str]]]:
+        """add_cards without publishing: {site: [(key8, rec16, card_no)]} for the caller to put in
+        its own allowlist change (an import publishes every change of a site together)."""
         ts = now_iso()
         today = now().date()
         for s in {s for c in cards for s in c.sites}:
@@ -320,8 +330,7 @@ class Registry:
             else:
                 self.audit(action, "%d cards" % len(cards),
                            "first=%s last=%s" % (cards[0].card_no, cards[-1].card_no))
-            subject = cards[0].card_no if len(cards) == 1 else "%d cards" % len(cards)
-            return {s: self._publish(s, action, subject, recs) for s, recs in per_site.items()}
+            return per_site
 
     def add_card(self, c: CardInput) -> dict[str, int]:
         with self.db.tx():
