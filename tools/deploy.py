@@ -92,7 +92,7 @@ else:
         _c = vboard.CHIP
     except ImportError:
         _c = sys.platform
-print(repr({'chip': _c, 'version': tuple(sys.implementation.version[:3]), 'mpy': getattr(sys.implementation, '_mpy', 0), 'machine': _m}))
+print(repr({'chip': _c, 'version': tuple(sys.implementation.version[:3]), 'mpy': getattr(sys.implementation, '_mpy', 0), 'machine': _m, 'platform': sys.platform}))
 """
 
 _HASH = """
@@ -144,15 +144,83 @@ class Report:
                 "device": self.device, "hello": self.hello, "wire_bytes": self.wire_bytes}
 
 
+RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
+MAX_WAIT_S = 60.0  # the longest any one serial wait may take (a whole exec is bounded by Device.deadline)
+
+
+class BoundedSerial(SerialTransport):
+    """mpremote's serial transport with every wait bounded. Its read_until() only gives up after
+    a quiet gap, so a board that keeps printing (a crash loop, a chatty main.py) kept it reading
+    forever: the deploy hung at "resetting the board" in 5 of 18 tries. Here every read has an
+    overall bound, and the raw REPL is entered by trying again within the REPL timeout (Ctrl-C
+    sent while a crash-looping board is between resets is lost; the next one lands)."""
+
+    max_wait = MAX_WAIT_S
+
+    def read_until(self, min_num_bytes, ending, timeout=10, data_consumer=None, timeout_overall=None):
+        bound = self.max_wait if timeout_overall is None else min(timeout_overall, self.max_wait)
+        return super().read_until(min_num_bytes, ending, timeout, data_consumer, bound)
+
+    def _drain(self, seconds: float) -> tuple[bool, bytes]:
+        """Read what the board prints for at most `seconds`, until it is quiet for 100 ms:
+        (went quiet, the last 4 KiB read)."""
+        end = time.monotonic() + seconds
+        quiet = time.monotonic() + 0.1
+        got = b""
+        while time.monotonic() < end:
+            n = self.serial.inWaiting()
+            if n:
+                got = (got + self.serial.read(n))[-4096:]
+                quiet = time.monotonic() + 0.1
+            elif time.monotonic() >= quiet:
+                return True, got
+            else:
+                time.sleep(0.01)
+        return False, got
+
+    def enter_raw_repl(self, soft_reset=True, timeout_overall=10):
+        deadline = time.monotonic() + timeout_overall
+        seen = b""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                print(seen[-2000:])  # Device.enter() keeps it for the error message
+                raise TransportError("could not enter raw repl")
+            self.serial.write(b"\r\x03\x03")  # ctrl-C twice: stop the program (and a paste)
+            quiet, got = self._drain(min(2.0, left))
+            seen = (seen + got)[-4096:]
+            if not quiet:  # still printing: the Ctrl-C was lost (mid-reset) or ignored; again
+                continue
+            self.serial.write(b"\r\x01")  # ctrl-A: raw REPL
+            data = self.read_until(1, RAW_BANNER + b">", timeout=1,
+                                   timeout_overall=max(0.1, min(2.0, deadline - time.monotonic())))
+            seen = (seen + data)[-4096:]
+            if data.endswith(RAW_BANNER + b">"):
+                break
+        if soft_reset:
+            # ctrl-D in the raw REPL: a soft reset that runs boot.py, not main.py; boot.py may print
+            self.serial.write(b"\x04")
+            left = max(2.0, deadline - time.monotonic())
+            data = self.read_until(1, b"soft reboot\r\n", timeout_overall=left)
+            if not data.endswith(b"soft reboot\r\n"):
+                print(data[-2000:])
+                raise TransportError("could not enter raw repl")
+            data = self.read_until(1, RAW_BANNER, timeout_overall=max(2.0, deadline - time.monotonic()))
+            if not data.endswith(RAW_BANNER):
+                print(data[-2000:])
+                raise TransportError("could not enter raw repl")
+        self.in_raw_repl = True
+
+
 class Device:
-    """One board's raw REPL through mpremote's SerialTransport."""
+    """One board's raw REPL through mpremote's SerialTransport, every wait bounded."""
 
     def __init__(self, port: str, repl_timeout: float = 10):
         self.port = port
         self.repl_timeout = repl_timeout
         try:
             # a read timeout so a pulled cable ends in an error, not a hang
-            self.t = SerialTransport(port, baudrate=115200, timeout=5)
+            self.t = BoundedSerial(port, baudrate=115200, timeout=5)
         except TransportError as e:
             raise DeployError(f"can't open {port}: {e}") from None
         self.wire_bytes = 0  # bytes sent to the board: what a 115200-baud UART has to carry
@@ -236,11 +304,14 @@ class Device:
     def remove(self, path: str) -> None:
         self.run(f"import os\ntry:\n os.remove({path!r})\nexcept OSError as e:\n if e.errno != 2:\n  raise\n")
 
-    def reset(self) -> None:
+    def reset(self, timeout: float = 15) -> None:
+        """machine.reset() from the raw REPL, within `timeout` s (the board may be gone before it
+        answers, or reset into a loop that prints a traceback every few seconds)."""
         try:
-            self.t.exec_raw_no_follow("import machine\nmachine.reset()")
-        except TransportError:
-            pass  # the board may be gone before it answers
+            with self.deadline(timeout):
+                self.t.exec_raw_no_follow("import machine\nmachine.reset()")
+        except (TransportError, OSError, TypeError, AttributeError):
+            pass
 
     def close(self) -> None:
         try:
@@ -329,6 +400,9 @@ def deploy(port: str, board_path: str | Path, reader: str | None = None, *, conf
         rep.device = info
         p.say(f"device: {info['machine']}, MicroPython {'.'.join(map(str, info['version']))}, "
               f"chip {info['chip']}, mpy v{info['mpy'] & 0xFF}")
+        if config.get("virtual") and info.get("platform") == "esp32":
+            raise DeployError("this config is for a virtual board (\"virtual\": true: loopback broker, no "
+                              "Wi-Fi); write the reader's real config with host-sync readers config")
         check_device(info, board, manifest)
         state_txt = dev.read_text(STATE_PATH)
         state = json.loads(state_txt) if state_txt else {}
@@ -441,6 +515,7 @@ class HelloWaiter:
             ctx = ssl.create_default_context(cadata=b.get("ca"))
             ctx.check_hostname = False  # readers pin the site CA; the broker may be addressed by IP
             self.client.tls_set_context(ctx)
+        self.client.connect_timeout = 10  # a broker address that drops SYNs: bounded too
         self.client.on_message = self._on_message
         self.subscribed = False
 
