@@ -531,7 +531,41 @@ def _parse_change(ctx: Ctx, ref: str) -> tuple[str, int]:
         raise InvalidInput("version %r is not a number" % v)
 
 
+STALE_S = 20.0  # a serve instance silent this long is not running (it says every 5 s)
+
+
+def cmd_service_status(ctx: Ctx) -> int:
+    """`host-sync status` alone: is the sync service running and connected to the broker?"""
+    from host_sync import serve
+    rows = [r for r in serve.instances(ctx.db) if r["age_s"] < 7 * 86400]
+    live = [r for r in rows if r.get("running") and r["age_s"] < STALE_S]
+    readers = ctx.reg.readers()
+    if ctx.args.json:
+        ctx.say(json.dumps({"instances": rows, "readers": len(readers),
+                            "online": sum(1 for r in readers if r["online"])}, indent=1))
+    else:
+        if not rows:
+            ctx.say("sync service: NEVER RAN on this registry (start it: host-sync site services, "
+                    "or host-sync serve)")
+        for r in rows:
+            if not r.get("running") or r["age_s"] >= STALE_S:
+                ctx.say("sync service %s: NOT RUNNING (last heard %s)" % (
+                    r["instance"], _ago(r["heartbeat"])))
+            elif r["connected"]:
+                ctx.say("sync service %s: running, connected to the broker %s since %s%s" % (
+                    r["instance"], r["broker"], r["since"], ", pushing" if r.get("leader") else ""))
+            else:
+                ctx.say("sync service %s: running, NOT CONNECTED to the broker %s since %s "
+                        "(%d tries): %s" % (r["instance"], r["broker"], r["since"], r["failures"],
+                                            r["error"]))
+        ctx.say("readers: %d of %d online" % (sum(1 for r in readers if r["online"]),
+                                               len(readers)))
+    return EXIT_OK if any(r["connected"] for r in live) else EXIT_PENDING
+
+
 def cmd_status(ctx: Ctx) -> int:
+    if not ctx.args.change:
+        return cmd_service_status(ctx)
     site, version = _parse_change(ctx, ctx.args.change)
     ch = ctx.reg.change(site, version)
     readers = ctx.reg.readers(site)
@@ -768,6 +802,42 @@ def cmd_broker_config(ctx: Ctx) -> int:
 
 
 # -- this host's site set-up ------------------------------------------------------------------
+def cmd_site_services(ctx: Ctx) -> int:
+    from host_sync import paths, units
+    a = ctx.args
+    conf = _site_conf(required=True)
+    db_url = ctx.args.db or os.environ.get("GV_DB") or None
+    if not db_url and ctx.args.data_dir:
+        db_url = ctx.db.url  # an explicit --data-dir: the service uses the same file
+    unit_dir = Path(a.unit_dir) if a.unit_dir else paths.unit_dir()
+    written = units.write(conf, unit_dir, db_url)
+    ctx.reg.audit("services written", str(unit_dir), ", ".join(p.name for p in written))
+    ctx.say("systemd units written: %s" % ", ".join(str(p) for p in written))
+    run = [units.systemctl("daemon-reload"),
+           units.systemctl("enable", "--now", units.BROKER_UNIT, units.SERVE_UNIT)]
+    if a.unit_dir or a.no_enable or not units.systemd_running():
+        if not a.unit_dir and not a.no_enable:
+            ctx.say("systemd is not running here; on the site host run:")
+        else:
+            ctx.say("to start them now and at every boot:")
+        ctx.say(*("  " + " ".join(c) for c in run))
+        if not paths.is_root():
+            ctx.say("  loginctl enable-linger %s   (user services start at boot, not at login)"
+                    % _user())
+        ctx.say("without systemd, start them yourself:",
+                "  " + units.parse(units.units(conf, db_url)[0].text)["Service"]["ExecStart"][0],
+                "  " + units.serve_shell(conf))
+        return EXIT_OK
+    for cmd, rc, out in units.enable():
+        ctx.say("  %s: %s" % (" ".join(cmd), "ok" if rc == 0 else "FAILED (%d) %s" % (rc, out)))
+        if rc:
+            return EXIT_ERROR
+    ctx.say("both services run now and at every boot; check them: host-sync status, "
+            "journalctl -u %s -u %s" % (units.BROKER_UNIT, units.SERVE_UNIT))
+    return EXIT_OK
+
+
+
 def cmd_site_init(ctx: Ctx) -> int:
     from host_sync import broker, pki, siteconf
     a = ctx.args
@@ -1061,9 +1131,14 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--json", action="store_true")
     x.set_defaults(fn=cmd_readers_commands)
 
-    x = top.add_parser("status", help="which readers applied a change, which not and since when")
-    x.add_argument("change", help="SITE:VERSION (printed by every change), VERSION with --site, "
-                                  "or a card number for its latest change")
+    x = top.add_parser("status", help="which readers applied a change, which not and since when; "
+                                      "alone: is the sync service up and connected",
+                       description="With a change: which readers applied it (exit 5 while any "
+                       "has not). Alone: each sync service instance and its link to the broker, "
+                       "with the reason when it cannot connect (exit 5 when no running instance "
+                       "is connected).")
+    x.add_argument("change", nargs="?", help="SITE:VERSION (printed by every change), VERSION "
+                                             "with --site, or a card number for its latest change")
     x.add_argument("--site")
     x.add_argument("--json", action="store_true")
     x.set_defaults(fn=cmd_status)
@@ -1152,6 +1227,14 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--new-ca", action="store_true", help="replace the site CA (every reader "
                    "must be redeployed; to change it without a cut use 'site roll-ca')")
     x.set_defaults(fn=cmd_site_init)
+    x = sp.add_parser("services", help="systemd units for the broker and the sync service "
+                                       "(started at boot, restarted on failure)",
+                      description="Writes grindvakt-mosquitto.service and grindvakt-serve.service "
+                      "(system units as root, user units otherwise), then daemon-reload and "
+                      "enable --now them where systemd runs; elsewhere says what to run.")
+    x.add_argument("--unit-dir", help="write the units here and only say what to run")
+    x.add_argument("--no-enable", action="store_true", help="write the units, do not enable them")
+    x.set_defaults(fn=cmd_site_services)
     x = sp.add_parser("show", help="the site's certificates, broker and registry")
     x.set_defaults(fn=cmd_site_show)
     x = sp.add_parser("renew-cert", help="a new broker certificate from the site CA")

@@ -14,6 +14,7 @@ whatever happens.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -24,10 +25,13 @@ from typing import Any
 
 from host_sync import commands, ledger
 from host_sync.store import RegistryData
+from host_sync.timeutil import now_iso
 
 log = logging.getLogger("host_sync.serve")
 
 DEFAULT_POLL_S = 0.1  # how often the registry is checked for new versions (one tiny query)
+STATUS_PREFIX = "serve:"  # settings rows: one per instance, its link to the broker (status)
+STATUS_KEEP_S = 86400.0  # rows of instances silent this long are dropped at start
 
 
 class CappedData:
@@ -178,10 +182,30 @@ class Service:
             commands.expire(self.data.db, "serve:%s" % self.instance)
         return sent
 
+    STATUS_EVERY_S = 5.0
+
+    def record_status(self, running: bool = True) -> None:
+        """This instance's link to the broker, for `host-sync status` (a heartbeat every
+        STATUS_EVERY_S, and at once when the link changes)."""
+        link = getattr(self.engine, "link", None)
+        if link is None:
+            return
+        link.changed.clear()
+        state = dict(link.state(), instance=self.instance, pid=os.getpid(), running=running,
+                     heartbeat=now_iso(), leader=self._leader)
+        self.data.db.execute(
+            "INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE "
+            "SET value = excluded.value", (STATUS_PREFIX + self.instance, json.dumps(state)))
+
     def run(self, stop: threading.Event, poll_s: float) -> None:
+        status_at = 0.0
         while not stop.is_set():
             try:
                 self.tick()
+                link = getattr(self.engine, "link", None)
+                if time.monotonic() >= status_at or (link is not None and link.changed.is_set()):
+                    status_at = time.monotonic() + self.STATUS_EVERY_S
+                    self.record_status()
             except Exception:  # noqa: BLE001 - a database hiccup must not end the service
                 log.exception("watch loop")
                 stop.wait(1.0)
@@ -217,11 +241,38 @@ def run(ctx: Any) -> int:
     print("serving: instance %s, broker %s:%d%s, database %s, group %s" % (
         instance, a.broker_host, a.broker_port, " (TLS)" if a.tls_ca else "",
         redact(ctx.db.url), a.group), file=ctx.err, flush=True)
+    forget_silent_instances(ctx.db)
     engine.start(wait=None)  # connects and reconnects in paho's thread
     try:
         svc.run(stop, a.poll)
     finally:
         svc.close()
         engine.stop()
+        try:
+            svc.record_status(running=False)
+        except Exception:  # noqa: BLE001 - the database may be what failed
+            log.exception("recording the stop")
         print("stopped: %d push(es), %s" % (svc.pushes, engine.stats), file=ctx.err, flush=True)
     return EXIT_OK
+
+
+def instances(db: Any) -> list[dict]:
+    """What each serve instance last said about its link to the broker (newest first), with
+    `age_s`: seconds since its heartbeat."""
+    from host_sync.timeutil import now, parse_iso
+    out = []
+    for name, value in db.all("SELECT name, value FROM settings WHERE name LIKE ?",
+                              (STATUS_PREFIX + "%",)):
+        try:
+            st = json.loads(value)
+            st["age_s"] = (now() - parse_iso(st["heartbeat"])).total_seconds()
+        except (ValueError, KeyError, TypeError):
+            continue
+        out.append(st)
+    return sorted(out, key=lambda st: st["age_s"])
+
+
+def forget_silent_instances(db: Any) -> None:
+    for st in instances(db):
+        if st["age_s"] > STATUS_KEEP_S:
+            db.execute("DELETE FROM settings WHERE name = ?", (STATUS_PREFIX + st["instance"],))

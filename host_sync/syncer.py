@@ -110,7 +110,10 @@ class HostSync:
             self.client.username_pw_set(user, password)
         if ca_file:
             self.client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        from host_sync.brokerlink import BrokerLink
+        self.link = BrokerLink(host, port, user, ca_file)  # why it fails, said out loud
         self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = lambda client, userdata: self.link.connect_failed()
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.2, 5)
@@ -129,18 +132,18 @@ class HostSync:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.warning("broker refused the host: %s", reason_code)
+            self.link.refused(reason_code)
             return
         out = "gv/+/+/out"
         if self.share_group:
             out = f"$share/{self.share_group}/{out}"
         client.subscribe([("gv/+/+/hello", 1), ("gv/+/+/status", 1), (out, 1)])
         self.connected.set()
-        log.info("host sync connected")
+        self.link.up()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
-        log.warning("host sync disconnected: %s", reason_code)
+        self.link.down(reason_code)
 
     # ---- operator side ----
     def push(self, site: str) -> int:
