@@ -26,7 +26,7 @@ firmware: setup
 	$(PY) -m tools.firmware build $(BOARD) $(FIRMWARE_ARGS)
 
 deploy: setup
-	$(PY) -m tools.deploy --port $(PORT) --board $(BOARD) --reader $(READER)
+	$(PY) -m tools.deploy --port $(PORT) --board $(BOARD) --reader $(READER) $(DEPLOY_ARGS)
 
 clean:
 	rm -rf build .pytest_cache

@@ -14,7 +14,7 @@ from tools import build, deploy, provision
 from tools.virtual_board.client import VirtualBoard
 
 ROOT = Path(__file__).resolve().parent.parent
-BOARD = ROOT / "boards" / "esp32-devkitc-i2c.json"
+BOARD = ROOT / "boards" / "esp32-wrover-i2c.json"  # stock MicroPython + .mpy files: a PSRAM board
 QUIET = deploy.Progress(quiet=True)
 
 
@@ -55,10 +55,11 @@ def test_first_deploy_then_nothing_then_one_changed_file(vb, tmp_path):
     assert old.returncode == 0, old.stderr
     vb.mark()
     first = deploy.deploy(vb.pty, BOARD, **kw)
-    manifest = json.loads((tmp_path / "build" / "esp32-devkitc-i2c" / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "build" / BOARD.stem / "manifest.json").read_text())
     n = len(manifest["files"])
     assert len(first.copied) == n and first.config_written and first.verified == n + 1
     assert first.removed == ["gv/app.py"]
+    assert first.device["heap"] >= deploy.PSRAM_MIN_HEAP  # the PSRAM board's heap let the .mpy files on
     # the board was reset (that the deployed reader then comes up and says hello is
     # tests/test_install_hello.py's end-to-end case)
     vb.wait_for(lambda e: e.get("event") == "boot" and e["cause"] == "hard")
@@ -113,7 +114,7 @@ def test_a_cut_mid_copy_is_detected_and_a_rerun_finishes(vb, tmp_path):
     shown = "".join(lines) + rerun.stdout + rerun.stderr + report.read_text()
     assert cfg["secret"] not in shown and cfg["broker"]["password"] not in shown
     r = json.loads(report.read_text())
-    total = len(json.loads((tmp_path / "build" / "esp32-devkitc-i2c" / "manifest.json").read_text())["files"])
+    total = len(json.loads((tmp_path / "build" / BOARD.stem / "manifest.json").read_text())["files"])
     assert r["resumed"] and 0 < r["files_copied"] <= total - 3  # the three done are not copied again
     assert json.loads(mpremote_cat(vb, "deploy.json"))["state"] == "complete"
     assert "gv/app.mpy.part" in r["removed"] and "app.mpy.part" not in vb.mpremote("fs", "ls", ":gv", resume=False).stdout
@@ -143,15 +144,25 @@ def test_a_board_without_micropython_gets_the_esptool_command(tmp_path):
     t = threading.Thread(target=rom, daemon=True)
     t.start()
     cfg_path = provision.write_config(reader_config(), tmp_path / "gate-01.json")
-    out = subprocess.run([sys.executable, "-m", "tools.deploy", "--port", str(link), "--board",
-                          str(ROOT / "boards" / "esp32s3-uart.json"), "--reader", str(cfg_path), "--no-hello",
-                          "--repl-timeout", "2", "--build-dir", str(tmp_path / "build")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+    def run(board):
+        return subprocess.run([sys.executable, "-m", "tools.deploy", "--port", str(link), "--board",
+                               str(ROOT / "boards" / board), "--reader", str(cfg_path), "--no-hello",
+                               "--repl-timeout", "2", "--build-dir", str(tmp_path / "build")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+    stock, frozen = run("esp32s3-n8r2-uart.json"), run("esp32-devkitc-i2c.json")
     stop.set()
     os.close(master)
-    assert out.returncode == 2, out.stdout + out.stderr
-    assert "ROM bootloader" in out.stderr
-    assert "esptool.py --chip esp32s3 --port" in out.stderr and "write_flash -z 0 ESP32_GENERIC_S3" in out.stderr
+    assert stock.returncode == 2, stock.stdout + stock.stderr
+    assert "ROM bootloader" in stock.stderr
+    # esptool v5's hyphenated commands, the stock image for the chip
+    assert f"esptool --chip esp32s3 --port {link} erase-flash" in stock.stderr
+    assert "--baud 460800 write-flash -z 0 ESP32_GENERIC_S3-" in stock.stderr
+    # a frozen board gets the grindvakt firmware's command instead
+    assert frozen.returncode == 2, frozen.stdout + frozen.stderr
+    assert "make firmware BOARD=" in frozen.stderr and "--flash --erase" in frozen.stderr
+    assert (f"esptool --chip esp32 --port {link} --baud 460800 write-flash -z 0x1000 "
+            f"build/firmware/GRINDVAKT_ESP32/firmware.bin") in frozen.stderr
 
 
 @pytest.mark.parametrize("dev_mpy,native,msg", [

@@ -14,7 +14,7 @@ from tools.virtual_board.client import VirtualBoard
 from gv.sync import protocol as P  # noqa: E402  (firmware/ is on sys.path via conftest)
 
 ROOT = Path(__file__).resolve().parent.parent
-BOARD = ROOT / "boards" / "esp32-devkitc-i2c.json"
+BOARD = ROOT / "boards" / "esp32-wrover-i2c.json"  # stock MicroPython + .mpy files (PSRAM)
 
 
 def config_for(b, reader_id="gate-01"):

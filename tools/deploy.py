@@ -3,6 +3,14 @@
     python -m tools.deploy --port /dev/ttyUSB0 --board boards/esp32-devkitc-i2c.json --reader gate-01
     make deploy PORT=/dev/ttyUSB0 BOARD=boards/esp32-devkitc-i2c.json READER=gate-01
 
+A board file with "firmware": "frozen" (plain ESP32, S3 without PSRAM) runs the grindvakt firmware
+with the reader frozen in (`make firmware`): the deploy flashes it with esptool when given --flash
+(else prints the command), copies no code, removes code on the filesystem that would shadow the
+frozen modules, checks over the REPL that the board runs the build id these sources give, and
+provisions board.json and the config. A "stock" board (PSRAM) gets the .mpy files below, after
+the board's heap (gc.mem_free() + gc.mem_alloc()) shows PSRAM: a plain ESP32 is refused
+(--allow-small-heap overrides, for development).
+
 Steps: build (tools.build) -> reach the raw REPL (a board without MicroPython is recognised and the
 esptool command to run is printed) -> check the chip, the MicroPython version and .mpy compatibility
 -> hash every file on the device (sha256 in the device's hashlib) -> mark the deploy as in progress
@@ -25,6 +33,7 @@ import errno
 import io
 import json
 import os
+import shlex
 import sys
 import threading
 import time
@@ -47,6 +56,9 @@ ESPTOOL = {
     "esp32": {"offset": "0x1000", "image": "ESP32_GENERIC"},
     "esp32s3": {"offset": "0", "image": "ESP32_GENERIC_S3"},
 }
+# The stock image with PSRAM support: ESP32_GENERIC's default build leaves a WROVER's PSRAM unused;
+# the S3's default build finds quad PSRAM itself, octal needs its own variant.
+PSRAM_VARIANT = {("esp32", "quad"): "-SPIRAM", ("esp32s3", "octal"): "-SPIRAM_OCT"}
 ROM_BANNERS = (b"ets ", b"ESP-ROM", b"rst:0x", b"waiting for download", b"boot:0x")
 
 
@@ -70,14 +82,15 @@ class NoHello(DeployError):
     code = 5
 
 
-def esptool_commands(chip: str, port: str, flash_mb: int | None = None) -> list[str]:
+def esptool_commands(chip: str, port: str, flash_mb: int | None = None, psram: str | None = None) -> list[str]:
+    """Stock MicroPython onto a bare board (esptool v5: hyphenated commands)."""
     e = ESPTOOL[chip]
-    image = e["image"]
+    image = e["image"] + PSRAM_VARIANT.get((chip, psram), "")
     if chip == "esp32s3" and flash_mb == 4:
         image += "-FLASH_4M"  # the default S3 image expects 8 MiB
     fw = f"{image}-<date>-v{'.'.join(map(str, MIN_MICROPYTHON[:2]))}+.bin"
-    return [f"esptool.py --chip {chip} --port {port} erase_flash",
-            f"esptool.py --chip {chip} --port {port} --baud 460800 write_flash -z {e['offset']} {fw}"]
+    return [f"esptool --chip {chip} --port {port} erase-flash",
+            f"esptool --chip {chip} --port {port} --baud 460800 write-flash -z {e['offset']} {fw}"]
 
 
 # ---- on the device (sent over the raw REPL; plain MicroPython) ----
@@ -302,7 +315,13 @@ class Device:
         self.run(f"import os\nos.rename({tmp!r}, {path!r})")
 
     def remove(self, path: str) -> None:
+        if path.endswith("/"):  # a whole folder
+            self.run(_RMTREE % path.rstrip("/"))
+            return
         self.run(f"import os\ntry:\n os.remove({path!r})\nexcept OSError as e:\n if e.errno != 2:\n  raise\n")
+
+    def isdir(self, path: str) -> bool:
+        return self.eval(f"import os\ntry:\n print(os.stat({path!r})[0] & 0x4000 != 0)\nexcept OSError:\n print(False)\n")
 
     def reset(self, timeout: float = 15) -> None:
         """machine.reset() from the raw REPL, within `timeout` s (the board may be gone before it
@@ -339,9 +358,155 @@ def stale_code(on_device: list[str], want: dict) -> list[str]:
 def bare_board_message(data: bytes, board: boards.Board, port: str) -> str:
     what = ("the ESP32 ROM bootloader answered" if any(b in data for b in ROM_BANNERS)
             else "nothing answered" if not data.strip() else "something that is not a MicroPython REPL answered")
-    cmds = "\n  ".join(esptool_commands(board.chip, port, board.data.get("flash_mb")))
+    if board.firmware == "frozen":
+        cmds = "\n  ".join(shlex.join(c) for c in flash_commands(board, port, erase=True))
+        return (f"no MicroPython on {port} ({what}). This board runs the grindvakt firmware: build it "
+                f"(make firmware BOARD={board.path}), then rerun the deploy with --flash --erase, or run:\n  {cmds}")
+    cmds = "\n  ".join(esptool_commands(board.chip, port, board.data.get("flash_mb"), board.data.get("psram")))
     return (f"no MicroPython on {port} ({what}). Put MicroPython on this {board.chip} first "
             f"(image from micropython.org/download/{ESPTOOL[board.chip]['image']}/), then rerun:\n  {cmds}")
+
+
+# ---- the frozen firmware ("firmware": "frozen" board files) and the heap check of the stock path ----
+
+# Stock MicroPython with .mpy files needs a heap only PSRAM gives: loaded from .mpy the reader takes
+# ~158 KB of GC heap on 32-bit (issue 14), a plain ESP32 gives ~112 KB, a PSRAM board megabytes.
+PSRAM_MIN_HEAP = 1024 * 1024
+
+# The build id of the firmware's own frozen gv_build, never a gv_build.py on the filesystem
+# ("" is first in sys.path): only the frozen entries (".frozen"; "/rom" on the virtual board).
+_BUILD_ID = """
+import sys
+_p = sys.path[:]
+sys.path[:] = [x for x in _p if x in ('.frozen', '/rom')]
+try:
+    import gv_build
+    print(repr(gv_build.ID))
+except ImportError:
+    print(None)
+finally:
+    sys.path[:] = _p
+"""
+_RMTREE = """
+import os
+def _rm(d):
+    for e in os.ilistdir(d):
+        p = d + '/' + e[0]
+        if e[1] == 0x4000:
+            _rm(p)
+        else:
+            os.remove(p)
+    os.rmdir(d)
+try:
+    _rm(%r)
+except OSError as e:
+    if e.errno != 2:
+        raise
+"""
+_HEAP = "import gc\ngc.collect()\nprint(gc.mem_free() + gc.mem_alloc())\n"
+
+
+def flash_commands(board: boards.Board, port: str, erase: bool = False,
+                   out_root: Path | None = None) -> list[list[str]]:
+    """esptool (v5, hyphenated commands) lines that put the frozen firmware `make firmware` built on
+    the board: the one merged image at the chip's bootloader offset. --erase first wipes the whole
+    flash, LittleFS with it (a first install); without it the filesystem stays (same partitions)."""
+    from tools import firmware
+
+    d = firmware.def_dir(board.chip)
+    image = (out_root or firmware.OUT) / d.name / "firmware.bin"
+    base = ["esptool", "--chip", board.chip, "--port", port]
+    cmds = [base + ["erase-flash"]] if erase else []
+    cmds.append(base + ["--baud", "460800", "write-flash", "-z", firmware.DEFS[board.chip]["offset"],
+                        str(image.relative_to(build.ROOT) if image.is_relative_to(build.ROOT) else image)])
+    return cmds
+
+
+def _run_esptool(argv: list[str]) -> int:
+    """One esptool command line, run with this Python's esptool (requirements.txt)."""
+    import subprocess
+    return subprocess.run([sys.executable, "-m", "esptool", *argv[1:]], cwd=build.ROOT).returncode
+
+
+def frozen_expect(board: boards.Board, flash: bool, out_root: Path | None = None) -> str:
+    """The build id the board must run: what this checkout's sources give. Flashing also needs
+    `make firmware` to have built exactly that."""
+    from tools import firmware
+
+    d = firmware.def_dir(board.chip)
+    want = firmware.build_id(d)
+    if flash:
+        built = firmware.built_manifest(board.path, out_root or firmware.OUT)
+        if built is None:
+            raise DeployError(f"--flash: no firmware built for {d.name}: run `make firmware BOARD={board.path}` first")
+        if built["build_id"] != want:
+            raise DeployError(f"--flash: the firmware in build/firmware/{d.name} is build {built['build_id']}, the "
+                              f"sources give {want}: run `make firmware BOARD={board.path}` again")
+    return want
+
+
+def flash_firmware(board: boards.Board, port: str, erase: bool, p: "Progress", run=None,
+                   out_root: Path | None = None) -> None:
+    for c in flash_commands(board, port, erase, out_root):
+        p.say("flashing: " + shlex.join(c))
+        if (run or _run_esptool)(c) != 0:
+            raise DeployError(f"esptool failed: {shlex.join(c)} (is the board in download mode? hold BOOT, tap EN)")
+
+
+def check_firmware(running: str | None, want: str, board: boards.Board, port: str) -> None:
+    """The board must run the frozen firmware this checkout builds: its gv_build.ID, over the REPL."""
+    how = ("flash it: `make firmware BOARD={b}`, then rerun the deploy with --flash, or run\n  {c}"
+           .format(b=board.path, c="\n  ".join(shlex.join(c) for c in flash_commands(board, port))))
+    if running is None:
+        raise DeployError(f"the board runs MicroPython without the grindvakt firmware (no frozen gv_build): "
+                          f"{board.path.name} is a frozen-firmware board; {how}")
+    if running != want:
+        raise DeployError(f"the board runs firmware build {running}, this checkout builds {want}; {how}")
+
+
+def frozen_build(board: boards.Board, build_root: Path, build_id: str) -> dict:
+    """What a frozen board's filesystem gets: board.json only (the code is in the firmware), as a
+    manifest shaped like tools.build's."""
+    out = build_root / board.stem
+    if out.exists():
+        import shutil
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    bj = out / "board.json"
+    bj.write_text(json.dumps(board.data, sort_keys=True) + "\n")
+    files = [{"path": "board.json", "sha256": build.sha256_file(bj), "size": bj.stat().st_size}]
+    m = {"board": board.stem, "board_name": board.name, "chip": board.chip, "firmware": "frozen",
+         "build_id": build_id, "mpy_version": None, "mpy_sub_version": None, "mpy_native_arch": 0,
+         "files": files, "footprint_bytes": files[0]["size"], "footprint_blocks": 1}
+    (out / "manifest.json").write_text(json.dumps(m, indent=1) + "\n")
+    return m
+
+
+def frozen_shadows(on_device: list[str], board: boards.Board) -> list[str]:
+    """Code on the filesystem that would shadow the frozen firmware ("" is before ".frozen" in
+    sys.path): anything under gv/, a frozen module's name as .py or .mpy, and .part leftovers
+    (the gv/ folder itself goes too: the caller adds it)."""
+    from tools import firmware
+
+    names = set(firmware.frozen_set(firmware.def_dir(board.chip))) | {"gv_build.py"}
+    stems = {n[:-3] for n in names}
+    return sorted(c for c in on_device if c.endswith(".part") or c.startswith("gv/")
+                  or c.rsplit(".", 1)[0] in stems)
+
+
+def check_heap(heap: int, board: boards.Board, allow_small_heap: bool, p: "Progress") -> None:
+    """Stock MicroPython with .mpy files only where the heap is a PSRAM board's."""
+    if heap >= PSRAM_MIN_HEAP:
+        return
+    msg = (f"the board has {heap:,} bytes of MicroPython heap: no PSRAM in use (a plain ESP32 gives ~112 KB). "
+           f"The reader as .mpy files on stock MicroPython needs ~158 KB and does not fit. On a plain ESP32 or an "
+           f"ESP32-S3 without PSRAM run the frozen grindvakt firmware instead: a board file with "
+           f"\"firmware\": \"frozen\" (e.g. boards/esp32-devkitc-i2c.json), `make firmware BOARD=...`, then "
+           f"`make deploy` (docs/install.md). A PSRAM module (\"psram\" in {board.path.name}) on stock firmware "
+           f"needs the image with PSRAM support: {esptool_commands(board.chip, '<port>', board.data.get('flash_mb'), board.data.get('psram'))[1]}")
+    if not allow_small_heap:
+        raise DeployError(msg + ". --allow-small-heap deploys anyway (development only).")
+    p.say("WARNING (--allow-small-heap): " + msg)
 
 
 def check_device(info: dict, board: boards.Board, manifest: dict) -> None:
@@ -375,16 +540,29 @@ def deploy(port: str, board_path: str | Path, reader: str | None = None, *, conf
            reset: bool = True, hello_timeout: float | None = 60.0, mqtt: str | None = None,
            mqtt_user: str | None = None, mqtt_password: str | None = None,
            repl_timeout: float = 10, progress: Progress | None = None,
-           build_root: Path | None = None, src: Path | None = None) -> Report:
+           build_root: Path | None = None, src: Path | None = None, flash: bool = False,
+           erase: bool = False, allow_small_heap: bool = False, esptool_run=None,
+           firmware_root: Path | None = None) -> Report:
     p = progress or Progress()
     board = boards.load(board_path)
+    frozen = board.firmware == "frozen"
     if config is None:
         if reader is None:
             raise DeployError("which reader? give --reader <id or config file>")
         config = provision.load_config(reader)
     else:
         provision.validate(config)
-    manifest = build.build(board_path, build_root or build.BUILD, src or build.FIRMWARE)
+    if frozen:  # the code is in the firmware: the filesystem gets board.json and the config
+        fw_id = frozen_expect(board, flash or erase, firmware_root)
+        manifest = frozen_build(board, build_root or build.BUILD, fw_id)
+        p.say(f"{board.name} runs the frozen grindvakt firmware, build {fw_id}: gv/ is not copied")
+        if flash or erase:
+            flash_firmware(board, port, erase, p, esptool_run, firmware_root)
+        else:
+            p.say("not flashing (--flash does): " + " && ".join(shlex.join(c) for c in flash_commands(
+                board, port, out_root=firmware_root)))
+    else:
+        manifest = build.build(board_path, build_root or build.BUILD, src or build.FIRMWARE)
     out_dir = (build_root or build.BUILD) / manifest["board"]
     cfg_bytes = provision.encode(config)
     cfg_sha = build.hashlib.sha256(cfg_bytes).hexdigest()
@@ -404,6 +582,14 @@ def deploy(port: str, board_path: str | Path, reader: str | None = None, *, conf
             raise DeployError("this config is for a virtual board (\"virtual\": true: loopback broker, no "
                               "Wi-Fi); write the reader's real config with host-sync readers config")
         check_device(info, board, manifest)
+        if frozen:
+            running = dev.eval(_BUILD_ID)
+            check_firmware(running, manifest["build_id"], board, port)
+            p.say(f"the board runs firmware build {running}: the one built")
+        else:
+            heap = dev.eval(_HEAP)
+            rep.device["heap"] = heap
+            check_heap(heap, board, allow_small_heap, p)
         state_txt = dev.read_text(STATE_PATH)
         state = json.loads(state_txt) if state_txt else {}
         if state.get("state") == "in-progress":
@@ -413,7 +599,9 @@ def deploy(port: str, board_path: str | Path, reader: str | None = None, *, conf
         want = {f["path"]: f for f in manifest["files"]}
         have, code_on_device = dev.hashes(sorted(want) + [CONFIG_PATH], walk=True)
         todo = [f for f in manifest["files"] if have.get(f["path"]) != f["sha256"]]
-        stale = stale_code(code_on_device, want)
+        stale = frozen_shadows(code_on_device, board) if frozen else stale_code(code_on_device, want)
+        if frozen and dev.isdir("gv"):  # even an empty gv/ folder shadows the frozen package
+            stale.append("gv/")
         cfg_todo = have.get(CONFIG_PATH) != cfg_sha
         complete = (state.get("state") == "complete" and state.get("build") == manifest["build_id"]
                     and state.get("config") == cfg_sha)
@@ -574,6 +762,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--build-dir", help="build root (default build/)")
     ap.add_argument("--src", help="firmware source folder (default firmware/), e.g. a release checkout's")
     ap.add_argument("--report", help="write the deploy report (JSON, no secrets) to this file")
+    ap.add_argument("--flash", action="store_true", help="frozen boards: flash the firmware `make firmware` "
+                                                         "built with esptool first (else the command is printed)")
+    ap.add_argument("--erase", action="store_true", help="with --flash: erase the whole flash first (a first "
+                                                         "install; wipes the allowlist, events and config)")
+    ap.add_argument("--allow-small-heap", action="store_true",
+                    help="stock boards: deploy .mpy files even where the heap shows no PSRAM (development only)")
     args = ap.parse_args(argv)
     try:
         rep = deploy(args.port, args.board, args.reader, reset=not args.no_reset,
@@ -581,7 +775,8 @@ def main(argv: list[str] | None = None) -> int:
                      mqtt_user=os.environ.get("GV_MQTT_USER"), mqtt_password=os.environ.get("GV_MQTT_PASSWORD"),
                      repl_timeout=args.repl_timeout,
                      build_root=Path(args.build_dir) if args.build_dir else None,
-                     src=Path(args.src) if args.src else None)
+                     src=Path(args.src) if args.src else None, flash=args.flash, erase=args.erase,
+                     allow_small_heap=args.allow_small_heap)
     except (DeployError, boards.BoardError, build.BuildError, provision.ProvisionError) as e:
         code = getattr(e, "code", 1)
         if isinstance(e, ConnectionLost):

@@ -10,7 +10,7 @@ from tools.bench import metric
 from tools.virtual_board.client import VirtualBoard
 
 ROOT = Path(__file__).resolve().parents[2]
-BOARD = ROOT / "boards" / "esp32-devkitc-i2c.json"
+BOARD = ROOT / "boards" / "esp32-wrover-i2c.json"  # stock MicroPython + .mpy files (PSRAM)
 
 
 def _config():

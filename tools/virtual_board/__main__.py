@@ -91,6 +91,9 @@ class Board:
         self.timers: list[tuple[float, str]] = []
         self.child_pid = 0
         self.child_fd = -1
+        self.child_talked = False
+        self.child_started_at = 0.0
+        self.held = b""
         self.hw: socket.socket | None = None
         self.hw_buf = b""
         self.log_buf = b""
@@ -175,6 +178,12 @@ class Board:
             finally:
                 os._exit(127)
         self.child_pid, self.child_fd = pid, fd
+        # The interpreter is a CPython process that embeds MicroPython: a Ctrl-C reaching it while
+        # CPython itself starts kills it with a traceback (a board just reset would take it in its
+        # boot.py). What comes in on the serial port waits until the child has said something.
+        self.child_talked = False
+        self.child_started_at = time.monotonic()
+        self.held = b""
         os.set_blocking(fd, False)
         self.sel.register(fd, selectors.EVENT_READ, "child")
         self.boots += 1
@@ -254,6 +263,8 @@ class Board:
         if not data:
             self.child_exited()
             return
+        if not self.child_talked:
+            self._release_held()
         try:
             os.write(self.outer_master, data)
         except (BlockingIOError, OSError):
@@ -277,7 +288,18 @@ class Board:
                 self.raw_repl = True
             elif b == 0x02:
                 self.raw_repl = False
-        if self.child_fd >= 0:
+        if self.child_fd >= 0 and not self.child_talked:
+            self.held += data
+        elif self.child_fd >= 0:
+            try:
+                os.write(self.child_fd, data)
+            except OSError:
+                pass
+
+    def _release_held(self) -> None:
+        self.child_talked = True
+        data, self.held = self.held, b""
+        if data and self.child_fd >= 0:
             try:
                 os.write(self.child_fd, data)
             except OSError:
@@ -393,6 +415,8 @@ class Board:
             for t in due:
                 self.timers.remove(t)
                 self.to_hw(t[1])
+            if self.child_pid and not self.child_talked and now - self.child_started_at > 3:
+                self._release_held()  # a firmware that prints nothing at boot still gets its input
             if self.wdt_deadline is not None and now > self.wdt_deadline and self.child_pid:
                 self.emit({"event": "wdt-reset"})
                 self.stop_child()

@@ -78,14 +78,15 @@ def cached_build(board_path: Path) -> tuple[Path, dict]:
 ROM_BOOT_DIR = "frozen_boot"
 
 
-def romfs_image(board_path: Path, out: Path | None = None) -> Path:
+def romfs_image(board_path: Path, out: Path | None = None, def_path: Path | None = None) -> Path:
     """A ROMFS image (`mpremote romfs build`) of what the frozen firmware for this board's chip
     freezes (tools.firmware: boot.py, main.py, gv/, and gv_build with the build id), compiled to
     .mpy: the virtual board mounts it with vfs.VfsRom and runs that bytecode in place, as the
-    ESP32 runs frozen modules from flash. Cached by build id."""
+    ESP32 runs frozen modules from flash. Cached by build id. def_path: another board definition
+    (e.g. of another checkout) than this repository's for the chip."""
     from tools import boards, build, firmware
 
-    d = firmware.def_dir(boards.load(board_path).chip)
+    d = def_path or firmware.def_dir(boards.load(board_path).chip)
     img = out or build.BUILD / "vb-cache" / f"romfs-{d.name}-{firmware.build_id(d)}.img"
     if img.exists():
         return img
