@@ -73,6 +73,22 @@ def check_records(mv, lk=None):
     return n
 
 
+def check_state(self):
+    """Boot: the state file S must name only shard files that are there, whole, and not the live
+    store's (an S whose shards the manifest names is a rebuild switched to just before a cut:
+    resuming it would delete live shards). Otherwise it goes and the rebuild starts again (its
+    files are garbage for _collect_garbage)."""
+    snap = self._load_snap()
+    if snap is None:
+        return
+    st = snap[3]
+    for i in range(len(st)):
+        t = st.tag(i)
+        if _names(self._st, t) or not self._shard_file_ok(t, st.nrec(i)):
+            _rm(self._p("S"))
+            return
+
+
 def snapshot_progress(self):
     """(version, count, records_received_durably) of an unfinished snapshot, else None. After a
     cut, call begin_snapshot(version, count) again and send from record index received."""

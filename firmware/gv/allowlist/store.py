@@ -125,7 +125,9 @@ class Allowlist:
         self._fix = 0
         if bad:
             problems.append("%d shard(s) missing or corrupt" % bad)
-        self._check_snap()
+        if _exists(self._p("S")):  # a rebuild was under way: its state must hold up
+            from gv.allowlist import snapshot
+            snapshot.check_state(self)
         self._collect_garbage()
         if problems:
             self.health = "corrupt: " + "; ".join(problems)
@@ -137,25 +139,6 @@ class Allowlist:
             self.health = "ok"
             self.need_resync = False
         return self
-
-    def _check_snap(self):
-        # A rebuild's state file S must name only shard files that are there, whole, and not the
-        # live store's (an S whose shards the manifest names is a rebuild that was switched to
-        # just before a cut: resuming it would delete the live shards). Otherwise it goes, and
-        # the rebuild starts again (its files are garbage for _collect_garbage).
-        snap = self._load_snap()
-        if snap is None:
-            return
-        st = snap[3]
-        for i in range(len(st)):
-            t = st.tag(i)
-            live = False
-            for j in range(len(self._st)):
-                if self._st.tag(j) == t:
-                    live = True
-            if live or not self._shard_file_ok(t, st.nrec(i)):
-                _rm(self._p("S"))
-                return
 
     def _shard_file_ok(self, tag, nrec):
         """The shard file is there with the size nrec records give it (every page fills its
