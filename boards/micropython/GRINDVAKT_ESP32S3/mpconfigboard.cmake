@@ -1,5 +1,5 @@
 # grindvakt reader firmware for an ESP32-S3 without PSRAM (8 MB flash): MicroPython with the reader
-# frozen in (boards/micropython/README.md; built by `make firmware`, tools/firmware.py).
+# frozen in (docs/install.md; built by `make firmware`, tools/firmware.py).
 set(IDF_TARGET esp32s3)
 
 # No boards/sdkconfig.ble: the reader has no use for Bluetooth, and leaving it out saves flash and
