@@ -266,6 +266,7 @@ class HostSync:
                     self._give_clock(st)
                 return
             if not retained:
+                st.release()  # it (re)connected and does not say it backs off: answer it
                 # a live HELLO: the reader just connected and waits for an answer. A retained
                 # one (this host just subscribed) only teaches us the session: that reader may
                 # be offline, and if it is waiting it asks again (SYNC) within seconds.
@@ -372,7 +373,11 @@ class HostSync:
         return cached
 
     def _send_snap(self, st, head, version, recs, offset) -> None:
-        for body in wire.snap_bodies(head, version, recs, offset, self.window,
+        # a reader whose flash last said it has no room gets one chunk, not a window: a probe
+        # it can store or refuse without the rest of a window to refuse as well
+        h = st.health
+        probe = st.full_refusals and h.get("need_flash", 0) > h.get("free_flash", 0)
+        for body in wire.snap_bodies(head, version, recs, offset, 1 if probe else self.window,
                                      self.snap_records, self.compress):
             self._send(st, P.T_SNAP, body)
 

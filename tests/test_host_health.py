@@ -52,7 +52,7 @@ def site(tmp_path):
     db = Db(url)
     data = RegistryData(db)
     secret, _ = data.reg.reader_credentials("gate-01")
-    eng = HostSync(data, "127.0.0.1", 1)
+    eng = HostSync(data, "127.0.0.1", 1, snap_records=1)  # 3 cards: a window of 3 chunks
     r = Reader("gate-01", bytes(secret))
 
     def send(leaf: str, typ: int, body: bytes, retain: bool = False) -> int:
@@ -67,7 +67,7 @@ def site(tmp_path):
 def test_a_reader_whose_flash_is_full_is_held_shown_and_resumed(site):
     op, eng, send = site
     # a reader with nothing asks: a rebuild
-    assert send("hello", P.T_HELLO, P.hello_body(0, 0, 0, 8192, 60_000, P.H_ALLOWLIST, 0, "fw")) > 0
+    assert send("hello", P.T_HELLO, P.hello_body(0, 0, 0, 8192, 60_000, P.H_ALLOWLIST, 0, "fw")) == 3
     # it refuses for want of room and says so
     assert send("out", P.T_REJECT, P.reject_body(P.E_FULL, P.T_SNAP, 1, 7)) == 0
     assert send("out", P.T_HEALTH, health(P.H_FULL | P.H_ALLOWLIST, need=212_992, free=8192,
@@ -100,10 +100,14 @@ def test_a_reader_whose_flash_is_full_is_held_shown_and_resumed(site):
     assert op("status", "BB-2401-000001") == 5  # pending at that reader
     assert "needs attention: flash full" in op.out, op.out
 
-    # it says it has room: released; its next SYNC is answered
+    # its own wait over, it asks again: one chunk to try, not a window to refuse
+    st.hold_until = 0.0
+    assert send("out", P.T_SYNC, P.sync_body(0, 0, 0)) == 1
+    st.hold_until = 1e18
+    # it says it has room: released; its next SYNC is answered with a whole window
     assert send("out", P.T_HEALTH, health(P.H_ALLOWLIST, need=212_992, free=400_000)) == 0
     assert not st.held()
-    assert send("out", P.T_SYNC, P.sync_body(0, 0, 0)) > 0
+    assert send("out", P.T_SYNC, P.sync_body(0, 0, 0)) == 3
     # it succeeds: attention gone
     send("out", P.T_ACK, P.ack_body(eng.data.current_version("site-a")))
     send("out", P.T_HEALTH, health(0))
