@@ -17,7 +17,10 @@ esptool command to run is printed) -> check the chip, the MicroPython version an
 (/deploy.json) -> copy only the files whose hash differs (each through a .part file renamed into
 place) -> remove stale code -> write /config.json -> re-hash and verify every file -> mark the
 deploy complete (written last, so a cut anywhere before is detected and said) -> reset -> wait for
-the reader's first authenticated HELLO on its MQTT hello topic (docs/protocol.md).
+the reader's first authenticated HELLO: as `host-sync serve` records it in the registry (default; no
+broker password needed), or on its MQTT hello topic with --mqtt / GV_MQTT_USER (docs/protocol.md). A
+missing hello is explained from what the reader printed on its console after the reset: the step
+that failed (Wi-Fi, broker address, TLS, credentials), or a sync service that is not running.
 
 A rerun after a pulled cable finishes the job: files already on the device with the right hash are
 not copied again. Exit codes: 0 done, 1 refused (wrong chip, incompatible MicroPython, bad board or
@@ -43,7 +46,7 @@ from pathlib import Path
 from mpremote.transport import TransportError
 from mpremote.transport_serial import SerialTransport
 
-from tools import boards, build, provision
+from tools import boards, build, hello, provision
 
 STATE_PATH = "deploy.json"
 CONFIG_PATH = "config.json"
@@ -542,7 +545,7 @@ def deploy(port: str, board_path: str | Path, reader: str | None = None, *, conf
            repl_timeout: float = 10, progress: Progress | None = None,
            build_root: Path | None = None, src: Path | None = None, flash: bool = False,
            erase: bool = False, allow_small_heap: bool = False, esptool_run=None,
-           firmware_root: Path | None = None) -> Report:
+           firmware_root: Path | None = None, db: str | None = None) -> Report:
     p = progress or Progress()
     board = boards.load(board_path)
     frozen = board.firmware == "frozen"
@@ -568,6 +571,7 @@ def deploy(port: str, board_path: str | Path, reader: str | None = None, *, conf
     cfg_sha = build.hashlib.sha256(cfg_bytes).hexdigest()
     p.say(f"built {len(manifest['files'])} files for {board.name}: {manifest['footprint_bytes']} bytes")
     rep = Report()
+    tap = None
     dev = Device(port, repl_timeout)
     try:
         try:
@@ -652,25 +656,43 @@ def deploy(port: str, board_path: str | Path, reader: str | None = None, *, conf
             p.say(f"verified {rep.verified} files on the device by sha256; deploy marked complete")
         waiter = None
         if reset and hello_timeout:
-            waiter = HelloWaiter(config, mqtt, mqtt_user, mqtt_password)
+            waiter = hello_waiter(config, mqtt, mqtt_user, mqtt_password, db)
             waiter.start()
         if reset:
             p.say("resetting the board")
             dev.reset()
+            if waiter is not None:  # what the reader prints on its way up says why, if it fails
+                tap = hello.ConsoleTap(dev.t.serial).start()
     except (OSError, TransportError) as e:  # serial errors: the cable, the board's power
         raise ConnectionLost(f"{type(e).__name__}: {e}") from None
     finally:
         rep.wire_bytes = dev.wire_bytes
-        dev.close()
+        if tap is None:
+            dev.close()
     if waiter is not None:
         p.say(f"waiting up to {hello_timeout:g} s for {config['reader_id']}'s hello on {waiter.topic}")
         try:
-            rep.hello = waiter.wait(hello_timeout)
+            rep.hello = waiter.wait(hello_timeout, tap)
+        except hello.NoHelloError as e:
+            raise NoHello(str(e)) from None
         finally:
             waiter.stop()
+            if tap is not None:
+                tap.stop()
         p.say(f"hello from {config['reader_id']}: firmware {rep.hello.get('fw')!r}, "
               f"allowlist v{rep.hello.get('al_version')}")
     return rep
+
+
+def hello_waiter(config: dict, mqtt: str | None, user: str | None, password: str | None,
+                 db: str | None) -> "HelloWaiter | hello.RegistryHelloWaiter":
+    """The registry's view (what host-sync serve saw) unless a broker account is given."""
+    try:
+        if mqtt or user:
+            return HelloWaiter(config, mqtt, user, password)
+        return hello.RegistryHelloWaiter(config, db)
+    except hello.NoHelloError as e:
+        raise NoHello(str(e)) from None
 
 
 class HelloWaiter:
@@ -732,15 +754,17 @@ class HelloWaiter:
         self.client.subscribe(self.topic, qos=1)
         self.client.loop_start()
 
-    def wait(self, timeout: float) -> dict:
+    def wait(self, timeout: float, console: "hello.ConsoleTap | None" = None) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.result is not None:
                 return self.result
             time.sleep(0.05)
         why = ("; " + "; ".join(self.errors[-3:])) if self.errors else ""
+        step = hello.diagnose(console.lines if console else [], self.cfg,
+                              "no authentic hello reached %s" % self.topic)
         raise NoHello(f"no hello from {self.cfg['reader_id']} on {self.topic} within {timeout:g} s{why}: "
-                      f"the files are deployed and verified; check Wi-Fi and the broker settings")
+                      f"{step}; the files are deployed and verified")
 
     def stop(self) -> None:
         self.client.loop_stop()
@@ -758,6 +782,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hello-timeout", type=float, default=60, help="seconds to wait for the hello (60)")
     ap.add_argument("--mqtt", help="HOST:PORT of the broker as seen from here (default: the config's); "
                                    "account from GV_MQTT_USER / GV_MQTT_PASSWORD")
+    ap.add_argument("--db", help="the registry where host-sync serve records the hello (default: "
+                                 "the host's, as for host-sync; env GV_DB)")
     ap.add_argument("--repl-timeout", type=float, default=10, help="seconds to wait for the REPL (10)")
     ap.add_argument("--build-dir", help="build root (default build/)")
     ap.add_argument("--src", help="firmware source folder (default firmware/), e.g. a release checkout's")
@@ -776,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
                      repl_timeout=args.repl_timeout,
                      build_root=Path(args.build_dir) if args.build_dir else None,
                      src=Path(args.src) if args.src else None, flash=args.flash, erase=args.erase,
-                     allow_small_heap=args.allow_small_heap)
+                     allow_small_heap=args.allow_small_heap, db=args.db)
     except (DeployError, boards.BoardError, build.BuildError, provision.ProvisionError) as e:
         code = getattr(e, "code", 1)
         if isinstance(e, ConnectionLost):

@@ -152,7 +152,11 @@ class MQTTClient:
             try:
                 await self._session()
             except Exception as e:  # noqa: BLE001 - any failure ends this connection only
-                self.last_error = "%s: %s" % (type(e).__name__, e)
+                err = ("%s: %s" % (type(e).__name__, e)).replace("\n", " ")  # mbedTLS: 2 lines
+                if err != self.last_error or self.failures % 10 == 9:
+                    # on the console: what the installer (and the deploy) sees on the serial port
+                    print("mqtt: %s:%d: %s" % (self.host, self.port, err))
+                self.last_error = err
             was_up = self._was_up
             self._was_up = False
             self._close()
@@ -251,6 +255,7 @@ class MQTTClient:
             self._was_up = True
             self.connects += 1
             self.last_error = None
+            print("mqtt: connected to %s:%d" % (self.host, self.port))  # the installer's console
             self.up.set()
             if self.on_connect is not None:
                 await self.on_connect()

@@ -57,7 +57,9 @@ class WiFi:
 
                     memory.record(M_WIFI)  # the heaps with Wi-Fi up
                     backoff = 1000
-                else:
+                    print("wifi: joined %r as %s" % (self.ssid, wlan.ifconfig()[0]))
+                else:  # on the console: what the installer (and the deploy) sees
+                    print("wifi: cannot join %r (status %s)" % (self.ssid, wlan.status()))
                     await asyncio.sleep_ms(backoff)
                     backoff = min(backoff * 2, 60000)
                     continue

@@ -1,0 +1,96 @@
+"""A deploy that sees no hello says which step failed, from what the reader printed on its console:
+Wi-Fi, the broker's address, TLS or its account. The firmware prints those lines; a real reader
+(the virtual board running the real firmware) against a real mosquitto shows each."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.broker import Broker, free_port
+from tools import provision
+from tools.hello import ConsoleTap, RegistryHelloWaiter, NoHelloError, diagnose, step_of
+from tools.virtual_board.client import VirtualBoard
+
+ROOT = Path(__file__).resolve().parent.parent
+BOARD = ROOT / "boards" / "esp32-devkitc-i2c.json"
+CFG = {"reader_id": "gate-01", "wifi": {"ssid": "site-a"},
+       "broker": {"host": "10.1.2.3", "port": 8883}}
+
+
+@pytest.mark.parametrize("lines, step", [
+    (["wifi: cannot join 'site-a' (status 201)"] * 3, "Wi-Fi"),
+    (["wifi: joined 'site-a' as 10.1.2.50", "mqtt: 10.1.2.3:8883: OSError: [Errno 113] EHOSTUNREACH"],
+     "broker address"),
+    (["mqtt: 10.1.2.3:8883: OSError: [Errno 111] ECONNREFUSED"], "broker address"),
+    (["mqtt: 10.1.2.3:8883: OSError: (-9984, 'MBEDTLS_ERR_X509_CERT_VERIFY_FAILED')"], "TLS"),
+    (["mqtt: 10.1.2.3:8883: MQTTError: connection refused, code 5"], "credentials"),
+])
+def test_each_step_is_named_from_the_console(lines, step):
+    msg = diagnose(["grindvakt 1.0: reader gate-01 at site-a up; allowlist v3"] + lines, CFG, "x")
+    assert step_of(msg) == step, msg
+    assert lines[-1] in msg  # the reader's own words are quoted
+
+
+def test_connected_but_unseen_points_at_the_host_side():
+    msg = diagnose(["mqtt: connected to 10.1.2.3:8883"], CFG, "no sync service is running")
+    assert step_of(msg) is None and "no sync service is running" in msg and "host-sync status" in msg
+    assert "printed nothing" in diagnose([], CFG, "x")
+
+
+def test_console_tap_reads_what_the_board_prints():
+    import serial  # pyserial, what mpremote's transport holds
+
+    master, slave = os.openpty()
+    port = serial.Serial(os.ttyname(slave), 115200, timeout=5)
+    tap = ConsoleTap(port).start()
+    os.write(master, b"boot\r\nwifi: joined 'x' as 10.0.0.2\r\npartial")
+    deadline = time.monotonic() + 5
+    while len(tap.lines) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    tap.stop()
+    os.close(master)
+    os.close(slave)
+    assert list(tap.lines) == ["boot", "wifi: joined 'x' as 10.0.0.2"]
+
+
+def test_no_registry_is_said_not_created(tmp_path):
+    with pytest.raises(NoHelloError, match="no registry at"):
+        RegistryHelloWaiter({"reader_id": "gate-01"}, "sqlite:///%s" % (tmp_path / "none.sqlite3"))
+    assert not (tmp_path / "none.sqlite3").exists()
+
+
+@pytest.fixture(scope="module")
+def broker():
+    with Broker(readers=[("gate-01", "site-a")], tls=True) as b:
+        yield b
+
+
+def _config(b: Broker, **broker_over) -> dict:
+    bc = dict(b.reader_broker_config("gate-01"), **broker_over)
+    return provision.make_config("gate-01", "site-a", wifi_ssid="", wifi_password="",
+                                 broker_host=bc["host"], broker_port=bc["port"],
+                                 broker_password=bc["password"], ca_pem=bc["ca"],
+                                 secret_hex=os.urandom(32).hex(), card_key_hex=os.urandom(16).hex(),
+                                 pin_key_hex=os.urandom(16).hex(), virtual=True)
+
+
+def _other_ca(tmp: Path) -> str:
+    from host_sync.broker import make_test_ca
+    return Path(make_test_ca(tmp / "other").cafile).read_text()
+
+
+@pytest.mark.parametrize("case, step", [("port", "broker address"), ("password", "credentials"),
+                                        ("ca", "TLS")])
+def test_a_real_reader_says_which_step_failed(broker, tmp_path, case, step):
+    over = {"port": {"port": free_port()}, "password": {"password": "not-its-password"},
+            "ca": {"ca": _other_ca(tmp_path)}}[case]
+    cfg = tmp_path / "config.json"
+    provision.write_config(_config(broker, **over), cfg)
+    with VirtualBoard(BOARD, tmp_path / "flash.img", config=cfg, fresh=True) as vb:
+        vb.wait_for(lambda e: str(e.get("log", "")).startswith("mqtt: "), 60)
+        lines = vb.logs()
+    msg = diagnose(lines, _config(broker, **over), "x")
+    assert step_of(msg) == step, (msg, lines[-5:])
