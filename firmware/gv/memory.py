@@ -85,14 +85,17 @@ def record(stage, collect=True):
     return stages.get(stage)
 
 
-def low_water(stage, gc_free):
-    """A lower GC free than the stage's last record (the rebuild peak): record it. Cheap when it
-    is not lower (gc.mem_free() only); the probe runs at a new low of at least 1 KB."""
+def low_water(stage):
+    """Collect and keep the stage's figures if the GC heap has less free than its last record (the
+    rebuild peak: the lowest point seen, not the garbage that happened to be there). The caller
+    bounds how often (a collect costs a few ms on an ESP32's heap)."""
+    gc.collect()
+    free = gc.mem_free()
     s = stages.get(stage)
-    if s is not None and gc_free > s[1] - 1024:
+    if s is not None and free >= s[1]:
         return
     f, b = idf()
-    stages[stage] = (stage, gc_free, gc_largest(), f, b)
+    stages[stage] = (stage, free, gc_largest(), f, b)
 
 
 def tls_room():

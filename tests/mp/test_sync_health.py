@@ -234,3 +234,29 @@ def test_tls_waits_for_esp_idf_heap_and_memory_errors_survive_a_reboot():
         eq(s._health_bits() & P.H_MEMORY, 0)
     finally:
         flashdev.umount("/flash")
+
+
+def test_a_memory_error_in_the_gate_keeps_the_door_shut_and_is_counted_across_a_reboot():
+    from test_gate_runner import A, Rig, _Broken
+
+    path = tmpdir() + "/memerr-gate"
+    memory.errors = 0
+    memory.load(path)
+    rig = Rig()
+
+    class NoHeap(_Broken):
+        def lookup(self, *a):
+            raise MemoryError("memory allocation failed")
+
+    rig.runner.gate.allowlist = NoHeap(rig.kit.al)
+    rig.pn.field = [A]
+    rig.run(1000)
+    eq(rig.relay_on(), False)
+    eq(rig.relay_closed_after_seq, [])
+    eq(memory.errors >= 1, True)
+    n = memory.errors
+    memory.errors, memory.last_error = 0, ""  # the reboot
+    eq(memory.load(path), n)
+    eq(memory.last_error, "gate")
+    memory._path = None
+    memory.errors = 0

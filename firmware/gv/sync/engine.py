@@ -533,12 +533,14 @@ class Sync:
             self.al.snapshot_chunk(recs)
             self._snap_done = offset + n
             self.chunks += 1
-        memory.low_water(P.M_REBUILD, gc.mem_free())
+        if self.chunks & 15 == 1:  # the heap with a chunk applied, every 16th (a collect each)
+            memory.low_water(P.M_REBUILD)
         if offset + n >= count:
             self.al.end_snapshot()
             self._snap_open = None
             self._want_ack = True
             self._done_update()
+            memory.low_water(P.M_REBUILD)  # just after the switch, the new index built
         self._answered(flags)
         self._work.set()
 
