@@ -114,21 +114,16 @@ def _date_boot(ctx: _Ctx, clock_seq: int, offset: int) -> int:
     db = ctx.db
     boot = db.scalar("SELECT MAX(seq) FROM events WHERE reader_id = ? AND kind = ? AND seq < ?",
                      (ctx.reader_id, evc.K_BOOT, clock_seq))
-    first = db.scalar("SELECT MIN(seq) FROM events WHERE reader_id = ? AND seq > ? AND seq < ?"
-                      " AND clock_set = 0", (ctx.reader_id, boot or 0, clock_seq))
-    if first is None:
-        return 0
-    if boot is None:  # the boot event is not here: only a run that reaches seq 1 is certain
-        start = 0
-    else:
-        start = int(boot)
-    have = db.scalar("SELECT COUNT(*) FROM events WHERE reader_id = ? AND seq > ? AND seq < ?",
-                     (ctx.reader_id, start, clock_seq))
-    if int(have or 0) != clock_seq - start - 1:
-        return _release(ctx, clock_seq)  # a gap could hide another boot: estimates stay
+    start = int(boot) if boot is not None else 1  # without its boot event: only from seq 1 on
     rows = db.all("SELECT seq, raw, held FROM events WHERE reader_id = ? AND seq >= ? AND seq < ?"
                   " AND clock_set = 0 AND time_basis <> 'dated' ORDER BY seq",
                   (ctx.reader_id, start, clock_seq))
+    if not rows:
+        return 0
+    have = db.scalar("SELECT COUNT(*) FROM events WHERE reader_id = ? AND seq >= ? AND seq < ?",
+                     (ctx.reader_id, start, clock_seq))
+    if int(have or 0) != clock_seq - start:
+        return _release(ctx, clock_seq)  # a gap could hide another boot: estimates stay
     n = 0
     for seq, raw, held in rows:
         d = evc.unpack(bytes.fromhex(raw))
