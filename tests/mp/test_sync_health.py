@@ -260,3 +260,35 @@ def test_a_memory_error_in_the_gate_keeps_the_door_shut_and_is_counted_across_a_
     eq(memory.last_error, "gate")
     memory._path = None
     memory.errors = 0
+
+
+def test_no_tls_connect_the_esp_idf_heap_cannot_hold():
+    # the link's own check before a TLS connect: no socket is even opened, the attempt fails
+    # (its backoff applies) and the deferral is counted for the health report
+    from gv.sync.mqtt import MQTTClient, MQTTError
+
+    keep = memory._idf_info
+    memory.tls_deferred = 0
+    try:
+        memory._idf_info = lambda kind: [(60000, 20000, 9000, 5000)]
+        c = MQTTClient("gate-01", "127.0.0.1", 1, ssl=object())
+        c.before_tls = memory.tls_room
+        try:
+            asyncio.run(c._open())
+            raise AssertionError("connected without heap for the handshake")
+        except MQTTError as e:
+            eq("ESP-IDF heap" in str(e), True, e)
+        eq(memory.tls_deferred, 1)
+        # a link without TLS is never held back for it
+        c2 = MQTTClient("gate-01", "127.0.0.1", 1, connect_timeout_ms=500)
+        c2.before_tls = memory.tls_room
+        try:
+            asyncio.run(c2._open())
+        except MQTTError as e:
+            raise AssertionError("plain link held back: %s" % e)
+        except OSError:
+            pass  # nothing listens on port 1: the connect itself was tried
+        eq(memory.tls_deferred, 1)
+    finally:
+        memory._idf_info = keep
+        memory.tls_deferred = 0
