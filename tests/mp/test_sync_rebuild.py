@@ -212,3 +212,45 @@ def test_snap_data_checked_before_a_rebuild_begins_and_reasons_say_why():
         eq(r.al.version, 10)
     finally:
         flashdev.umount()
+
+
+def test_busy_before_the_store_keeps_the_rebuild_a_flash_error_in_it_drops_to_durable():
+    total = 1200  # one shard (4,224 cards): S names no finished shard until the end
+    buf = bytearray(CHUNK * 16)
+    r = Reader(blocks=64)
+    try:
+        def chunk(o):
+            n = min(CHUNK, total - o)
+            return P.snap_body(5, 5, total, o, n, fill(buf, o, n))
+
+        for o in range(0, 300, CHUNK):
+            assert r.send(P.T_SNAP, chunk(o))
+        eq(r.s._state(), (0, 5, 300))
+        # memory short before the store is reached: busy, and the rebuild stands where it was
+        real = r.s._inflate
+
+        def short(data, n):
+            raise MemoryError
+        r.s._inflate = short
+        z = P.snap_body(5, 5, total, 300, 2, zlib_stored(bytes(fill(buf, 300, 2))), P.F_ZLIB)
+        assert not r.send(P.T_SNAP, z)
+        eq((r.s.rejected, r.s._state()), ({P.E_BUSY: 1}, (0, 5, 300)))
+        r.s._inflate = real
+        assert r.send(P.T_SNAP, chunk(300)), r.s.rejected  # taken at once: no out-of-order round
+        # the flash fails inside the store: the rebuild drops back to what is durable (nothing
+        # yet: S holds no finished shard) and the host's resend from there completes it
+        assert r.send(P.T_SNAP, chunk(400))
+        r.dev.cut_power_after(0)  # chunk 500 fills the shard's second page: a flash write
+        r.s.rejected = {}
+        assert not r.send(P.T_SNAP, chunk(500))
+        r.dev.restore()
+        eq(r.s.rejected, {P.E_STORE: 1})
+        v, sv, so = r.s._state()
+        eq((sv, so), (5, 0))
+        for o in range(so, total, CHUNK):
+            assert r.send(P.T_SNAP, chunk(o)), (o, r.s.rejected, r.s.last_error)
+        eq((r.al.version, r.al.count), (5, total))
+        r.reboot()
+        eq((r.al.version, r.al.count, r.al.health), (5, total, "ok"))
+    finally:
+        flashdev.umount()

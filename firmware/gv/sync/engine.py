@@ -317,9 +317,11 @@ class Sync:
         return pc() if pc is not None else 1
 
     # ---- state ----
-    def _progress(self):
-        """(snapshot version, records done) of a rebuild in progress, else (0, 0)."""
-        p = self.al.snapshot_progress()  # (version, count, durably received) or None
+    def _progress(self, p=None):
+        """(snapshot version, records done) of a rebuild in progress, else (0, 0). p: what
+        snapshot_progress() just said, when the caller has it."""
+        if p is None:
+            p = self.al.snapshot_progress()  # (version, count, durably received) or None
         if not p:
             return 0, 0
         # records already handed to the store in this boot count too (the store makes them
@@ -483,18 +485,20 @@ class Sync:
         self._work.set()
 
     def _on_snap(self, body):
+        self._in_store = False
         try:
             self._snap_msg(body)
         except (P.ProtoError, BadData):
             raise  # refused before the store changed: the rebuild stands where it was
-        except BaseException:  # noqa: B036 - the store dropped its rebuild back to what is durable
-            self._snap_open = None
+        except BaseException:  # noqa: B036
+            if self._in_store:  # failed part-way, the store dropped its rebuild back to what is durable
+                self._snap_open = None
             raise
 
     def _snap_msg(self, body):
         flags, head, version, count, offset, n, data = P.parse_snap(body)
         self.head = head
-        if n > _MAX_CHUNK:
+        if n > _MAX_CHUNK or not version:  # version 0 is "none yet", never a snapshot's
             raise P.ProtoError(P.E_MALFORMED)
         self._snap_count = count  # what a refusal says it needs
         if self._retry_at is not None:
@@ -509,9 +513,11 @@ class Sync:
             check_records(recs)
         elif flags & P.F_ZLIB or len(data):
             raise P.ProtoError(P.E_MALFORMED)
-        sv, done = self._progress()
-        if sv == version and count != self._rebuild_count():
+        p = self.al.snapshot_progress()
+        sv, done = self._progress(p)
+        if p and sv == version and count != p[1]:
             raise P.ProtoError(P.E_MALFORMED)  # one version, one snapshot: its count cannot change
+        self._in_store = True
         if offset == 0 and sv != version:
             self.al.begin_snapshot(version, count)  # a new rebuild (any older one is dropped)
             self._snap_open = version
@@ -543,10 +549,6 @@ class Sync:
             memory.low_water(P.M_REBUILD)  # just after the switch, the new index built
         self._answered(flags)
         self._work.set()
-
-    def _rebuild_count(self):
-        p = self.al.snapshot_progress()
-        return p[1] if p else -1
 
     def _inflate(self, data, n):
         import deflate
