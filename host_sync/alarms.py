@@ -403,6 +403,9 @@ class Watcher:
         if self._lease():
             scan(self.db, self.lag_limit_s)
             deliver(self.db)
+            # the card search's name index, kept fresh off the request path (migration 7)
+            from host_sync.registry import Registry
+            Registry(self.db, actor="web").refresh_search_terms()
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -244,6 +244,31 @@ _V6 = [
     "CREATE INDEX events_held ON events (reader_id, held, seq)",
 ]
 
+# The console's card search by name: every word of a card's holder and employer, lowercased,
+# in an index (card_terms), so "berg" or "bygg 77" is an index range, not a scan of every card.
+# Triggers mark a card whose names change (whatever code changes them); the registry re-indexes
+# the marked cards before a search (Registry.refresh_search_terms), and the alarm watcher does
+# it every second in the background. Existing cards are all marked here.
+_V7 = [
+    """CREATE TABLE card_terms (
+        term TEXT NOT NULL,
+        card_no TEXT NOT NULL,
+        PRIMARY KEY (term, card_no))""",
+    "CREATE INDEX card_terms_card ON card_terms (card_no)",
+    "CREATE TABLE card_terms_dirty (card_no TEXT PRIMARY KEY)",
+    {"postgresql": 'CREATE INDEX card_terms_term_c ON card_terms (term COLLATE "C", card_no)'},
+    {"sqlite": """CREATE TRIGGER cards_terms_ins AFTER INSERT ON cards
+        BEGIN INSERT OR IGNORE INTO card_terms_dirty (card_no) VALUES (NEW.card_no); END""",
+     "postgresql": """CREATE FUNCTION gv_card_terms_dirty() RETURNS trigger AS $$
+        BEGIN INSERT INTO card_terms_dirty (card_no) VALUES (NEW.card_no) ON CONFLICT DO NOTHING;
+        RETURN NEW; END $$ LANGUAGE plpgsql"""},
+    {"sqlite": """CREATE TRIGGER cards_terms_upd AFTER UPDATE OF holder, employer ON cards
+        BEGIN INSERT OR IGNORE INTO card_terms_dirty (card_no) VALUES (NEW.card_no); END""",
+     "postgresql": """CREATE TRIGGER cards_terms_dirty AFTER INSERT OR UPDATE OF holder, employer
+        ON cards FOR EACH ROW EXECUTE FUNCTION gv_card_terms_dirty()"""},
+    "INSERT INTO card_terms_dirty (card_no) SELECT card_no FROM cards",
+]
+
 MIGRATIONS = [
     (1, "registry, allowlist versions, events, staff ledger", _V1),
     (2, "live pushes claimed by one serve instance", _V2),
@@ -251,4 +276,5 @@ MIGRATIONS = [
     (4, "operators' remote commands to readers", _V4),
     (5, "web console: accounts, sessions, alarms and their sinks, page indexes", _V5),
     (6, "event times found after the fact (clock set later in the same boot)", _V6),
+    (7, "the console's card search by name words", _V7),
 ]

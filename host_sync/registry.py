@@ -237,28 +237,60 @@ class Registry:
                    or s in c["card_no"].lower()]
         return out
 
+    def refresh_search_terms(self, batch: int = 5000) -> int:
+        """Re-index the words of the cards marked by the triggers of migration 7 (new cards,
+        changed names); returns how many cards were indexed."""
+        n = 0
+        while True:
+            with self.db.tx():
+                marked = [r[0] for r in self.db.all(
+                    "SELECT card_no FROM card_terms_dirty ORDER BY card_no LIMIT %d" % int(batch))]
+                if not marked:
+                    return n
+                marks = ",".join("?" * len(marked))
+                rows = self.db.all("SELECT card_no, holder, employer FROM cards WHERE card_no IN"
+                                   " (%s)" % marks, marked)
+                self.db.execute("DELETE FROM card_terms WHERE card_no IN (%s)" % marks, marked)
+                self.db.executemany(
+                    "INSERT INTO card_terms (term, card_no) VALUES (?,?) ON CONFLICT DO NOTHING",
+                    [(t, no) for no, holder, employer in rows
+                     for t in set(search_words(holder) + search_words(employer))])
+                self.db.execute("DELETE FROM card_terms_dirty WHERE card_no IN (%s)" % marks,
+                                marked)
+            n += len(marked)
+
     def search_cards(self, q: str = "", site: str | None = None, status: str | None = None,
                      after: str = "", limit: int = 50, sites: Sequence[str] = ()) -> list[dict]:
-        """One page of cards (card-number order, after `after`) matching `q`: a card number or
-        UID (exact or leading part: primary-key and unique-index ranges), else part of a
-        holder's or employer's name. `sites` limits to cards on those sites. Never loads the
-        table: the name search walks the card-number index and stops at `limit` matches."""
+        """One page of cards (card-number order, after `after`) matching `q`: the leading part
+        of a card number or UID, or words that begin words of the holder's or employer's name
+        ("berg", "anna b", "bygg 77"). Every match is an index range (primary key, the UID's
+        unique index, card_terms); `sites` limits to cards on those sites."""
         where, args = [], []
         q = q.strip()
         sql = "SELECT %s FROM cards c" % ", ".join("c." + x for x in CARD_COLS)
         if q:
-            up, low, hx = q.upper(), q.lower(), q.lower().replace(":", "").replace(" ", "")
-            # byte order for the prefix ranges (PostgreSQL has a COLLATE "C" index for them)
+            self.refresh_search_terms()
+            # byte order for prefix ranges (PostgreSQL has COLLATE "C" indexes for them)
             c8 = ' COLLATE "C"' if self.db.dialect == "postgresql" else ""
+            up, hx = q.upper(), q.lower().replace(":", "").replace(" ", "")
             alts = ["(c.card_no%s >= ? AND c.card_no%s < ?)" % (c8, c8)]
-            args += [up, up + "~"]
+            args += [up, up + _TOP]
             if hx and all(ch in "0123456789abcdef" for ch in hx):
                 alts.append("(c.uid%s >= ? AND c.uid%s < ?)" % (c8, c8))
-                args += [hx, hx + "g"]
-            like = "%" + low.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            alts.append("lower(c.holder) LIKE ? ESCAPE '\\'")
-            alts.append("lower(c.employer) LIKE ? ESCAPE '\\'")
-            args += [like, like]
+                args += [hx, hx + _TOP]
+            words = search_words(q)
+            if words:
+                # the rarest word drives (a bounded count each); the others are checked per card
+                # through card_terms' card_no index (a card has a handful of words)
+                rng = "t.term%s >= ? AND t.term%s < ?" % (c8, c8)
+                words.sort(key=lambda w: self.db.scalar(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM card_terms t WHERE %s LIMIT 5000) x"
+                    % rng, (w, w + _TOP)))
+                alts.append("(c.card_no IN (SELECT t.card_no FROM card_terms t WHERE %s)%s)" % (
+                    rng, "".join(" AND EXISTS (SELECT 1 FROM card_terms t WHERE t.card_no ="
+                                 " c.card_no AND %s)" % rng for _ in words[1:])))
+                for w in words:
+                    args += [w, w + _TOP]
             where.append("(" + " OR ".join(alts) + ")")
         if status:
             where.append("c.status = ?")
@@ -522,6 +554,16 @@ class Registry:
         """When the oldest blocking change this reader has not applied was made (or None)."""
         return self.db.scalar("SELECT MIN(at) FROM changes WHERE site_id = ? AND version > ?"
                               " AND blocking = 1", (site_id, int(applied_version)))
+
+
+_TOP = "\U0010ffff"  # sorts after every character: prefix + _TOP ends a prefix range
+
+
+def search_words(text: str) -> list[str]:
+    """The lowercased words of a name as the card search indexes them ("Berg Bygg AB" ->
+    ["berg", "bygg", "ab"])."""
+    import re
+    return [w for w in re.split(r"[\W_]+", (text or "").lower()) if w][:16]
 
 
 def _reader_dict(row: Iterable) -> dict:

@@ -193,7 +193,8 @@ def cmd_web(ctx: Any) -> int:
     logging.getLogger("host_sync").setLevel(logging.INFO)
     uvicorn.run(app, host=a.host, port=a.port, ssl_certfile=a.certfile, ssl_keyfile=a.keyfile,
                 proxy_headers=a.behind_proxy, forwarded_allow_ips=a.proxy_ip if a.behind_proxy
-                else None, log_level="warning", access_log=a.verbose, server_header=False)
+                else None, log_level="warning", access_log=a.verbose, server_header=False,
+                timeout_graceful_shutdown=5)
     return 0
 
 

@@ -301,3 +301,18 @@ def test_readers_page_and_remote_command(console):
     assert r.status_code == 200 and "queued" in r.text
     o.ok("readers", "commands", "gate-01")
     assert "clear-lockout" in o.out and "web:olle" in o.out
+
+
+@BOTH
+def test_name_search_is_indexed_and_follows_every_name_change(console):
+    o, db, app = console
+    from host_sync.registry import Registry
+    reg = Registry(db)
+    found = lambda q: [c["card_no"] for c in reg.search_cards(q)]  # noqa: E731
+    assert found("anna berg") == [ANNA] and found("ber") == [ANNA, BO, CARL]  # word beginnings (employer Berg Bygg AB)
+    assert found("erg") == []  # not the middle of a word: that would need a scan of every card
+    # a name changed by any code path (here plain SQL): the trigger marks it for re-indexing
+    db.execute("UPDATE cards SET holder = 'Anna Öberg-Lind' WHERE card_no = ?", (ANNA,))
+    assert found("öberg") == [ANNA] and found("lind anna") == [ANNA]
+    assert found("anna ek") == [] and found("bo ek") == [BO]
+    assert db.scalar("SELECT COUNT(*) FROM card_terms_dirty") == 0

@@ -6,7 +6,9 @@ every card for a PIN). A sample card list is imported, then: a held card opens t
 that are not activated, unpaid or terminated are refused; a waved card locks the reader, which
 recovers; a PIN entry and a duress PIN; the operator blocks a card and the block-to-refusal time
 is shown; a reader loses its network and keeps deciding, then its buffered events arrive; the
-day's staff ledger is printed. `--keep` leaves the site running for exploring by hand.
+day's staff ledger is printed. The web console (`host-sync web`) runs beside it on a local port
+with a demo account (address and sign-in printed). `--keep` leaves the site running for exploring
+by hand.
 """
 from __future__ import annotations
 
@@ -59,7 +61,10 @@ def pin_entry(vb, uid: str, keys: str, timeout: float = 15) -> dict:
     return {"granted": ev.get("dev") == "relay", "t": ev["t"]}
 
 
-def run(workdir: Path, keep: bool) -> int:
+WEB_USER, WEB_PASSWORD = "demo", "demo-console-password"
+
+
+def run(workdir: Path, keep: bool, web_port: int | None = None) -> int:
     if workdir.exists():
         shutil.rmtree(workdir)
     site = VirtualSite(workdir,
@@ -85,6 +90,8 @@ def run(workdir: Path, keep: bool) -> int:
         site.start_host()
         for rid in site.readers:
             site.start_reader(rid)
+        web = site.start_web(WEB_USER, WEB_PASSWORD, port=web_port)
+        say(f"the web console: {web}/  (sign in as {WEB_USER} / {WEB_PASSWORD})")
         secs = site.wait_converged(120)
         say(f"both readers received their allowlists in {secs:.1f}s:")
         for line in site.cli("readers", "list").stdout.strip().splitlines():
@@ -136,6 +143,13 @@ def run(workdir: Path, keep: bool) -> int:
                   if "alarm" in line]
         for line in alarms[:1]:
             say("the host's record of the duress: " + line, 1)
+        deadline = time.monotonic() + 15
+        raised = ""
+        while time.monotonic() < deadline and "duress" not in raised:
+            raised = site.cli("alarms", "list", "--open").stdout
+            time.sleep(0.5)
+        say("the console raised the alarm (its banner shows it on every page until acknowledged): "
+            + next((x.strip() for x in raised.splitlines() if "duress" in x), "not yet"), 1)
         time.sleep(2)
 
         step(5, "The operator blocks Anna's card")
@@ -185,6 +199,7 @@ def run(workdir: Path, keep: bool) -> int:
             cli = f"GV_CONFIG_DIR={site.env['GV_CONFIG_DIR']} {sys.executable} -m host_sync --data-dir {site.data}"
             say(f"  {cli} cards list", 1)
             say(f"  {cli} readers list", 1)
+            say(f"  the web console: {site.web_url}/  (sign in as {WEB_USER} / {WEB_PASSWORD})", 1)
             for rid, rd in site.readers.items():
                 say(f"  {rid}: steer with `nc 127.0.0.1 <control port>` (see {rd.board.events_path});"
                     f" REPL: mpremote connect {rd.board.pty} resume repl", 1)
@@ -207,8 +222,9 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", default=str(ROOT / "demo-site"), help="work folder (recreated)")
     ap.add_argument("--keep", action="store_true", help="leave the site running afterwards")
+    ap.add_argument("--web-port", type=int, help="the web console's port (default: a free one)")
     args = ap.parse_args(argv)
-    return run(Path(args.dir), args.keep)
+    return run(Path(args.dir), args.keep, args.web_port)
 
 
 if __name__ == "__main__":
