@@ -11,6 +11,7 @@ from tools.virtual_board.client import VirtualBoard
 
 ROOT = Path(__file__).resolve().parents[2]
 BOARD = ROOT / "boards" / "esp32-wrover-i2c.json"  # stock MicroPython + .mpy files (PSRAM)
+FROZEN = ROOT / "boards" / "esp32-devkitc-i2c.json"  # the grindvakt firmware, reader frozen in
 
 
 def _config():
@@ -46,6 +47,18 @@ def run() -> dict:
             t3 = time.monotonic()
             third = deploy.deploy(vb.pty, BOARD, **kw)
             t4 = time.monotonic()
+        # a frozen-firmware board (the virtual board with --romfs): board.json and the config only
+        fkw = dict(kw, build_root=tmp / "build-frozen")
+        with VirtualBoard(FROZEN, tmp / "frozen.img", blank=True, romfs=True) as vb:
+            vb.wait_for(lambda e: e.get("event") == "boot", 30)
+            t5 = time.monotonic()
+            frozen = deploy.deploy(vb.pty, FROZEN, **fkw)
+            t6 = time.monotonic()
+        out["install.frozen_first_deploy_files_copied"] = metric(len(frozen.copied), "files",
+                                                                 "board.json only (the code is in the firmware)")
+        out["install.frozen_first_deploy_wire_bytes"] = metric(frozen.wire_bytes, "bytes",
+                                                               "build id check, board.json, config, verify")
+        out["install.frozen_first_deploy_s"] = metric(round(t6 - t5, 2), "s", "no flashing (esptool not run here)")
         out["install.first_deploy_files_copied"] = metric(len(first.copied), "files", "every file, onto a blank board")
         out["install.first_deploy_bytes"] = metric(first.bytes_copied, "bytes", "")
         out["install.first_deploy_s"] = metric(round(t1 - t0, 2), "s", "includes build, hash, copy, verify")
