@@ -75,10 +75,15 @@ class ReaderState:
     clock_at: float = 0.0  # time.monotonic() when the time was last sent
     health: dict = field(default_factory=dict)  # the latest HEALTH report
     full_refusals: int = 0  # "flash full" refusals since the reader last succeeded
-    hold_until: float = 0.0  # monotonic: no answers or live deltas before this (flash full)
+    hold_until: float = 0.0  # monotonic: the host's own hold of a reader that does not back off
+
+    def backing_off(self) -> bool:
+        """It says so itself (HEALTH, flash full): it asks again (SYNC) when it wants an update."""
+        return bool(self.health.get("health", 0) & P.H_FULL)
 
     def held(self, now: float | None = None) -> bool:
-        return (time.monotonic() if now is None else now) < self.hold_until
+        """No live deltas (and, for a reader that does not back off itself, no answers)."""
+        return self.backing_off() or (time.monotonic() if now is None else now) < self.hold_until
 
     def release(self) -> None:
         self.hold_until = 0.0
@@ -257,6 +262,8 @@ class HostSync:
             info = P.parse_hello(body)
             st.hello = info
             st.clock_sent = False
+            if st.health:
+                st.health["health"] = info["health"]  # the same bits: whether it backs off
             self.data.reader_hello(rid, info)
             if info["health"] & P.H_FULL:
                 # backing off for a full flash: this HELLO asks for nothing (the reader SYNCs
@@ -276,8 +283,8 @@ class HostSync:
         elif leaf != "out":
             return
         elif typ == P.T_SYNC:
-            if st.held():
-                # asked again sooner than a reader that backs off would: not answered
+            if not st.backing_off() and st.held():
+                # a reader that does not back off itself, asking again within the host's hold
                 self.stats["held"] += 1
                 return
             self._answer(st, *P.parse_sync(body))
@@ -303,17 +310,20 @@ class HostSync:
             reason, rtyp, count, _ = P.parse_reject(body)
             st.rejected[reason] = st.rejected.get(reason, 0) + count
             # the reader reports a reason's count at most once a minute; the registry logs it
-            if reason == P.E_FULL and not (st.health.get("health", 0) & P.H_FULL):
-                self._hold(st)  # a reader that does not say it backs off: the host's own hold
+            if reason == P.E_FULL and not st.health:
+                self._hold(st)  # a reader that does not report its health: the host's own hold
             self.data.reader_rejected(rid, reason, count)
         elif typ == P.T_HEALTH:
             info = P.parse_health(body)
+            was = st.backing_off()
             st.health = info
-            if info["health"] & P.H_FULL:
-                # it backs off itself and says when it asks again: hold until just before
-                self._hold(st, info["retry_s"] * 0.8 if info["retry_s"] else None)
-            elif st.held() and info["need_flash"] and info["free_flash"] >= info["need_flash"]:
-                st.release()  # it says it has room again: the next SYNC is answered
+            if st.backing_off():
+                # held (no live deltas) for as long as it says so; it asks when it wants more
+                st.release()
+                if not was:
+                    st.full_refusals += 1
+                    log.warning("reader %s: flash full, backing off; no updates until it asks",
+                                rid)
             rh = getattr(self.data, "reader_health", None)
             if rh is not None:
                 rh(rid, info)

@@ -20,11 +20,11 @@ READER = "gate-01"
 NAMES = {1: "DELTA", 2: "SNAP", 3: "EVACK", 4: "CMD", 0x10: "HELLO", 0x11: "SYNC", 0x12: "ACK",
          0x13: "EVENTS", 0x14: "REJECT", 0x15: "CMDRES", 0x16: "HEALTH"}
 WINDOW_S = 60  # messages are counted over one minute
-# both directions, every topic of the reader, the gate's own events aside: the reader asks again
-# after 7.5-15 s, 15-30 s, 30-60 s (at most 3 times in a minute), each time SYNC, a chunk or a few
-# to try (the host sends one at a time to a reader that said it is full), HEALTH as it stops and
-# starts backing off; one REJECT count a minute. 17 seen; it was 38-46 a second.
-MAX_PER_MIN = 30
+# both directions, every topic of the reader, the gate's own events aside: with nothing freed the
+# reader waits longer and longer without a word (the host holds it while it says it is full); a
+# minute holds at most the REJECT count of the minute, a HEALTH, and perhaps one try (a SYNC and a
+# chunk or two). 1 seen (the REJECT count); it was 38-46 a second.
+MAX_PER_MIN = 8
 
 FILL = """
 import os

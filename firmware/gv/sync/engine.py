@@ -105,6 +105,7 @@ class Sync:
         self.need_flash = 0  # bytes the refused update still needs (0: nothing refused)
         self._retry_at = None  # ticks when to ask again; None: not backing off
         self._room_at = 0  # ticks of the last look for room while backing off
+        self._free_at = 0  # free flash just after the refusal
         self._h_sent = None  # (health bits, backing off) of the last HEALTH sent
         self._h_at = 0  # ticks of the last HEALTH sent
         self._t0 = ticks_ms()
@@ -234,23 +235,32 @@ class Sync:
         delta): wait before asking again (exponential, bounded, jittered), and say why in the
         next HEALTH."""
         self.refusals += 1
-        lo, hi = self.retry_ms
-        d = min(lo << min(self.refusals - 1, 16), hi)
-        d = d // 2 + _rand(d // 2)
-        self._retry_at = ticks_add(ticks_ms(), d)
-        self._room_at = ticks_ms()
+        self._wait()
         need = 2 * 4096  # a delta: its file (or the manifest's block) and LittleFS's copy
         if count and hasattr(self.al, "snapshot_flash_need"):
             p = self.al.snapshot_progress()  # what is durably on flash is kept for the next try
             need = self.al.snapshot_flash_need(count, p[2] if p and p[1] == count else 0)
         self.need_flash = need
+        self._free_at = _flash(self.al)[0]
+        self._room_at = ticks_ms()
         self._want_sync = False
         self._asked = None
         self._snap_open = None  # the next try resumes from what is durably on flash
 
+    def _delay(self):
+        # the refusals-th wait: lo doubled per refusal up to hi
+        lo, hi = self.retry_ms
+        return min(lo << min(self.refusals - 1, 16), hi)
+
+    def _wait(self):
+        d = self._delay()
+        self._retry_at = ticks_add(ticks_ms(), d // 2 + _rand(d // 2))  # jitter: its upper half
+
     def _back_off_due(self, now):
-        # While backing off: ask again when the wait is over, or sooner when the flash has room
-        # again (someone freed it, or the store cleaned up): the HEALTH that says so goes first.
+        # While backing off: look for room every _ROOM_MS and ask at once when there is enough.
+        # When the wait is over and nothing was freed, the same update would fail the same way:
+        # wait longer without a word to the host (it holds a reader that says it is full); at
+        # the longest wait ask anyway (the host's version may have shrunk, the estimate be off).
         if self._retry_at is None:
             return
         if ticks_diff(now, self._retry_at) < 0:
@@ -258,6 +268,12 @@ class Sync:
                 return
             self._room_at = now
             if _flash(self.al)[0] < self.need_flash:
+                return
+        else:
+            self._room_at = now
+            if _flash(self.al)[0] <= self._free_at and self._delay() < self.retry_ms[1]:
+                self.refusals += 1
+                self._wait()
                 return
         self._retry_at = None
         self._want_sync = True
