@@ -88,6 +88,19 @@ def _tz(name: str) -> dt.tzinfo:
         raise InvalidInput("unknown time zone %r (e.g. Europe/Stockholm or UTC)" % name)
 
 
+def _site_tz(ctx: Ctx, site_id: str) -> tuple[dt.tzinfo, str]:
+    """The time zone days and times are shown in: --tz when given, else the site's own."""
+    name = getattr(ctx.args, "tz", None) or ctx.reg.site(site_id).get("tz") or DEFAULT_TZ
+    return _tz(name), name
+
+
+def _local(ts: str | None, tz: dt.tzinfo) -> str:
+    """A stored UTC time as the site's local time."""
+    if not ts:
+        return "-"
+    return parse_iso(ts).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def _ago(ts: str | None) -> str:
     if not ts:
         return "never"
@@ -119,7 +132,7 @@ def _versions_line(ctx: Ctx, versions: dict[str, int]) -> list[str]:
 # -- sites ------------------------------------------------------------------------------------
 def cmd_sites_add(ctx: Ctx) -> int:
     a = ctx.args
-    s = ctx.reg.add_site(a.site, a.name or a.site, a.tax_id, a.pin_policy)
+    s = ctx.reg.add_site(a.site, a.name or a.site, a.tax_id, a.pin_policy, tz=a.tz or DEFAULT_TZ)
     ctx.say("site %s added (tax agency site ID %s, PIN policy %s)"
             % (s["id"], s["tax_site_id"], s["pin_policy"]))
     return EXIT_OK
@@ -131,8 +144,41 @@ def cmd_sites_list(ctx: Ctx) -> int:
         ctx.say(json.dumps(rows, indent=1))
         return EXIT_OK
     ctx.say(*_table([(s["id"], s["name"], s["tax_site_id"], s["pin_policy"], s["version"],
-                      s["cards"], s["readers"]) for s in rows],
-                    ("SITE", "NAME", "SITE-ID-NUMBER", "PIN", "VERSION", "CARDS", "READERS")))
+                      s["cards"], s["readers"], s["tz"]) for s in rows],
+                    ("SITE", "NAME", "SITE-ID-NUMBER", "PIN", "VERSION", "CARDS", "READERS", "TZ")))
+    return EXIT_OK
+
+
+def cmd_sites_edit(ctx: Ctx) -> int:
+    a = ctx.args
+    name = a.name if a.cmd == "edit" else a.new_name
+    before = ctx.reg.site(a.site)
+    s = ctx.reg.edit_site(a.site, name=name, tax_site_id=getattr(a, "tax_id", None),
+                          tz=getattr(a, "tz", None))
+    for k in ("name", "tax_site_id", "tz"):
+        if before[k] != s[k]:
+            ctx.say("site %s: %s %s -> %s" % (s["id"], k, before[k], s[k]))
+    if before["tax_site_id"] != s["tax_site_id"]:
+        ctx.say("  new ledger entries use the new ID number; entries already made keep theirs")
+    return EXIT_OK
+
+
+def cmd_sites_remove(ctx: Ctx) -> int:
+    a = ctx.args
+    site = ctx.reg.site(a.site)
+    n = len(ctx.reg.cards(site=a.site))
+    if not a.apply:
+        readers = ctx.reg.readers(a.site)
+        if readers:
+            raise InvalidInput("site %s still has reader(s) %s: remove them first (host-sync "
+                               "readers remove)" % (a.site, ", ".join(r["id"] for r in readers)))
+        ctx.say("would remove site %s (%s): %d card(s) would no longer be on it (they stay in the "
+                "registry); its staff ledger and events are kept. Add --apply to remove it."
+                % (site["id"], site["name"], n))
+        return EXIT_OK
+    res = ctx.reg.remove_site(a.site)
+    ctx.say("site %s removed; %d card(s) no longer on it; its ledger and events are kept"
+            % (a.site, res["cards_unlinked"]))
     return EXIT_OK
 
 
@@ -201,12 +247,63 @@ def cmd_cards_show(ctx: Ctx) -> int:
             "PIN           %s; set at: %s" % ("required" if c["pin_required"] else "not required",
                                               ", ".join(s for s, ok in c["pin_set"].items() if ok)
                                               or "no site"),
-            "sites         %s" % (", ".join(c["sites"]) or "none"),
-            "changed       %s" % c["updated_at"])
-    hist = ctx.reg.audit_log(subject=c["card_no"], limit=10)
+            "sites         %s" % (", ".join(c["sites"]) or "none"))
+    if c["replaces"]:
+        ctx.say("replaces      %s (its history is below)" % c["replaces"])
+    if c["replaced_by"]:
+        ctx.say("replaced by   %s" % c["replaced_by"])
+    tz, tzname = _site_tz(ctx, c["sites"][0]) if c["sites"] else (_tz(DEFAULT_TZ), DEFAULT_TZ)
+    ctx.say("changed       %s (%s)" % (_local(c["updated_at"], tz), tzname))
+    hist = ctx.reg.card_history(c["card_no"], limit=ctx.args.history)
     if hist:
-        ctx.say("history (latest first):")
-        ctx.say(*("  %s %s: %s %s" % (h["at"], h["actor"], h["action"], h["detail"]) for h in hist))
+        ctx.say("history (latest first, %s):" % tzname)
+        ctx.say(*("  %s %s: %s%s %s" % (_local(h["at"], tz), h["actor"], h["action"],
+                                        "" if h["subject"] == c["card_no"] else " [%s]" % h["subject"],
+                                        h["detail"]) for h in hist))
+    return EXIT_OK
+
+
+def cmd_cards_remove_site(ctx: Ctx) -> int:
+    versions = ctx.reg.remove_from_site(ctx.args.card_number, ids.site_id(ctx.args.site))
+    ctx.say("card %s removed from site %s (its readers drop it with the next change)"
+            % (ids.card_no(ctx.args.card_number), ctx.args.site))
+    ctx.say(*_versions_line(ctx, versions))
+    return EXIT_OK
+
+
+def cmd_cards_edit(ctx: Ctx) -> int:
+    a = ctx.args
+    no = ids.card_no(a.card_number)
+    had_pin = [site for site, ok in ctx.reg.card(no)["pin_set"].items() if ok]
+    diff, versions = ctx.reg.edit_card(
+        no, note=a.note or "", holder=a.holder, pnr=a.pnr, employer=a.employer,
+        employer_org=a.org_no, valid_from=a.valid_from, valid_until=a.valid_until, uid=a.uid)
+    for k, (old, new) in sorted(diff.items()):
+        ctx.say("card %s: %s %s" % (no, k, "changed" if k == "pnr" else "%s -> %s" % (old or "-", new)))
+    if "uid" in diff:
+        ctx.say("  a new chip for the same card: the person, the sites and the ledger history stay; "
+                "the old UID no longer opens anything")
+        if had_pin:
+            ctx.say("  its PIN is bound to the UID: set it again (host-sync cards set-pin %s)" % no)
+    if not versions:
+        ctx.say("  kept on this host only: no reader holds names or identity numbers")
+    ctx.say(*_versions_line(ctx, versions))
+    return EXIT_OK
+
+
+def cmd_cards_replace(ctx: Ctx) -> int:
+    a = ctx.args
+    if not a.uid:
+        raise InvalidInput("give the new card's UID with --uid HEX")
+    versions = ctx.reg.replace_card(
+        a.card_number, a.new_card_number, a.uid,
+        valid_from=dt.date.fromisoformat(a.valid_from) if a.valid_from else None,
+        valid_until=dt.date.fromisoformat(a.valid_until) if a.valid_until else None,
+        note=a.note or "")
+    old, new = ids.card_no(a.card_number), ids.card_no(a.new_card_number)
+    ctx.say("card %s replaces %s for the same person and sites; %s is terminated" % (new, old, old),
+            "  the new card is inactive until activated: host-sync cards activate %s" % new)
+    ctx.say(*_versions_line(ctx, versions))
     return EXIT_OK
 
 
@@ -376,6 +473,16 @@ def cmd_readers_config(ctx: Ctx) -> int:
     cfg = _reader_config(ctx, r["id"], r["site_id"], secret.hex(), broker_pw)
     _write_config_file(ctx, r["id"], cfg, a.config_out)
     ctx.say("config for %s written to %s (mode 0600)" % (a.reader_id, a.config_out))
+    return EXIT_OK
+
+
+def cmd_readers_rename(ctx: Ctx) -> int:
+    a = ctx.args
+    r = ctx.reg.rename_reader(a.reader_id, a.new_id)
+    ctx.say("reader %s is now %s (site %s), with a new secret and broker account" % (a.reader_id, r["id"], r["site_id"]),
+            "next: host-sync readers config %s --config-out FILE ..., deploy it to the board, and "
+            "rewrite the broker config (host-sync broker config --out DIR, then SIGHUP mosquitto)"
+            % r["id"])
     return EXIT_OK
 
 
@@ -628,8 +735,7 @@ def _emit(ctx: Ctx, text: str) -> None:
 def cmd_events_export(ctx: Ctx) -> int:
     from host_sync import ledger
     a = ctx.args
-    tz = _tz(a.tz)
-    ctx.reg.site(a.site)
+    tz, _ = _site_tz(ctx, a.site)
     start, end = _span(a, tz)
     rows = ledger.event_rows(ctx.db, a.site, start, end, tz)
     ctx.reg.audit("events exported", a.site, "%s to %s, %d row(s)" % (start.date(), end.date(), len(rows)))
@@ -640,7 +746,7 @@ def cmd_events_export(ctx: Ctx) -> int:
 def cmd_ledger_show(ctx: Ctx) -> int:
     from host_sync import ledger
     a = ctx.args
-    tz = _tz(a.tz)
+    tz, tzname = _site_tz(ctx, a.site)
     site = ctx.reg.site(a.site)
     try:
         day = dt.date.fromisoformat(a.day) if a.day and a.day != "today" else now().astimezone(tz).date()
@@ -650,7 +756,7 @@ def cmd_ledger_show(ctx: Ctx) -> int:
     rows = ledger.shifts(ctx.db, a.site, start, start + dt.timedelta(days=1))
     ctx.reg.audit("ledger shown", a.site, "day %s, %d shift(s)" % (day, len(rows)))
     ctx.say("Staff ledger (personalliggare), site %s (%s), site ID number %s, %s (%s)"
-            % (site["id"], site["name"], site["tax_site_id"], day.isoformat(), a.tz))
+            % (site["id"], site["name"], site["tax_site_id"], day.isoformat(), tzname))
     table = ledger.shift_rows(rows, tz)
     def hm(t: str) -> str:  # the time, with the date when it is not the day shown
         if not t or not t[0].isdigit():
@@ -666,7 +772,7 @@ def cmd_ledger_show(ctx: Ctx) -> int:
 def cmd_ledger_export(ctx: Ctx) -> int:
     from host_sync import ledger
     a = ctx.args
-    tz = _tz(a.tz)
+    tz, tzname = _site_tz(ctx, a.site)
     site = ctx.reg.site(a.site)
     start, end = _span(a, tz)
     rows = ledger.shift_rows(ledger.shifts(ctx.db, a.site, start, end), tz)
@@ -678,7 +784,7 @@ def cmd_ledger_export(ctx: Ctx) -> int:
         title = "Personalliggare: %s (%s)" % (site["name"], site["id"])
         sub = "Site ID number %s. Shifts from %s to %s (%s)." % (
             site["tax_site_id"], start.date().isoformat(),
-            (end - dt.timedelta(days=1)).date().isoformat(), a.tz)
+            (end - dt.timedelta(days=1)).date().isoformat(), tzname)
         _emit(ctx, ledger.to_html(title, sub, ledger.SHIFT_HEADER[:-1], [r[:-1] for r in rows]))
     return EXIT_OK
 
@@ -686,7 +792,13 @@ def cmd_ledger_export(ctx: Ctx) -> int:
 def cmd_ledger_correct(ctx: Ctx) -> int:
     from host_sync import ledger
     a = ctx.args
-    tz = _tz(a.tz)
+    shift_site = ctx.db.scalar("SELECT site_id FROM ledger WHERE shift_id = ?", (a.shift,))
+    if shift_site is None:
+        raise NotFound("no shift %r in the ledger" % a.shift)
+    try:
+        tz = _site_tz(ctx, shift_site)[0]
+    except NotFound:  # a removed site: its ledger is kept
+        tz = _tz(a.tz or DEFAULT_TZ)
 
     def t(s: str | None) -> dt.datetime | None:
         if not s:
@@ -996,10 +1108,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "staff ledger is kept under it")
     x.add_argument("--pin-policy", default="card", choices=("never", "card", "always"),
                    help="when gates ask for a PIN: never, when the card says so (default), always")
+    x.add_argument("--tz", help="the site's time zone for ledger days and every time shown "
+                                "(default %s)" % DEFAULT_TZ)
     x.set_defaults(fn=cmd_sites_add)
     x = sp.add_parser("list", help="list sites")
     x.add_argument("--json", action="store_true")
     x.set_defaults(fn=cmd_sites_list)
+    x = sp.add_parser("edit", help="change a site's name, tax agency ID number or time zone "
+                                   "(its id stays: readers' topics use it)")
+    x.add_argument("site")
+    x.add_argument("--name")
+    x.add_argument("--tax-id", help="new ledger entries use it; entries already made keep theirs")
+    x.add_argument("--tz", help="e.g. Europe/Stockholm or UTC")
+    x.set_defaults(fn=cmd_sites_edit)
+    x = sp.add_parser("rename", help="give a site a new name (its id stays)")
+    x.add_argument("site")
+    x.add_argument("new_name")
+    x.set_defaults(fn=cmd_sites_edit)
+    x = sp.add_parser("remove", help="remove a site without readers (a dry run unless --apply); "
+                                     "its cards stay in the registry, its ledger and events are kept")
+    x.add_argument("site")
+    x.add_argument("--apply", action="store_true", help="remove it (default: say what would happen)")
+    x.set_defaults(fn=cmd_sites_remove)
 
     # cards
     cp = top.add_parser("cards", help="staff cards: add, import, activate, block, ...")
@@ -1033,9 +1163,36 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("card_number")
     x.add_argument("site")
     x.set_defaults(fn=cmd_cards_add_site)
+    x = cs.add_parser("remove-site", help="the card may no longer enter a site")
+    x.add_argument("card_number")
+    x.add_argument("site")
+    x.set_defaults(fn=cmd_cards_remove_site)
+    x = cs.add_parser("edit", help="change a card's holder, identity number, employer, validity "
+                                   "dates or UID (a new chip under the same card number)")
+    x.add_argument("card_number")
+    x.add_argument("--holder")
+    x.add_argument("--pnr", help="YYYYMMDD-NNNN")
+    x.add_argument("--employer")
+    x.add_argument("--org-no", help="NNNNNN-NNNN")
+    x.add_argument("--valid-from", help="YYYY-MM-DD")
+    x.add_argument("--valid-until", help="YYYY-MM-DD")
+    x.add_argument("--uid", help="the new chip's UID in hex (PINs must then be set again)")
+    x.add_argument("--note", help="why (kept in the audit log)")
+    x.set_defaults(fn=cmd_cards_edit)
+    x = cs.add_parser("replace", help="a replacement card for a broken or lost one: same person, "
+                                      "employer and sites; the old card is terminated")
+    x.add_argument("card_number", help="the card being replaced")
+    x.add_argument("new_card_number")
+    x.add_argument("--uid", help="the new card's UID in hex")
+    x.add_argument("--valid-from", help="YYYY-MM-DD (default today)")
+    x.add_argument("--valid-until", help="YYYY-MM-DD (default five years after valid-from)")
+    x.add_argument("--note", help="why (kept in the audit log)")
+    x.set_defaults(fn=cmd_cards_replace)
     x = cs.add_parser("show", help="one card, its sites and its history")
     x.add_argument("card_number")
     x.add_argument("--json", action="store_true")
+    x.add_argument("--history", type=int, default=20, help="history entries shown (default 20)")
+    x.add_argument("--tz", help="time zone for times (default: the card's first site's)")
     x.set_defaults(fn=cmd_cards_show)
     x = cs.add_parser("list", help="list cards")
     x.add_argument("--site")
@@ -1094,6 +1251,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--config-out", required=True)
     config_opts(x)
     x.set_defaults(fn=cmd_readers_config)
+    x = rp.add_parser("rename", help="give a reader a new id (new secret and broker account: "
+                                     "write and deploy its new config)")
+    x.add_argument("reader_id")
+    x.add_argument("new_id")
+    x.set_defaults(fn=cmd_readers_rename)
     x = rp.add_parser("list", help="readers: online, applied version, lag, last seen, health")
     x.add_argument("--site")
     x.add_argument("--lag-limit", type=float, default=DEFAULT_LAG_LIMIT_S,
@@ -1150,8 +1312,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--from", dest="from_", help="first day YYYY-MM-DD (default today)")
     x.add_argument("--to", help="last day YYYY-MM-DD (default = --from)")
     x.add_argument("--format", default="csv", choices=("csv",))
-    x.add_argument("--tz", default=DEFAULT_TZ, help="time zone for days and times (default %s)"
-                   % DEFAULT_TZ)
+    x.add_argument("--tz", help="time zone for days and times (default: the site's)")
     x.add_argument("--out", help="file to write (default: standard output)")
     x.set_defaults(fn=cmd_events_export)
 
@@ -1160,14 +1321,14 @@ def build_parser() -> argparse.ArgumentParser:
     x = lp.add_parser("show", help="one day's shifts on screen (for an inspection)")
     x.add_argument("--site", required=True)
     x.add_argument("--day", default="today", help="YYYY-MM-DD (default today)")
-    x.add_argument("--tz", default=DEFAULT_TZ)
+    x.add_argument("--tz", help="time zone (default: the site's, see sites edit --tz)")
     x.set_defaults(fn=cmd_ledger_show)
     x = lp.add_parser("export", help="shifts as CSV or a printable HTML page")
     x.add_argument("--site", required=True)
     x.add_argument("--from", dest="from_", help="first day YYYY-MM-DD (default today)")
     x.add_argument("--to", help="last day YYYY-MM-DD (default = --from)")
     x.add_argument("--format", default="csv", choices=("csv", "html"))
-    x.add_argument("--tz", default=DEFAULT_TZ)
+    x.add_argument("--tz", help="time zone (default: the site's, see sites edit --tz)")
     x.add_argument("--out", help="file to write (default: standard output)")
     x.set_defaults(fn=cmd_ledger_export)
     x = lp.add_parser("correct", help="correct a shift's start or end (a new entry; nothing is "
@@ -1176,7 +1337,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--start", help="'YYYY-MM-DD HH:MM' local time")
     x.add_argument("--end", help="'YYYY-MM-DD HH:MM' local time")
     x.add_argument("--note", required=True, help="why")
-    x.add_argument("--tz", default=DEFAULT_TZ)
+    x.add_argument("--tz", help="time zone (default: the site's, see sites edit --tz)")
     x.set_defaults(fn=cmd_ledger_correct)
     x = lp.add_parser("purge", help="delete ledger entries and events older than the retention "
                                     "period (two years after the end of the calendar year)")

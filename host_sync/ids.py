@@ -107,3 +107,19 @@ def pin_digits(s: str) -> str:
     if not re.fullmatch(r"\d{4,6}", v):
         raise InvalidInput("a PIN is 4 to 6 digits")
     return v
+
+
+DEFAULT_TZ = "Europe/Stockholm"
+
+
+def time_zone(s: str) -> str:
+    """An IANA time zone name (Europe/Stockholm) or UTC."""
+    v = (s or "").strip()
+    if v.upper() == "UTC":
+        return "UTC"
+    from zoneinfo import ZoneInfo
+    try:
+        ZoneInfo(v)
+    except Exception:
+        raise InvalidInput("unknown time zone %r (e.g. Europe/Stockholm or UTC)" % s)
+    return v

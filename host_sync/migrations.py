@@ -269,6 +269,13 @@ _V7 = [
     "INSERT INTO card_terms_dirty (card_no) SELECT card_no FROM cards",
 ]
 
+# Operators' everyday edits: each site's time zone (ledger days and every time shown for it), and
+# the card a replacement card replaces (the person's history follows the replacement).
+_V8 = [
+    "ALTER TABLE sites ADD COLUMN tz TEXT NOT NULL DEFAULT 'Europe/Stockholm'",
+    "ALTER TABLE cards ADD COLUMN replaces TEXT NOT NULL DEFAULT ''",
+]
+
 MIGRATIONS = [
     (1, "registry, allowlist versions, events, staff ledger", _V1),
     (2, "live pushes claimed by one serve instance", _V2),
@@ -277,4 +284,5 @@ MIGRATIONS = [
     (5, "web console: accounts, sessions, alarms and their sinks, page indexes", _V5),
     (6, "event times found after the fact (clock set later in the same boot)", _V6),
     (7, "the console's card search by name words", _V7),
+    (8, "site time zones, replacement cards", _V8),
 ]

@@ -34,6 +34,7 @@ VERSION_MAX_RECORDS = 100
 
 CARD_COLS = ("card_no", "uid", "holder", "pnr", "employer", "employer_org", "status",
              "pin_required", "valid_from", "valid_until", "created_at", "updated_at")
+EDITABLE = ("holder", "pnr", "employer", "employer_org", "valid_from", "valid_until", "uid")
 READER_COLS = ("id", "site_id", "firmware", "applied_version", "applied_at", "last_seen",
                "online", "health", "lag_since", "created_at")
 
@@ -80,8 +81,10 @@ class Registry:
         return [dict(zip(("at", "actor", "action", "subject", "detail"), r)) for r in rows]
 
     # -- sites ------------------------------------------------------------------------------
-    def add_site(self, site_id: str, name: str, tax_site_id: str, pin_policy: str = "card") -> dict:
+    def add_site(self, site_id: str, name: str, tax_site_id: str, pin_policy: str = "card",
+                 tz: str = ids.DEFAULT_TZ) -> dict:
         site_id = ids.site_id(site_id)
+        tz = ids.time_zone(tz)
         if pin_policy not in PIN_POLICIES:
             raise InvalidInput("PIN policy must be one of %s" % ", ".join(PIN_POLICIES))
         if not tax_site_id.strip():
@@ -92,25 +95,27 @@ class Registry:
                 raise InvalidInput("site %s already exists" % site_id)
             self.db.execute(
                 "INSERT INTO sites (id, name, tax_site_id, pin_policy, card_key, pin_key, version,"
-                " created_at) VALUES (?,?,?,?,?,?,0,?)",
+                " created_at, tz) VALUES (?,?,?,?,?,?,0,?,?)",
                 (site_id, name or site_id, tax_site_id.strip(), pin_policy,
-                 secrets.token_hex(16), secrets.token_hex(16), now_iso()))
-            self.audit("site added", site_id, "name=%s tax_site_id=%s pin_policy=%s"
-                       % (name, tax_site_id.strip(), pin_policy))
+                 secrets.token_hex(16), secrets.token_hex(16), now_iso(), tz))
+            self.audit("site added", site_id, "name=%s tax_site_id=%s pin_policy=%s tz=%s"
+                       % (name, tax_site_id.strip(), pin_policy, tz))
         return self.site(site_id)
 
     def site(self, site_id: str) -> dict:
-        row = self.db.one("SELECT id, name, tax_site_id, pin_policy, version, created_at FROM sites"
-                          " WHERE id = ?", (site_id,))
+        row = self.db.one("SELECT id, name, tax_site_id, pin_policy, version, created_at, tz FROM"
+                          " sites WHERE id = ?", (site_id,))
         if not row:
             raise NotFound("no site %r (see 'host-sync sites list')" % site_id)
-        return dict(zip(("id", "name", "tax_site_id", "pin_policy", "version", "created_at"), row))
+        return dict(zip(("id", "name", "tax_site_id", "pin_policy", "version", "created_at", "tz"),
+                        row))
 
     def sites(self) -> list[dict]:
-        rows = self.db.all("SELECT id, name, tax_site_id, pin_policy, version FROM sites ORDER BY id")
+        rows = self.db.all("SELECT id, name, tax_site_id, pin_policy, version, tz FROM sites"
+                           " ORDER BY id")
         out = []
         for r in rows:
-            d = dict(zip(("id", "name", "tax_site_id", "pin_policy", "version"), r))
+            d = dict(zip(("id", "name", "tax_site_id", "pin_policy", "version", "tz"), r))
             d["cards"] = self.db.scalar("SELECT COUNT(*) FROM card_sites WHERE site_id = ?", (r[0],))
             d["readers"] = self.db.scalar("SELECT COUNT(*) FROM readers WHERE site_id = ?", (r[0],))
             out.append(d)
@@ -174,7 +179,10 @@ class Registry:
             "INSERT INTO allowlist (site_id, key8, card_no, rec, version) VALUES (?,?,?,?,?)"
             " ON CONFLICT (site_id, key8) DO UPDATE SET rec = excluded.rec,"
             " card_no = excluded.card_no, version = excluded.version",
-            [(site_id, k, c, r, version) for k, r, c in records])
+            [(site_id, k, c, r, version) for k, r, c in records if r is not None])
+        gone = [(site_id, k) for k, r, _ in records if r is None]  # a removal (rec NULL in the delta)
+        if gone:
+            self.db.executemany("DELETE FROM allowlist WHERE site_id = ? AND key8 = ?", gone)
         return version
 
     def changes_since(self, site_id: str, from_version: int,
@@ -214,6 +222,8 @@ class Registry:
         c["sites"] = [s for s, _ in sites]
         c["pin_set"] = {s: bool(v) for s, v in sites}
         c["expired"] = now().date() > _day(c["valid_until"])
+        c["replaces"] = self.db.scalar("SELECT replaces FROM cards WHERE card_no = ?", (card_no,)) or ""
+        c["replaced_by"] = self.db.scalar("SELECT card_no FROM cards WHERE replaces = ?", (card_no,)) or ""
         return c
 
     def cards(self, site: str | None = None, status: str | None = None,
@@ -554,6 +564,215 @@ class Registry:
         """When the oldest blocking change this reader has not applied was made (or None)."""
         return self.db.scalar("SELECT MIN(at) FROM changes WHERE site_id = ? AND version > ?"
                               " AND blocking = 1", (site_id, int(applied_version)))
+
+
+    # -- operators' everyday edits (CLI and web console alike) ------------------------------
+    def remove_from_site(self, card_no: str, site_id: str) -> dict[str, int]:
+        """The card may no longer enter the site: its record leaves that site's allowlist (a
+        removal in the delta); its PIN verifier for the site goes too."""
+        card_no = ids.card_no(card_no)
+        with self.db.tx():
+            self._lock_card(card_no)
+            card = self.card(card_no)
+            self.site(site_id)
+            if site_id not in card["sites"]:
+                raise InvalidInput("card %s is not on site %s" % (card_no, site_id))
+            self.db.execute("DELETE FROM card_sites WHERE card_no = ? AND site_id = ?",
+                            (card_no, site_id))
+            key8 = self.key8(site_id, card["uid"]).hex()
+            v = self._publish(site_id, "card removed from site", card_no, [(key8, None, card_no)])
+            self.audit("card removed from site", card_no, "site=%s" % site_id)
+        return {site_id: v}
+
+    def edit_card(self, card_no: str, note: str = "", **changes: Any) -> tuple[dict, dict[str, int]]:
+        """Change a card's holder, personal identity number, employer, validity dates or UID
+        (a new chip under the same card number: the person, the card's sites and its ledger
+        history stay). Returns ({field: (old, new)}, {site: version}). Values are validated
+        here; dates are YYYY-MM-DD strings or dates. A new UID makes a new key at every site
+        (the old one is removed in the same version) and clears the card's PINs, which are
+        bound to the UID: they must be set again."""
+        card_no = ids.card_no(card_no)
+        unknown = set(changes) - set(EDITABLE)
+        if unknown:
+            raise InvalidInput("cannot edit %s (editable: %s)" % (", ".join(sorted(unknown)),
+                                                                  ", ".join(EDITABLE)))
+        new: dict[str, str] = {}
+        for k, v in changes.items():
+            if v is None:
+                continue
+            if k == "uid":
+                v = ids.uid_hex(v)
+            elif k == "pnr":
+                v = ids.pnr(v)
+            elif k == "employer_org":
+                v = ids.org_no(v)
+            elif k in ("valid_from", "valid_until"):
+                try:
+                    v = _day(v).isoformat()
+                except ValueError:
+                    raise InvalidInput("%s %r is not a date YYYY-MM-DD" % (k, v))
+            else:
+                v = str(v).strip()
+            new[k] = v
+        with self.db.tx():
+            self._lock_card(card_no)
+            card = self.card(card_no)
+            diff = {k: (card[k], v) for k, v in new.items() if card[k] != v}
+            if not diff:
+                raise InvalidInput("card %s already has these values; nothing to change" % card_no)
+            vf = _day(new.get("valid_from", card["valid_from"]))
+            vu = _day(new.get("valid_until", card["valid_until"]))
+            if vu < vf:
+                raise InvalidInput("card %s: valid_until %s would be before valid_from %s"
+                                   % (card_no, vu, vf))
+            if "uid" in diff:
+                if card["status"] == rules.TERMINATED:
+                    raise rules.RuleRefused("card %s is terminated; it never comes back (give the "
+                                            "person a new card: host-sync cards replace)" % card_no)
+                other = self.find_uid(new["uid"])
+                if other:
+                    raise InvalidInput("UID %s already belongs to card %s" % (new["uid"], other))
+            cols = sorted(diff)
+            self.db.execute("UPDATE cards SET %s, updated_at = ? WHERE card_no = ?"
+                            % ", ".join("%s = ?" % c for c in cols),
+                            [diff[c][1] for c in cols] + [now_iso(), card_no])
+            detail = "; ".join("%s changed" % c if c == "pnr" else "%s %s -> %s" % (c, o or "-", n)
+                               for c, (o, n) in sorted(diff.items()))
+            if note:
+                detail += " (%s)" % note
+            versions: dict[str, int] = {}
+            if "uid" in diff:
+                self.db.execute("UPDATE card_sites SET pin_verifier = NULL WHERE card_no = ?",
+                                (card_no,))
+                after = self.card(card_no)
+                for s in after["sites"]:
+                    old_key = self.key8(s, diff["uid"][0]).hex()
+                    k, r = self._record(s, after, None)
+                    versions[s] = self._publish(s, "card edited", card_no,
+                                                [(old_key, None, card_no), (k, r, card_no)])
+                self.audit("card edited", card_no, detail)
+            elif {"valid_from", "valid_until"} & set(diff):
+                versions = self._republish(card_no, "card edited", detail)
+            else:  # holder, identity, employer: host-side only, no reader holds them
+                self.audit("card edited", card_no, detail)
+        return diff, versions
+
+    def replace_card(self, old_no: str, new_no: str, uid: str, valid_from: dt.date | None = None,
+                     valid_until: dt.date | None = None, note: str = "") -> dict[str, int]:
+        """A replacement for a broken or lost card: a new card (inactive until activated, as
+        every new card) for the same person, employer and sites, that remembers which card it
+        replaces (its history follows in `cards show`); the old card is terminated at once."""
+        old_no, new_no, uid = ids.card_no(old_no), ids.card_no(new_no), ids.uid_hex(uid)
+        with self.db.tx():
+            self._lock_card(old_no)
+            old = self.card(old_no)
+            if old["replaced_by"]:
+                raise InvalidInput("card %s was already replaced by %s" % (old_no, old["replaced_by"]))
+            if self.db.scalar("SELECT 1 FROM cards WHERE card_no = ?", (new_no,)):
+                raise InvalidInput("card %s is already in the registry" % new_no)
+            other = self.find_uid(uid)
+            if other:
+                raise InvalidInput("UID %s already belongs to card %s" % (uid, other))
+            per_site = self.insert_cards([CardInput(
+                card_no=new_no, uid=uid, holder=old["holder"], pnr=old["pnr"],
+                employer=old["employer"], employer_org=old["employer_org"], status=rules.INACTIVE,
+                pin_required=old["pin_required"], valid_from=valid_from, valid_until=valid_until,
+                sites=tuple(old["sites"]))], action="replacement card added")
+            self.db.execute("UPDATE cards SET replaces = ? WHERE card_no = ?", (old_no, new_no))
+            versions = {s: self._publish(s, "replacement card added", new_no, recs)
+                        for s, recs in per_site.items()}
+            if old["status"] != rules.TERMINATED:
+                self.db.execute("UPDATE cards SET status = ?, updated_at = ? WHERE card_no = ?",
+                                (rules.TERMINATED, now_iso(), old_no))
+                versions.update(self._republish(old_no, "terminate", "%s -> terminated (replaced "
+                                                "by %s)%s" % (old["status"], new_no,
+                                                              " (%s)" % note if note else "")))
+            self.audit("card replaced", new_no, "replaces %s%s" % (old_no, " (%s)" % note if note else ""))
+        return versions
+
+    def card_history(self, card_no: str, limit: int = 50) -> list[dict]:
+        """The card's audit entries, and those of the cards it replaced, latest first."""
+        nos, no = [], ids.card_no(card_no)
+        while no and no not in nos and len(nos) < 20:
+            nos.append(no)
+            no = self.db.scalar("SELECT replaces FROM cards WHERE card_no = ?", (no,)) or ""
+        rows = self.db.all("SELECT at, actor, action, subject, detail FROM audit WHERE subject IN (%s)"
+                           " ORDER BY id DESC LIMIT %d" % (",".join("?" * len(nos)), int(limit)), nos)
+        return [dict(zip(("at", "actor", "action", "subject", "detail"), r)) for r in rows]
+
+    def edit_site(self, site_id: str, name: str | None = None, tax_site_id: str | None = None,
+                  tz: str | None = None) -> dict:
+        """Rename a site (its name as people say it; the id stays, readers' topics use it), fix
+        its tax agency ID number (new ledger entries use it; entries made keep theirs) or set
+        its time zone."""
+        site = self.site(site_id)
+        new: dict[str, str] = {}
+        if name is not None:
+            if not name.strip():
+                raise InvalidInput("a site's name cannot be empty")
+            new["name"] = name.strip()
+        if tax_site_id is not None:
+            if not tax_site_id.strip():
+                raise InvalidInput("a site needs the ID number the tax agency issued for it")
+            new["tax_site_id"] = tax_site_id.strip()
+        if tz is not None:
+            new["tz"] = ids.time_zone(tz)
+        diff = {k: (site[k], v) for k, v in new.items() if site[k] != v}
+        if not diff:
+            raise InvalidInput("site %s already has these values; nothing to change" % site_id)
+        with self.db.tx():
+            cols = sorted(diff)
+            self.db.execute("UPDATE sites SET %s WHERE id = ?" % ", ".join("%s = ?" % c for c in cols),
+                            [diff[c][1] for c in cols] + [site_id])
+            self.audit("site edited", site_id, "; ".join("%s %s -> %s" % (c, o, n)
+                                                         for c, (o, n) in sorted(diff.items())))
+        return self.site(site_id)
+
+    def remove_site(self, site_id: str) -> dict:
+        """Remove a site that has no readers left. Its cards stay in the registry (only their
+        link to the site goes), and its staff ledger and events stay: they are kept two years
+        under the site's tax agency ID number whatever becomes of the site."""
+        with self.db.tx():
+            site = self.site(site_id)
+            readers = [r["id"] for r in self.readers(site_id)]
+            if readers:
+                raise InvalidInput("site %s still has reader(s) %s: remove them first (host-sync "
+                                   "readers remove)" % (site_id, ", ".join(readers)))
+            cards = int(self.db.scalar("SELECT COUNT(*) FROM card_sites WHERE site_id = ?",
+                                       (site_id,)) or 0)
+            for sql in ("DELETE FROM card_sites WHERE site_id = ?",
+                        "DELETE FROM allowlist WHERE site_id = ?",
+                        "DELETE FROM change_records WHERE site_id = ?",
+                        "DELETE FROM changes WHERE site_id = ?",
+                        "DELETE FROM site_push WHERE site_id = ?",
+                        "DELETE FROM sites WHERE id = ?"):
+                self.db.execute(sql, (site_id,))
+            self.audit("site removed", site_id, "name=%s tax_site_id=%s; %d card(s) no longer on "
+                       "it; its ledger and events are kept" % (site["name"], site["tax_site_id"], cards))
+        return {"site": site_id, "cards_unlinked": cards}
+
+    def rename_reader(self, reader_id: str, new_id: str) -> dict:
+        """Give a reader a new id. The id is its MQTT topics and its broker account, so the
+        renamed reader gets a new secret and broker account (the old config stops working) and
+        needs its new config deployed and the broker config rewritten. Its events and ledger
+        entries keep the id they were made under; pending commands follow."""
+        new_id = ids.reader_id(new_id)
+        with self.db.tx():
+            old = self.reader(reader_id)
+            if self.db.scalar("SELECT 1 FROM readers WHERE id = ?", (new_id,)):
+                raise InvalidInput("reader %s already exists" % new_id)
+            self.db.execute(
+                "INSERT INTO readers (id, site_id, secret, broker_password, firmware, applied_version,"
+                " applied_at, last_seen, online, health, lag_since, created_at)"
+                " SELECT ?, site_id, ?, ?, firmware, applied_version, applied_at, last_seen, 0, health,"
+                " lag_since, created_at FROM readers WHERE id = ?",
+                (new_id, secrets.token_hex(32), secrets.token_urlsafe(24), reader_id))
+            self.db.execute("UPDATE commands SET reader_id = ? WHERE reader_id = ?", (new_id, reader_id))
+            self.db.execute("DELETE FROM readers WHERE id = ?", (reader_id,))
+            self.audit("reader renamed", new_id, "was %s (site %s); new secret and broker account"
+                       % (reader_id, old["site_id"]))
+            self.audit("reader renamed", reader_id, "now %s" % new_id)
+        return self.reader(new_id)
 
 
 _TOP = "\U0010ffff"  # sorts after every character: prefix + _TOP ends a prefix range
