@@ -316,3 +316,39 @@ def test_name_search_is_indexed_and_follows_every_name_change(console):
     assert found("öberg") == [ANNA] and found("lind anna") == [ANNA]
     assert found("anna ek") == [] and found("bo ek") == [BO]
     assert db.scalar("SELECT COUNT(*) FROM card_terms_dirty") == 0
+
+
+def test_repeated_lockouts_at_one_gate_raise_one_alarm(console):
+    o, db, app = console
+    alarms.scan(db)
+    at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    uid = bytes.fromhex("00a1b2c3")
+    batch = [(i, _event(i, E.K_LOCKOUT, E.R_INFO, E.LOCKED_CARD, uid,
+                        at - dt.timedelta(minutes=5 - i))) for i in range(1, 3)]
+    ledger.ingest(db, "gate-01", "site-a", batch)
+    assert alarms.scan(db) == []  # two lockouts: not yet
+    ledger.ingest(db, "gate-01", "site-a",
+                  [(i, _event(i, E.K_LOCKOUT, E.R_INFO, E.LOCKED_READER, b"", at)) for i in (3, 4)])
+    new = alarms.scan(db)
+    assert len(new) == 1 and alarms.get(db, new[0])["kind"] == "lockouts"
+    assert "lockouts at gate-01" in alarms.get(db, new[0])["message"]
+
+
+def test_admin_manages_accounts_in_the_console(console):
+    o, db, app = console
+    o.ok("users", "add", "root-admin", "--role", "admin", "--password-stdin", stdin=PW + "\n")
+    c = client(app)
+    sign_in(c, "root-admin")
+    t = csrf_of(c, "/admin/users")
+    r = c.post("/admin/users", data={"csrf": t, "action": "add", "username": "nils",
+                                     "password": "short", "role": "viewer"})
+    assert "refused: a password needs at least 10 characters" in r.text
+    c.post("/admin/users", data={"csrf": t, "action": "add", "username": "nils",
+                                 "password": PW, "role": "viewer", "sites": "site-b"})
+    c.post("/admin/users", data={"csrf": t, "action": "disable", "username": "vera"})
+    o.ok("users", "list")
+    assert re.search(r"nils +viewer +site-b +active", o.out)
+    assert re.search(r"vera +viewer +all +disabled", o.out)
+    assert sign_in(client(app), "vera").status_code == 401  # a disabled account signs in no more
+    o.ok("audit")
+    assert "web:root-admin  user added" in o.out or "user added" in o.out
