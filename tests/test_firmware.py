@@ -140,11 +140,12 @@ def test_no_toolchain_says_what_to_install_and_builds_nothing(tmp_path):
     bindir = _fake_bin(tmp_path, "docker", "import sys\nprint('Cannot connect to the Docker daemon', file=sys.stderr)\n"
                                            "sys.exit(1)\n")
     env = _env(tmp_path, f"{bindir}:/usr/bin:/bin")
-    out = _run_cli(["build", "boards/esp32-devkitc-i2c.json"], env)
+    out = _run_cli(["build", "boards/esp32-devkitc-i2c.json", "--out", str(tmp_path / "out")], env)
     assert out.returncode == 2, out.stdout + out.stderr
     assert "no Docker engine answers and IDF_PATH is not set" in out.stderr
     assert "docker pull espressif/idf:v5.5.1" in out.stderr and "ESP-IDF v5.5.1" in out.stderr
-    assert "Nothing was built" in out.stderr and not (ROOT / "build" / "firmware" / "x").exists()
+    assert "Nothing was built" in out.stderr and not (tmp_path / "out").exists()
+    assert not (tmp_path / "home" / ".cache").exists()  # nor was MicroPython cloned
     stock = _run_cli(["build", "boards/esp32-wrover-i2c.json"], env)
     assert stock.returncode == 1 and "runs stock MicroPython with .mpy files" in stock.stderr
 

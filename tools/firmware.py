@@ -399,14 +399,18 @@ def stage(def_path: Path, dest: Path) -> dict[str, Path]:
 
 def compile_frozen(def_path: Path, chip: str) -> list[str]:
     """mpy-cross every frozen module for the chip; the refusals."""
-    problems = []
+    from concurrent.futures import ThreadPoolExecutor
+
     with tempfile.TemporaryDirectory() as d:
-        for dev, src in sorted(frozen_set(def_path).items()):
+        def one(item):
+            i, (dev, src) = item
             p = subprocess.run([mpy.mpy_cross_bin(), *MPY_CROSS_FLAGS[chip], "-s", dev, "-o",
-                                str(Path(d) / "out.mpy"), str(src)], capture_output=True, text=True)
-            if p.returncode:
-                problems.append(f"mpy-cross {' '.join(MPY_CROSS_FLAGS[chip])} refused {dev}: {p.stderr.strip()}")
-    return problems
+                                str(Path(d) / f"{i}.mpy"), str(src)], capture_output=True, text=True)
+            return f"mpy-cross {' '.join(MPY_CROSS_FLAGS[chip])} refused {dev}: {p.stderr.strip()}" if p.returncode else None
+
+        with ThreadPoolExecutor(4) as pool:
+            found = list(pool.map(one, enumerate(sorted(frozen_set(def_path).items()))))
+    return [p for p in found if p]
 
 
 def check_imports(def_path: Path, src: Path = FIRMWARE) -> list[str]:
@@ -571,9 +575,6 @@ def write_manifest(board: boards.Board, def_path: Path, out: Path, bid: str, tc:
 def build(board_path: str | Path, *, dry_run: bool = False, prefer: str | None = None,
           out_root: Path = OUT, say=print) -> dict | None:
     board, d = board_and_def(board_path)
-    problems = check_board(board_path)
-    if problems:
-        raise FirmwareError("the firmware checks fail:\n  " + "\n  ".join(problems))
     bid = build_id(d)
     out = out_root / d.name
     try:
@@ -589,6 +590,9 @@ def build(board_path: str | Path, *, dry_run: bool = False, prefer: str | None =
     if tag not in (None, MICROPYTHON_TAG):
         raise FirmwareError(f"{mp_dir} is {tag}, not {MICROPYTHON_TAG}: `git -C {mp_dir} fetch --depth 1 origin "
                             f"tag {MICROPYTHON_TAG} && git -C {mp_dir} checkout {MICROPYTHON_TAG}`, or set MICROPY_DIR")
+    problems = check_board(board_path)  # after the cheap refusals above, before anything runs
+    if problems:
+        raise FirmwareError("the firmware checks fail:\n  " + "\n  ".join(problems))
     cmds = commands(tc, d, out, mp_dir, tag is not None)
     say(f"firmware: {d.name} for {board.name}: MicroPython {MICROPYTHON_TAG}, ESP-IDF {IDF_VERSION}, "
         f"build id {bid}; toolchain: {tc.detail}")
