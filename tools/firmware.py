@@ -596,6 +596,7 @@ def build(board_path: str | Path, *, dry_run: bool = False, prefer: str | None =
     cmds = commands(tc, d, out, mp_dir, tag is not None)
     say(f"firmware: {d.name} for {board.name}: MicroPython {MICROPYTHON_TAG}, ESP-IDF {IDF_VERSION}, "
         f"build id {bid}; toolchain: {tc.detail}")
+    say(f"  (run in {mp_dir}, the MicroPython checkout)")
     for c in cmds:
         say("  $ " + shlex.join(c))
     if dry_run:
