@@ -8,6 +8,8 @@ ledger and the sync service. Exit codes (scripts may rely on them):
   4  not found: no such card, site, reader or change
   5  pending: some readers have not applied the change yet (status, readers list --check)
   6  the database cannot be opened or migrated
+  7  done in part: some input rows were refused (each is named; `cards import` applied the
+     rest with --apply, or would have)
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from host_sync.ids import InvalidInput
 from host_sync.registry import VERSION_MAX_RECORDS, CardInput, NotFound, Registry
 from host_sync.timeutil import UTC, now, parse_iso
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_NOT_FOUND, EXIT_PENDING, EXIT_DB = range(7)
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_NOT_FOUND, EXIT_PENDING, EXIT_DB, EXIT_PARTIAL = range(8)
 DEFAULT_TZ = "Europe/Stockholm"
 DEFAULT_LAG_LIMIT_S = 60.0
 
@@ -342,13 +344,15 @@ def cmd_cards_import(ctx: Ctx) -> int:
     from host_sync.progress import Progress
     a = ctx.args
     try:
-        text = Path(a.file).read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InvalidInput("cannot read %s: %s" % (a.file, e))
+        raw = Path(a.file).read_bytes()
+    except OSError as e:
+        raise InvalidInput("cannot read %s: %s" % (a.file, e.strerror or e))
+    text = importer.decode(raw, a.file, a.encoding)
+    mapping = importer.parse_mapping(a.map)
     n = max(0, text.count("\n") - 1)
     prog = Progress("checking %s" % Path(a.file).name, n, ctx.err, quiet=a.quiet)
     try:
-        plan = importer.plan(ctx.reg, text, site=a.site, progress=prog)
+        plan = importer.plan(ctx.reg, text, site=a.site, progress=prog, mapping=mapping)
     except importer.BadRows as e:
         for line, msg in e.errors[:50]:
             print("%s line %d: %s" % (a.file, line, msg), file=ctx.err)
@@ -358,24 +362,29 @@ def cmd_cards_import(ctx: Ctx) -> int:
         return EXIT_REFUSED
     prog.done()
     ctx.say(*importer.describe(plan, limit=1_000_000 if a.verbose else 20))
+    refused = EXIT_PARTIAL if plan.visitors else EXIT_OK
+    for line, no in plan.visitors:
+        print("%s line %d: card %s refused: %s" % (a.file, line, no, rules.VISITOR_REFUSED),
+              file=ctx.err)
     if not a.apply:
         if not plan.empty:
             ctx.say("dry run: nothing changed. Run again with --apply to make these changes.")
-        return EXIT_OK
+        return refused
     if plan.empty:
         ctx.say("nothing to apply")
-        return EXIT_OK
+        return refused
     prog = Progress("importing", len(plan.new), ctx.err, quiet=a.quiet)
     before = {s["id"]: s["version"] for s in ctx.reg.sites()}
     versions = importer.apply(ctx.reg, plan, Path(a.file).name, progress=prog)
     prog.done()
-    ctx.say("applied.")
+    ctx.say("applied." + (" %d row(s) refused (above): exit 7" % len(plan.visitors)
+                          if plan.visitors else ""))
     for site, v in sorted(versions.items()):
         if v - before.get(site, 0) > 1:  # split so each version fits one DELTA (importer.py)
             ctx.say("  site %s: one change in %d versions (%d-%d) of at most %d cards each"
                     % (site, v - before[site], before[site] + 1, v, VERSION_MAX_RECORDS))
     ctx.say(*_versions_line(ctx, versions))
-    return EXIT_OK
+    return refused
 
 
 # -- readers ----------------------------------------------------------------------------------
@@ -1082,7 +1091,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "the sync service that pushes card changes to every reader.",
         epilog="Exit codes: 0 done, 1 unexpected error, 2 bad command line, 3 refused (card rule "
                "or bad input; nothing changed), 4 not found, 5 readers still pending, "
-               "6 database unavailable. The database is a SQLite file in --data-dir (default "
+               "6 database unavailable, 7 some rows refused (the rest done). The database is a SQLite file in --data-dir (default "
                "/var/lib/grindvakt as root, else ~/.local/share/grindvakt; env GV_DATA) or "
                "PostgreSQL given by --db postgresql://... (env GV_DB); a new, empty registry is "
                "announced when one is created.",
@@ -1214,6 +1223,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("file", help="the CSV file")
     x.add_argument("--site", help="add every card in the file to this site")
     x.add_argument("--apply", action="store_true", help="make the changes (default: dry run)")
+    x.add_argument("--map", action="append", metavar="HEADER=COLUMN",
+                   help="read the file's HEADER as COLUMN (repeatable, or comma-separated), e.g. "
+                        "Kortnummer=card_number; HEADER=- ignores a column")
+    x.add_argument("--encoding", help="the file's encoding when it is not UTF-8 (e.g. latin-1)")
     x.set_defaults(fn=cmd_cards_import)
 
     # readers

@@ -18,6 +18,13 @@ Columns (header row required; comma or semicolon separated; UTF-8, a BOM is fine
   valid_from, valid_until  YYYY-MM-DD (default today and five years on)
   pin_required           yes/no (default no)
   sites                  site ids separated by '|' (optional; --site adds one to every row)
+
+An export with other headers (a portal's Swedish ones, say) is read with a column mapping:
+`--map "Kortnummer=card_number" --map "Namn=holder_name"`, and `--map "Telefon=-"` ignores a
+column. A file that is not UTF-8 (Excel's "CSV" is Windows-1252) is refused with the line of the
+first byte that is not, and what to do: save it as "CSV UTF-8", or give --encoding latin-1.
+Rows refused for what they are (visitor cards carry no RFID) are listed and make the exit code 7:
+with --apply the rest is applied.
 """
 from __future__ import annotations
 
@@ -89,43 +96,104 @@ def _date(v: str, col: str) -> dt.date | None:
         raise InvalidInput("%s %r is not a date YYYY-MM-DD" % (col, v))
 
 
-def read_rows(text: str) -> tuple[list[str], list[tuple[int, dict]]]:
-    """(header, [(line number, row)]). Raises InvalidInput when the header is unusable."""
+IGNORE = "-"  # a mapping to this drops the column
+
+
+def _norm(h: str) -> str:
+    return h.strip().lower().replace(" ", "_")
+
+
+def parse_mapping(items: list[str] | None) -> dict[str, str]:
+    """`--map FROM=TO` (repeatable, or comma-separated) as {normalised header: column}."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        for part in item.split(","):
+            if not part.strip():
+                continue
+            src, eq, dst = part.partition("=")
+            dst = _norm(dst)
+            if not eq or not src.strip() or not dst:
+                raise InvalidInput("--map %r: use HEADER=COLUMN, e.g. Kortnummer=card_number "
+                                   "(COLUMN - ignores it)" % part)
+            if dst != IGNORE and dst not in COLUMNS:
+                raise InvalidInput("--map %r: %s is not a column; the columns are %s"
+                                   % (part, dst, ", ".join(COLUMNS)))
+            out[_norm(src)] = dst
+    return out
+
+
+def decode(raw: bytes, name: str, encoding: str | None = None) -> str:
+    """The file's text: UTF-8 (a BOM is fine) unless told otherwise. A file in another encoding
+    is refused with where and what to do (a Latin-1 name read as UTF-8 would be stored garbled
+    on every card and ledger entry)."""
+    if encoding:
+        try:
+            return raw.decode(encoding)
+        except LookupError:
+            raise InvalidInput("unknown encoding %r (e.g. utf-8, latin-1, cp1252)" % encoding)
+        except UnicodeDecodeError as e:
+            raise InvalidInput("%s is not %s: line %d" % (name, encoding, raw[:e.start].count(b"\n") + 1))
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        start = raw.rfind(b"\n", 0, e.start) + 1
+        end = raw.find(b"\n", e.start)
+        shown = raw[start:end if end >= 0 else len(raw)].decode("cp1252", "replace").strip()
+        raise InvalidInput("%s is not UTF-8 (line %d: %r looks like Latin-1/Windows-1252, as Excel "
+                           "saves \"CSV\"): save it as \"CSV UTF-8\" and import it again, or give "
+                           "--encoding latin-1" % (name, line, shown[:60]))
+
+
+def read_rows(text: str, mapping: dict[str, str] | None = None) -> tuple[list[str], list[tuple[int, dict]]]:
+    """(header, [(line number, row)]). Raises InvalidInput when the header is unusable.
+    `mapping`: {normalised header in the file: column} (parse_mapping)."""
     if text.startswith("\ufeff"):
         text = text[1:]
     first = text.split("\n", 1)[0]
     delim = ";" if first.count(";") > first.count(",") else ","
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
     try:
-        return _read(reader)
+        return _read(reader, mapping or {})
     except csv.Error as e:
         raise InvalidInput("line %d: not readable as CSV: %s" % (reader.line_num or 1, e))
 
 
-def _read(reader: csv.DictReader) -> tuple[list[str], list[tuple[int, dict]]]:
-    header = [h.strip().lower().replace(" ", "_") for h in (reader.fieldnames or [])]
+def _read(reader: csv.DictReader, mapping: dict[str, str]) -> tuple[list[str], list[tuple[int, dict]]]:
+    header = [mapping.get(_norm(h), _norm(h)) for h in (reader.fieldnames or [])]
     if not header:
         raise InvalidInput("the file is empty; expected a header row with " + ", ".join(COLUMNS))
+    dup = sorted({h for h in header if h != IGNORE and header.count(h) > 1})
+    if dup:
+        raise InvalidInput("line 1: column(s) %s given twice (check --map)" % ", ".join(dup))
+    unmapped = [src for src in mapping if src not in {_norm(h) for h in reader.fieldnames or []}]
+    if unmapped:
+        raise InvalidInput("line 1: --map names header(s) %s that the file does not have; its "
+                           "headers are %s" % (", ".join(unmapped), ", ".join(reader.fieldnames or [])))
     missing = [c for c in REQUIRED if c not in header]
-    if missing:
-        raise InvalidInput("line 1: missing column(s) %s; the columns are %s"
-                           % (", ".join(missing), ", ".join(COLUMNS)))
-    unknown = [h for h in header if h not in COLUMNS]
-    if unknown:
-        raise InvalidInput("line 1: unknown column(s) %s; the columns are %s"
-                           % (", ".join(unknown), ", ".join(COLUMNS)))
+    unknown = [h for h in header if h not in COLUMNS and h != IGNORE]
+    if missing or unknown:
+        raise InvalidInput("line 1: %s; the columns are %s%s" % (
+            "; ".join(x for x in ("missing column(s) %s" % ", ".join(missing) if missing else "",
+                                  "unknown column(s) %s" % ", ".join(unknown) if unknown else "")
+                      if x),
+            ", ".join(COLUMNS),
+            " (an export with other headers: --map HEADER=COLUMN, --map HEADER=- to ignore one)"
+            if unknown else ""))
     reader.fieldnames = header
     rows = []
     for row in reader:
         if None in row:
             raise InvalidInput("line %d: more fields than the header has" % reader.line_num)
-        rows.append((reader.line_num, {k: (v or "").strip() for k, v in row.items()}))
-    return header, rows
+        rows.append((reader.line_num, {k: (v or "").strip() for k, v in row.items()
+                                       if k != IGNORE}))
+    return [h for h in header if h != IGNORE], rows
 
 
 def plan(reg: Registry, text: str, site: str | None = None,
-         progress: Callable[[int], None] | None = None) -> Plan:
-    header, rows = read_rows(text)
+         progress: Callable[[int], None] | None = None,
+         mapping: dict[str, str] | None = None) -> Plan:
+    header, rows = read_rows(text, mapping)
     known_sites = {s["id"] for s in reg.sites()}
     if site and site not in known_sites:
         raise InvalidInput("no site %r (add it with 'host-sync sites add')" % site)
@@ -272,6 +340,19 @@ def apply(reg: Registry, p: Plan, source: str,
             versions[s] = reg._publish(s, action, "import %s" % source, recs)
         reg.audit("cards imported", source, "new=%d status=%d details=%d sites=%d unchanged=%d"
                   % (len(p.new), len(p.status), len(p.details), len(p.new_links), p.unchanged))
+        # and each card's own history (cards show), as a change made by hand would be
+        src = "from %s: " % source
+        rows = [("card imported", c.card_no, src + "uid=%s status=%s sites=%s pin_required=%s"
+                 % (c.uid, c.status, ",".join(c.sites) or "-", c.pin_required)) for c in p.new]
+        rows += [("status imported", no, src + "%s -> %s%s" % (old, new, " (via %s)" % ", ".join(path)
+                                                              if len(path) > 1 else ""))
+                 for no, old, new, path in p.status]
+        rows += [("details imported", no, src + ", ".join(sorted("%s changed" % k if k == "pnr" else
+                                                                 "%s -> %s" % (k, v)
+                                                                 for k, v in upd.items())))
+                 for no, upd in p.details]
+        rows += [("card added to site", no, src + "site=%s" % s) for no, s in p.new_links]
+        reg.audit_many(rows)
     return versions
 
 

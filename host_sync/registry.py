@@ -71,6 +71,12 @@ class Registry:
         self.db.execute("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?,?,?,?,?)",
                         (now_iso(), self.actor, action, subject, detail))
 
+    def audit_many(self, rows: Sequence[tuple[str, str, str]]) -> None:
+        """Several entries at once: [(action, subject, detail)] (an import's per-card history)."""
+        at = now_iso()
+        self.db.executemany("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?,?,?,?,?)",
+                            [(at, self.actor, a, s, d) for a, s, d in rows])
+
     def audit_log(self, subject: str | None = None, limit: int = 100) -> list[dict]:
         sql = "SELECT at, actor, action, subject, detail FROM audit"
         args: tuple = ()

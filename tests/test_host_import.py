@@ -45,17 +45,17 @@ def _version(url: str, site: str) -> int:
 def test_dry_run_then_apply_then_changes(op, tmp_path):
     f = tmp_path / "export.csv"
     f.write_text(HEADER + "".join(row(i) for i in range(1, 31)) + row(31, ctype="visitor", uid=""))
-    op.ok("cards", "import", str(f))
+    assert op("cards", "import", str(f)) == 7  # a row refused: exit 7, even in a dry run
     assert "30 new card(s)" in op.out and "1 visitor card(s) refused" in op.out
-    assert "no RFID" in op.out and "dry run" in op.out
+    assert "no RFID" in op.out and "dry run" in op.out and "line 32: card BB-2403-000031" in op.err
     assert json.loads(op.ok("cards", "list", "--json")) == []
     assert _version(op.url, "site-a") == 0
 
-    op.ok("cards", "import", str(f), "--apply")
+    assert op("cards", "import", str(f), "--apply") == 7  # the rest is applied
     cards = json.loads(op.ok("cards", "list", "--json"))
     assert len(cards) == 30 and {c["status"] for c in cards} == {"active"}
     assert _version(op.url, "site-a") == 1  # one version for the whole import
-    op.ok("cards", "import", str(f))
+    assert op("cards", "import", str(f)) == 7  # the visitor row is still refused
     assert "30 unchanged" in op.out and "nothing" not in op.err
 
     # the portal says: 3 blocked, 4 terminated, 5 moved to site-b too, 6 renamed
