@@ -631,15 +631,16 @@ def _parse_change(ctx: Ctx, ref: str) -> tuple[str, int]:
         site, v = ref.rsplit(":", 1)
     else:
         site, v = ctx.args.site, ref
-        if not site:
-            try:  # a card number: its latest change
+        if not site or not ref.isdigit():
+            try:  # a card number: its latest change (at --site, if given)
                 no = ids.card_no(ref)
             except InvalidInput:
                 raise InvalidInput("say which change: SITE:VERSION, or VERSION with --site, or a "
                                    "card number for its latest change")
-            ch = ctx.reg.changes(subject=no, limit=1)
+            ch = ctx.reg.changes(site_id=site, subject=no, limit=1)
             if not ch:
-                raise NotFound("no change recorded for card %s" % no)
+                raise NotFound("no change recorded for card %s%s" % (no, " at %s" % site if site
+                                                                     else ""))
             return ch[0]["site"], ch[0]["version"]
     try:
         return site, int(v)
@@ -936,8 +937,9 @@ def cmd_site_services(ctx: Ctx) -> int:
     ctx.say("systemd units written: %s" % ", ".join(str(p) for p in written))
     run = [units.systemctl("daemon-reload"),
            units.systemctl("enable", "--now", units.BROKER_UNIT, units.SERVE_UNIT)]
-    if a.unit_dir or a.no_enable or not units.systemd_running():
-        if not a.unit_dir and not a.no_enable:
+    staged = a.unit_dir or os.environ.get("GV_UNIT_DIR")  # not where systemd looks: only say
+    if staged or a.no_enable or not units.systemd_running():
+        if not staged and not a.no_enable:
             ctx.say("systemd is not running here; on the site host run:")
         else:
             ctx.say("to start them now and at every boot:")
@@ -1313,7 +1315,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "with the reason when it cannot connect (exit 5 when no running instance "
                        "is connected).")
     x.add_argument("change", nargs="?", help="SITE:VERSION (printed by every change), VERSION "
-                                             "with --site, or a card number for its latest change")
+                                             "with --site, or a card number for its latest change "
+                                             "(at --site if given)")
     x.add_argument("--site")
     x.add_argument("--json", action="store_true")
     x.set_defaults(fn=cmd_status)

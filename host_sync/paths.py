@@ -6,7 +6,8 @@
     data_dir()    the registry (SQLite) and the broker's persistence
                   GV_DATA, else /var/lib/grindvakt as root, else $XDG_DATA_HOME/grindvakt
                   (~/.local/share/grindvakt)
-    unit_dir()    systemd units: /etc/systemd/system as root, else ~/.config/systemd/user
+    unit_dir()    systemd units: GV_UNIT_DIR, else /etc/systemd/system as root, else
+                  ~/.config/systemd/user
 
 Nothing depends on the current folder: a command run from another folder finds the same
 registry (the first wave's default, ./data, made a new empty one wherever it was run).
@@ -49,6 +50,9 @@ def data_dir() -> Path:
 
 
 def unit_dir() -> Path:
+    v = os.environ.get("GV_UNIT_DIR")  # a staging folder (packaging, tests)
+    if v:
+        return Path(v).resolve()
     if is_root():
         return Path("/etc/systemd/system")
     return _xdg("XDG_CONFIG_HOME", ".config") / "systemd" / "user"
