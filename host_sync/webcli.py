@@ -161,6 +161,26 @@ def cmd_alarms_sink_remove(ctx: Any) -> int:
     return 0
 
 
+def cmd_alarms_watch(ctx: Any) -> int:
+    """The alarm watcher alone, for a site that runs no console (systemd, beside serve)."""
+    import signal
+    import threading
+
+    from host_sync import alarms
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    w = alarms.Watcher(ctx.db, "alarms-%s-%d" % (socket.gethostname(), os.getpid()),
+                       ctx.args.lag_limit)
+    print("watching for alarms (lag limit %.0f s); sinks: %d" % (
+        ctx.args.lag_limit, len([s for s in alarms.sinks(ctx.db) if s["enabled"]])),
+        file=ctx.err, flush=True)
+    w.start()
+    stop.wait()
+    w.stop()
+    return 0
+
+
 def cmd_web(ctx: Any) -> int:
     import logging
 
@@ -270,6 +290,10 @@ def add_parsers(top: argparse._SubParsersAction) -> None:
     x.add_argument("--mqtt-ca", help="CA certificate for MQTT over TLS")
     x.add_argument("--password-env", help="smtp/mqtt: environment variable holding the password")
     x.set_defaults(fn=cmd_alarms_sink_add)
+    x = ap.add_parser("watch", help="raise and send alarms without a console (host-sync web "
+                      "does this too)")
+    x.add_argument("--lag-limit", type=float, default=60.0)
+    x.set_defaults(fn=cmd_alarms_watch)
     x = ap.add_parser("sink-list", help="configured sinks")
     x.set_defaults(fn=cmd_alarms_sink_list)
     x = ap.add_parser("sink-remove", help="stop sending to a sink")

@@ -352,3 +352,28 @@ def test_admin_manages_accounts_in_the_console(console):
     assert sign_in(client(app), "vera").status_code == 401  # a disabled account signs in no more
     o.ok("audit")
     assert "web:root-admin  user added" in o.out or "user added" in o.out
+
+
+def test_events_page_filters_and_pages(console):
+    o, db, app = console
+    at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(hours=1)
+    uid = bytes.fromhex("04a1b2c3d4e5f6")
+    evs = [(i, _event(i, E.K_DECISION, E.R_GRANT if i % 3 else E.R_REFUSE,
+                      E.OK if i % 3 else E.BLOCKED, uid, at + dt.timedelta(seconds=i)))
+           for i in range(1, 61)]
+    evs.append((61, _event(61, E.K_ALARM, E.R_GRANT, E.DURESS, uid, at + dt.timedelta(seconds=61))))
+    ledger.ingest(db, "gate-01", "site-a", evs)
+    c = client(app)
+    sign_in(c, "vera")
+    page = c.get("/events", params={"site": "site-a"}).text
+    assert page.count("<tr class=") == 50 and "older" in page  # 50 a page
+    older = re.search(r'href="\?([^"]*before=[^"]+)"', page).group(1).replace("&amp;", "&")
+    assert c.get("/events?" + older).text.count("<tr class=") == 11
+    refusals = c.get("/events", params={"what": "refusals"}).text
+    assert refusals.count("<tr class=") == 20 and "blocked" in refusals
+    alarm = c.get("/events", params={"what": "alarms", "card": ANNA}).text
+    assert alarm.count("<tr class=") == 1 and "duress PIN" in alarm
+    a = client(app)
+    sign_in(a, "amir")
+    assert c.get("/events", params={"site": "site-b"}).text.count("<tr class=") == 0
+    assert a.get("/events", params={"site": "site-b"}).status_code == 403  # not his site

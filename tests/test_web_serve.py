@@ -158,3 +158,41 @@ def test_alarms_reach_an_mqtt_topic_and_an_smtp_server_with_retries(tmp_path):
         smtp.shutdown()
         smtp.server_close()
         db.close()
+
+
+def test_alarms_watch_alone_sends_a_duress_alarm(tmp_path):
+    """A site without a console: `host-sync alarms watch` beside serve raises and sends."""
+    import datetime as dt
+
+    from gv import events as E
+    from host_sync import ledger
+    from tests.web_kit import Receiver
+    url = "sqlite:///%s" % (tmp_path / "gv.sqlite3")
+    o = Operator(url)
+    o.ok("sites", "add", "site-a", "--tax-id", "PL1")
+    o.ok("readers", "add", "gate-01", "--site", "site-a")
+    rx = Receiver()
+    os.environ["GV_TEST_HOOK"] = "a-long-enough-secret"
+    try:
+        o.ok("alarms", "sink-add", "webhook", rx.url, "--secret-env", "GV_TEST_HOOK")
+    finally:
+        del os.environ["GV_TEST_HOOK"]
+    p = subprocess.Popen([sys.executable, "-m", "host_sync", "--db", url, "alarms", "watch"],
+                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = Db(url)
+    try:
+        time.sleep(1.5)  # its first scan sets the cursor
+        at = dt.datetime.now(dt.timezone.utc)
+        t = int((at - ledger.from_reader_seconds(0)).total_seconds())
+        ledger.ingest(db, "gate-01", "site-a",
+                      [(1, E.pack(1, E.K_ALARM, E.R_GRANT, E.DURESS, b"\x01\x02\x03\x04", 4, t,
+                                  E.F_CLOCK_SET))])
+        deadline = time.monotonic() + 30
+        while not rx.got and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert rx.got and json.loads(rx.got[0][1])["kind"] == "duress"
+    finally:
+        p.terminate()
+        p.wait(20)
+        rx.close()
+        db.close()

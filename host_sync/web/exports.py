@@ -13,8 +13,8 @@ from host_sync.timeutil import now
 # DejaVu covers every name a card portal sends; without it the core font (Latin-1) is used
 _FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
           "/usr/share/fonts/dejavu/DejaVuSans.ttf")
-COLS = (("Name", 46), ("Personal ID", 30), ("Contractor", 44), ("Org. no", 26), ("Card", 32),
-        ("Start", 32), ("End", 32), ("Readers", 24), ("Corrected", 11))
+COLS = (("Name", 44), ("Personal ID", 30), ("Contractor", 42), ("Org. no", 26), ("Card", 32),
+        ("Start", 30), ("End", 30), ("Readers", 24), ("Corrected", 18))
 
 
 def ledger_pdf(site: dict, day: dt.date, tz_name: str, rows: Sequence[Sequence[str]]) -> bytes:

@@ -50,16 +50,17 @@ def _bulk(db: Db, table: str, cols: tuple[str, ...], rows: Iterator[tuple], chun
         return n
     sql = "INSERT INTO %s (%s) VALUES (%s)" % (table, ", ".join(cols), ",".join("?" * len(cols)))
     buf: list[tuple] = []
-    with db.tx():
-        for r in rows:
-            buf.append(r)
-            if len(buf) >= chunk:
+    for r in rows:  # one transaction per chunk: the WAL is checkpointed as it goes
+        buf.append(r)
+        if len(buf) >= chunk:
+            with db.tx():
                 db._conn.executemany(sql, buf)
-                n += len(buf)
-                buf = []
-        if buf:
-            db._conn.executemany(sql, buf)
             n += len(buf)
+            buf = []
+    if buf:
+        with db.tx():
+            db._conn.executemany(sql, buf)
+        n += len(buf)
     return n
 
 
