@@ -4,10 +4,11 @@ it in the card registry.
 
     python -m tools.enroll --port /dev/ttyUSB0
     python -m tools.enroll --port /dev/ttyUSB0 --register BB-2611-000123 --holder "Ann Berg"
+    python -m tools.enroll --port /dev/ttyUSB0 --register BB-2611-000123 --site site-a --site site-b
 
 The UID is printed in hex with every byte as two digits, so leading zero bytes are kept
 (00000a1b, never a1b). --register runs the operators' own command,
-`host-sync cards add <number> --uid <hex> [--holder NAME]` (as `python -m host_sync`, or the
+`host-sync cards add <number> --uid <hex> [--holder NAME] [--site S]...` (as `python -m host_sync`, or the
 command given with --host-sync), so the registry's rules and messages apply unchanged; its
 database is chosen the usual way (GV_DB / GV_DATA, or --db passed through).
 
@@ -63,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--wait", type=float, default=15.0, help="seconds to wait for a card (default 15)")
     p.add_argument("--register", metavar="BB-YYMM-NNNNNN", help="register the card under this number")
     p.add_argument("--holder", help="the holder's name (with --register)")
+    p.add_argument("--site", action="append", help="a site the card may enter (with --register; "
+                                                   "repeatable): its gates get it once it is activated")
     p.add_argument("--db", help="passed to host-sync (database URL)")
     p.add_argument("--host-sync", dest="host_sync", help="command that runs host-sync "
                    "(default: this Python's `-m host_sync`)")
@@ -73,8 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not CARD_NO.match(number):
             print("card number %r is not BB-YYMM-NNNNNN" % a.register, file=sys.stderr)
             return 2
-    elif a.holder:
-        print("--holder only goes with --register", file=sys.stderr)
+    elif a.holder or a.site:
+        print("--holder and --site only go with --register", file=sys.stderr)
         return 2
     try:
         ser, pn = open_reader(a.port, a.baud)
@@ -103,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd += ["cards", "add", number, "--uid", hexuid]
     if a.holder:
         cmd += ["--holder", a.holder]
+    for site in a.site or []:
+        cmd += ["--site", site]
     r = subprocess.run(cmd, capture_output=True, text=True)
     sys.stdout.write(r.stdout)
     sys.stderr.write(r.stderr)
