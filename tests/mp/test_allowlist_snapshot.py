@@ -150,6 +150,8 @@ def test_absurd_headers_refused_before_anything_changes():
         mpt.eq((al.snapshot_progress(), files()), (prog, names), (v, n))
     for frm, to in ((OLD, MAX_VERSION + 1), (OLD, OLD), (OLD, OLD - 1), (-1, OLD)):
         mpt.raises(BadData, al.apply_delta, frm, to, [(key(1), None)])
+    # a delta past MAX_DELTA (4,096 cards) is refused before a buffer for it is taken
+    mpt.raises(BadData, al.apply_delta, OLD, OLD + 1, [(key(1), None)] * 5000)  # 80 KB it never takes
     mpt.eq((al.version, al.snapshot_progress(), files()), (OLD, prog, names))
     check(al, N, OLD)
     # the case: after a huge count was refused, the rebuild resumes and installs whole

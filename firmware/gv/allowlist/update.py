@@ -27,7 +27,10 @@ def _collect(records, cap):
         buf = records if isinstance(records, bytearray) else bytearray(records)
         n = len(buf) // REC
     else:
-        buf = bytearray(REC * (len(records) if isinstance(records, (list, tuple)) else 64))
+        sized = isinstance(records, (list, tuple))
+        if sized and len(records) > cap:  # before the buffer for them
+            raise BadData("delta too large: send a snapshot")
+        buf = bytearray(REC * (len(records) if sized else 64))
         n = 0
         for k, r in records:
             if len(k) != 8:
