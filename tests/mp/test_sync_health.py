@@ -299,3 +299,79 @@ def test_no_tls_connect_the_esp_idf_heap_cannot_hold():
     finally:
         memory._idf_info = keep
         memory.tls_deferred = 0
+
+
+class _Pins:  # a stand-in `machine`: what the app's last resort drives
+    Pin = None
+    driven = []
+    resets = 0
+
+    class WDT:
+        def __init__(self, timeout=0):
+            pass
+
+        def feed(self):
+            pass
+
+
+class _Pin:
+    OUT = 1
+    IN = 0
+
+    def __init__(self, pin, mode=None, value=None):
+        _Pins.driven.append((pin, value))
+
+
+class _Reset(Exception):
+    pass
+
+
+def _reset():
+    _Pins.resets += 1
+    raise _Reset()
+
+
+def test_a_memory_error_anywhere_in_the_app_shuts_the_door_counts_and_reboots():
+    import sys
+
+    _Pins.Pin = _Pin
+    _Pins.reset = staticmethod(_reset)
+    keep = sys.modules.get("machine")
+    sys.modules["machine"] = _Pins
+    try:
+        from gv import app
+
+        app.machine = _Pins
+        app.FATAL_PAUSE_MS = 0
+        path = tmpdir() + "/memerr-app"
+        memory.errors = 0
+        memory.load(path)
+
+        class Cfg:
+            pass
+
+        board = {"relay": {"pin": 23, "active_high": False}}
+        app.C.load_board = lambda: board
+        app.C.load = lambda: Cfg()
+
+        def no_heap(b, c):
+            raise MemoryError("memory allocation failed, allocating 4096 bytes")
+
+        app.Reader = no_heap
+        try:
+            app.main()
+            raise AssertionError("no reboot")
+        except _Reset:
+            pass
+        eq(_Pins.driven, [(23, 1)])  # active-low relay: driven to its off level
+        eq(_Pins.resets, 1)
+        memory.errors = 0  # the reboot
+        eq(memory.load(path), 1)
+        eq(memory.last_error, "app")
+    finally:
+        memory._path = None
+        memory.errors = 0
+        if keep is None:
+            del sys.modules["machine"]
+        else:
+            sys.modules["machine"] = keep
