@@ -262,8 +262,7 @@ class HostSync:
             info = P.parse_hello(body)
             st.hello = info
             st.clock_sent = False
-            if st.health:
-                st.health["health"] = info["health"]  # the same bits: whether it backs off
+            st.health = dict(st.health, health=info["health"])  # the same bits: does it back off
             self.data.reader_hello(rid, info)
             if info["health"] & P.H_FULL:
                 # backing off for a full flash: this HELLO asks for nothing (the reader SYNCs
@@ -310,8 +309,10 @@ class HostSync:
             reason, rtyp, count, _ = P.parse_reject(body)
             st.rejected[reason] = st.rejected.get(reason, 0) + count
             # the reader reports a reason's count at most once a minute; the registry logs it
-            if reason == P.E_FULL and not st.health:
-                self._hold(st)  # a reader that does not report its health: the host's own hold
+            if reason in (P.E_FULL, P.E_STORE) and not st.backing_off():
+                # refusing updates without backing off itself (a failing flash, or firmware that
+                # calls a full flash a store error): the host's own hold
+                self._hold(st)
             self.data.reader_rejected(rid, reason, count)
         elif typ == P.T_HEALTH:
             info = P.parse_health(body)
@@ -340,7 +341,7 @@ class HostSync:
             lo, hi = self.hold_s
             wait = min(lo * 2 ** min(st.full_refusals - 1, 16), hi)
         st.hold_until = time.monotonic() + wait
-        log.warning("reader %s: flash full, holding its updates for %.0f s (refusal %d)",
+        log.warning("reader %s refuses updates: holding them for %.0f s (refusal %d)",
                     st.session.reader_id, wait, st.full_refusals)
 
     # ---- answers ----

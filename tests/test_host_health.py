@@ -119,7 +119,7 @@ def test_a_reader_that_never_backs_off_is_held_by_the_host(site):
     send("hello", P.T_HELLO, P.hello_body(0, 0, 0, 8192, 60_000, P.H_ALLOWLIST, 0, "fw"))
     answered = 0
     for _ in range(50):  # old firmware: asks again at once after every refusal
-        send("out", P.T_REJECT, P.reject_body(P.E_FULL, P.T_SNAP, 8, 7))
+        send("out", P.T_REJECT, P.reject_body(P.E_STORE, P.T_SNAP, 8, 7))  # as it calls it
         answered += send("out", P.T_SYNC, P.sync_body(0, 0, 0)) > 0
     assert answered == 0
     assert eng.readers["gate-01"].held()
