@@ -147,6 +147,17 @@ class RegistryData:
         if not online:
             log.warning("reader %s went offline", reader_id)
 
+    def reader_unprovisioned(self, reader_id: str, why: str) -> None:
+        """The reader refused the config on its flash and sits unprovisioned (door shut): said
+        loudly, and kept in the audit log once per distinct reason."""
+        log.error("reader %s is NOT RUNNING: it refused its config: %s (write a good config with "
+                  "host-sync readers config and deploy it)", reader_id, why)
+        last = self.db.scalar("SELECT detail FROM audit WHERE subject = ? AND action = ?"
+                              " ORDER BY id DESC LIMIT 1", (reader_id, "reader unprovisioned"))
+        if last != why:
+            self.db.execute("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?,?,?,?,?)",
+                            (now_iso(), "reader", "reader unprovisioned", reader_id, why))
+
     def reader_offline(self, reader_id: str) -> None:
         self.reader_status(reader_id, False)
 

@@ -218,6 +218,10 @@ class HostSync:
                 if leaf == "status":
                     st.online = msg.payload == b"online"
                     self.data.reader_status(reader_id, st.online)
+                    if msg.payload.startswith(b"unprovisioned:"):  # gv.app: why it is not running
+                        note = getattr(self.data, "reader_unprovisioned", None)
+                        if note is not None:
+                            note(reader_id, msg.payload[14:500].decode("utf-8", "replace").strip())
                     return
                 if not msg.payload:
                     return  # a cleared retained message

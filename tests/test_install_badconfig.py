@@ -34,3 +34,40 @@ def test_bad_gate_value_on_flash_means_unprovisioned_not_a_reboot_loop(tmp_path)
         out = vb.mpremote("exec", "import gv.config as c; print(c.problems(__import__('json')"
                                   ".load(open('/config.json'))))")
         assert out.returncode == 0 and "gate.hold_ms" in out.stdout, out.stdout + out.stderr
+
+
+def test_unprovisioned_reader_tells_the_host_why(tmp_path):
+    """A refused config whose Wi-Fi and broker parts are sound: the reader says why on its own
+    status topic (retained) and the host logs it loudly and keeps it in the audit log."""
+    import host_sync  # noqa: F401
+    from host_sync.db import Db
+    from host_sync.registry import Registry
+    from host_sync.store import RegistryData
+    from host_sync.syncer import HostSync
+    from tests.broker import Broker
+
+    db = Db("sqlite:///%s" % (tmp_path / "gv.sqlite3"))
+    reg = Registry(db)
+    reg.add_site("site-a", "A", "PL1")
+    reg.add_reader("gate-01", "site-a")
+    with Broker(readers=[("gate-01", "site-a")]) as b:
+        host = HostSync(RegistryData(db), "127.0.0.1", b.plain_port or b.port, b.host_user, b.host_password)
+        host.start()
+        try:
+            cfg = {"reader_id": "gate-01", "site": "site-a", "virtual": True, "secret": os.urandom(32).hex(),
+                   "site_keys": {"card": os.urandom(16).hex(), "pin": os.urandom(16).hex()},
+                   "broker": b.reader_broker_config("gate-01"), "gate": {"open_ms": 0}}
+            path = tmp_path / "config.json"
+            path.write_text(json.dumps(cfg))
+            with VirtualBoard(BOARD, tmp_path / "flash.img", config=path) as vb:
+                vb.wait_for(lambda e: "reported to the host" in e.get("log", ""), 60)
+                t0 = time.monotonic()
+                while time.monotonic() - t0 < 20 and not reg.audit_log("gate-01"):
+                    time.sleep(0.2)
+                seen = [a for a in reg.audit_log("gate-01") if a["action"] == "reader unprovisioned"]
+                assert seen and "gate.open_ms: 0 is outside 500..60000" in seen[0]["detail"], seen
+                assert not reg.reader("gate-01")["online"]
+                assert len([e for e in vb.events() if e.get("event") == "boot"]) == 1
+        finally:
+            host.stop()
+            db.close()

@@ -169,10 +169,50 @@ def _door_shut(board):
             pass
 
 
-async def _unprovisioned(board, why):
-    # No config: nothing can be decided, so the door stays shut; blink red and keep the REPL.
+def _reachable_config():
+    # The config as it is on flash, when the parts that reach the host (ids, Wi-Fi, broker) are
+    # sound even though the config as a whole was refused: then the reader can say why it is
+    # not running. None otherwise.
+    try:
+        d = C._read_json(C.CONFIG_PATH)
+    except Exception:  # noqa: BLE001 - no file, no JSON: nothing to reach the host with
+        return None
+    for p in C.problems(d, C._on_device()):
+        if p.split(":")[0].split(".")[0] in ("config", "reader_id", "site", "wifi", "broker"):
+            return None
+    return d if (d.get("broker") or {}).get("host") else None
+
+
+async def _report(d, why):
+    # Tell the host (retained, on the reader's own status topic) why this reader is not
+    # deciding cards; the next good boot's "online" replaces it. Once it is acknowledged the
+    # link is closed: an unprovisioned reader keeps no connection.
+    from gv.sync.mqtt import MQTTClient, tls_context
+    from gv.sync.protocol import topic
+    from gv.sync.wifi import WiFi
+
+    rid = d["reader_id"]
+    w = d.get("wifi") or {}
+    asyncio.create_task(WiFi(w.get("ssid"), w.get("password"), rid).run())
+    b = d["broker"]
+    c = MQTTClient(rid, b["host"], b.get("port", 8883), b.get("user", rid), b.get("password"),
+                   ssl=tls_context(b["ca"]) if b.get("tls", True) else None,
+                   server_hostname=b.get("server_name") or b["host"],
+                   connect_timeout_ms=b.get("connect_timeout_ms", 5000), backoff_ms=(2000, 300000))
+    asyncio.create_task(c.run())
+    t = topic(d["site"], rid, "status")
+    if await c.publish(t, ("unprovisioned: " + why)[:480].encode(), qos=1, retain=True):
+        print("grindvakt: reported to the host on %s" % t)
+    c.stop()
+
+
+async def _unprovisioned(board, why, reach=None):
+    # No usable config: nothing can be decided, so the door stays shut; blink red, keep the
+    # REPL, and tell the host why if the config still says how to reach it.
     global _wdt
     print("grindvakt %s: %s" % (VERSION, why))
+    if reach is not None:
+        asyncio.create_task(_report(reach, why))
     red = None
     leds = (board or {}).get("leds") or {}
     if leds.get("red") is not None:
@@ -195,7 +235,7 @@ def main():
         cfg = C.load()
     except C.ConfigError as e:
         try:
-            asyncio.run(_unprovisioned(board, str(e)))
+            asyncio.run(_unprovisioned(board, str(e), _reachable_config()))
         except KeyboardInterrupt:
             _relax_watchdog()
             print("grindvakt: stopped by Ctrl-C; watchdog relaxed to 1 h")
