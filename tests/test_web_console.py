@@ -225,7 +225,8 @@ def test_ledger_day_on_site_now_and_exports(console):
     sign_in(c, "vera")
     page = c.get("/ledger", params={"site": "site-a"}).text
     assert "On site now: 1" in page and "Anna Berg" in page and "PL1234-5678" in page
-    day = at.date().isoformat()
+    from zoneinfo import ZoneInfo
+    day = at.astimezone(ZoneInfo("Europe/Stockholm")).date().isoformat()  # the site's day
     csv_ = c.get("/ledger/export.csv", params={"site": "site-a", "day": day})
     assert csv_.headers["content-type"].startswith("text/csv")
     assert "Anna Berg" in csv_.text and "PL1234-5678" in csv_.text

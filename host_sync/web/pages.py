@@ -43,9 +43,10 @@ def _sites(p: Page) -> list[dict]:
             if p.user.sees(i)]
 
 
-def _tz(p: Page) -> dt.tzinfo:
+def _tz(p: Page, name: str | None = None) -> dt.tzinfo:
+    """The site's own time zone when it has one (`sites add --tz`), else the console's."""
     from host_sync.cli import _tz as tz
-    return tz(p.state.cfg.tz)
+    return tz(name or p.state.cfg.tz)
 
 
 @page("/")
@@ -72,7 +73,8 @@ def alarm_ack(p: Page) -> Response:
     a = alarms.get(p.db, aid)
     if a is None:
         raise NotFound("no alarm #%d" % aid)
-    p.site_allowed(a["site_id"]) if a["site_id"] else None
+    if a["site_id"]:
+        p.site_allowed(a["site_id"])
     try:
         alarms.acknowledge(p.db, aid, p.actor, str(p.form.get("note") or ""))
     except InvalidInput as e:
@@ -359,7 +361,7 @@ def _ledger_day(p: Page) -> tuple[dict, dt.date, list[dict], dt.tzinfo]:
         raise NotFound("no site yet")
     p.site_allowed(site_id)
     site = p.reg.site(site_id)
-    tz = _tz(p)
+    tz = _tz(p, site.get("tz"))
     try:
         day = dt.date.fromisoformat(p.q.get("day")) if p.q.get("day") else now().astimezone(tz).date()
     except ValueError:
@@ -376,7 +378,7 @@ def ledger_page(p: Page) -> Response:
     on_site = [s for s in ledger.shifts(p.db, site["id"], t - ledger.MAX_SHIFT, t)
                if s["end"] is None]
     p.reg.audit("ledger shown", site["id"], "day %s, %d shift(s) (web)" % (day, len(rows)))
-    return p.render("ledger.html", site=site, day=day, rows=rows, on_site=on_site,
+    return p.render("ledger.html", site=site, day=day, rows=rows, on_site=on_site, tz=tz,
                     sites=_sites(p), prev_day=day - dt.timedelta(days=1),
                     next_day=day + dt.timedelta(days=1))
 
@@ -395,7 +397,7 @@ def ledger_export(p: Page) -> Response:
     if fmt == "csv":
         return Response(ledger.to_csv(ledger.SHIFT_HEADER, table), media_type="text/csv",
                         headers=hdrs)
-    pdf = exports.ledger_pdf(site, day, p.state.cfg.tz, table)
+    pdf = exports.ledger_pdf(site, day, site.get("tz") or p.state.cfg.tz, table)
     return Response(pdf, media_type="application/pdf", headers=hdrs)
 
 
