@@ -103,6 +103,15 @@ def _local(ts: str | None, tz: dt.tzinfo) -> str:
     return parse_iso(ts).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _date_arg(option: str, value: str | None) -> dt.date | None:
+    if not value:
+        return None
+    try:
+        return dt.date.fromisoformat(value.strip())
+    except ValueError:
+        raise InvalidInput("%s %r is not a date YYYY-MM-DD" % (option, value))
+
+
 def _ago(ts: str | None) -> str:
     if not ts:
         return "never"
@@ -198,8 +207,8 @@ def cmd_cards_add(ctx: Ctx) -> int:
                   pnr=ids.pnr(a.pnr or ""), employer=a.employer or "",
                   employer_org=ids.org_no(a.org_no or ""), status=rules.INACTIVE,
                   pin_required=a.pin_required,
-                  valid_from=dt.date.fromisoformat(a.valid_from) if a.valid_from else None,
-                  valid_until=dt.date.fromisoformat(a.valid_until) if a.valid_until else None,
+                  valid_from=_date_arg("--valid-from", a.valid_from),
+                  valid_until=_date_arg("--valid-until", a.valid_until),
                   sites=sites)
     versions = ctx.reg.add_card(c)
     card = ctx.reg.card(no)
@@ -299,8 +308,8 @@ def cmd_cards_replace(ctx: Ctx) -> int:
         raise InvalidInput("give the new card's UID with --uid HEX")
     versions = ctx.reg.replace_card(
         a.card_number, a.new_card_number, a.uid,
-        valid_from=dt.date.fromisoformat(a.valid_from) if a.valid_from else None,
-        valid_until=dt.date.fromisoformat(a.valid_until) if a.valid_until else None,
+        valid_from=_date_arg("--valid-from", a.valid_from),
+        valid_until=_date_arg("--valid-until", a.valid_until),
         note=a.note or "")
     old, new = ids.card_no(a.card_number), ids.card_no(a.new_card_number)
     ctx.say("card %s replaces %s for the same person and sites; %s is terminated" % (new, old, old),

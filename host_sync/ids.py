@@ -11,7 +11,8 @@ class InvalidInput(ValueError):
 
 
 _CARD_NO = re.compile(r"^([A-Z]{2})-(\d{2})(\d{2})-(\d{6})$")
-_SITE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+# at most 32: site and reader ids are parts of the readers' MQTT topics (gv.sync.protocol.valid_name)
+_SITE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _READER_ID = _SITE_ID
 UID_LENGTHS = (4, 7, 10)  # ISO 14443-A single, double and triple size
 
@@ -90,15 +91,16 @@ def org_no(s: str) -> str:
 def site_id(s: str) -> str:
     v = s.strip()
     if not _SITE_ID.match(v):
-        raise InvalidInput("site %r: use lower-case letters, digits, '-' or '_' (max 40)" % s)
+        raise InvalidInput("site %r: use lower-case letters, digits, '-' or '_' (max 32: it is part "
+                           "of the readers' MQTT topics)" % s)
     return v
 
 
 def reader_id(s: str) -> str:
     v = s.strip()
     if not _READER_ID.match(v):
-        raise InvalidInput("reader id %r: use lower-case letters, digits, '-' or '_' (max 40)"
-                           % s)
+        raise InvalidInput("reader id %r: use lower-case letters, digits, '-' or '_' (max 32: it "
+                           "is part of its MQTT topics)" % s)
     return v
 
 

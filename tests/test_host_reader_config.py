@@ -81,3 +81,11 @@ def test_readers_config_refuses_and_keeps_the_old_file(op, tmp_path):
           "--broker-host", "127.0.0.1")
     cfg = json.loads(out.read_text())
     assert cfg["virtual"] is True and "wifi" not in cfg and cfg["broker"]["host"] == "127.0.0.1"
+
+
+def test_ids_the_readers_topics_could_not_carry_are_refused_up_front(op):
+    assert op("sites", "add", "s" * 33, "--tax-id", "PL1") == 3 and "max 32" in op.err
+    op.ok("sites", "add", "s" * 32, "--tax-id", "PL1")
+    assert op("readers", "add", "g" * 33, "--site", "site-a") == 3 and "max 32" in op.err
+    assert op("cards", "add", "BB-2401-000001", "--uid", "04a1b2c3", "--valid-from", "31-12-2026") == 3
+    assert "--valid-from '31-12-2026' is not a date YYYY-MM-DD" in op.err
