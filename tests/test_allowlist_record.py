@@ -29,7 +29,8 @@ def _ref_key8(uid: bytes) -> bytes:
 def _ref_pv(uid: bytes, pin: str) -> bytes:
     digits = [int(c) for c in pin] + [0] * (6 - len(pin))
     bcd = bytes(digits[i] << 4 | digits[i + 1] for i in range(0, 6, 2))
-    return _ecb(PK, bytes([3, len(uid)]) + uid + bytes(10 - len(uid)) + bytes([len(pin)]) + bcd)[:3]
+    full = _ecb(PK, bytes([3, len(uid)]) + uid + bytes(10 - len(uid)) + bytes([len(pin)]) + bcd)
+    return bytes([full[0], full[1] & 0xC0, 0])  # the first 10 bits (record.PIN_VER_BITS)
 
 
 def test_vectors():

@@ -36,6 +36,7 @@ GATE_RANGES = {
     "pin_tries": (1, 20, "wrong PINs"),
     "card_lock_ms": (1000, 3600000, "ms"),
     "lock_cap_ms": (1000, 86400000, "ms"),
+    "pin_hard_after": (0, 20, "card locks before one only the host clears (0: never)"),
 }
 BROKER_RANGES = {  # optional broker settings: (low, high, unit)
     "port": (1, 65535, "TCP port"),

@@ -231,46 +231,6 @@ def _try(kit, uid, pin):
     return sigs[-1]
 
 
-def test_wrong_pins_lock_the_card_escalating_and_capped():
-    kit = _pin_card()
-    for lock_ms in (30000, 60000, 100000, 100000):
-        mpt.eq([_try(kit, A, "0000") for _ in range(3)], [S.S_PIN_WRONG, S.S_PIN_WRONG, S.S_CARD_LOCK])
-        mpt.eq(kit.gate.lock_ms, lock_ms)
-        ev = kit.events()[-1]
-        mpt.eq((ev["kind"], ev["reason"], ev["aux"], ev["uid"]), (E.K_LOCKOUT, E.LOCKED_CARD, lock_ms // 1000, A))
-        # locked: the right PIN doesn't even get asked for
-        mpt.eq(_try(kit, A, "4711"), S.S_LOCKED)
-        mpt.eq(kit.decisions()[-1], _ref(E.LOCKED_CARD))
-        # the other card is not affected
-        mpt.eq(_try(kit, B, "1234"), S.S_GRANT)
-        kit.wait(lock_ms)
-    mpt.eq(_try(kit, A, "4711"), S.S_GRANT)
-    mpt.eq(kit.lk.fails(kit.key8(A)), 0)
-    mpt.eq([_try(kit, A, "0000") for _ in range(3)][-1], S.S_CARD_LOCK)
-    mpt.eq(kit.gate.lock_ms, 30000)  # a right PIN reset the escalation
-
-
-def test_pin_timeouts():
-    kit = _pin_card({"pin_policy": "card", "pin_first_ms": 10000, "pin_key_ms": 5000})
-    mpt.eq(kit.present(A, 600), [S.S_PIN_PROMPT])
-    mpt.eq(kit.wait(9500), [])
-    mpt.eq(kit.wait(600), [S.S_PIN_WRONG])
-    mpt.eq(kit.decisions()[-1], _ref(E.PIN_TIMEOUT))
-    mpt.eq(kit.present(A, 600), [S.S_PIN_PROMPT])
-    kit.keys("47")
-    mpt.eq(kit.wait(4900), [])
-    kit.keys("1", step=0)  # each key restarts the inter-key timeout
-    mpt.eq(kit.wait(4900), [])
-    mpt.eq(kit.wait(200), [S.S_PIN_WRONG])
-    mpt.eq(kit.lk.fails(kit.key8(A)), 0)  # a timeout is not a guess
-
-
-def test_keys_outside_pin_entry_do_nothing():
-    kit = _pin_card()
-    mpt.eq(kit.keys("4711#"), [])
-    mpt.eq(kit.decisions(), [])
-
-
 def test_timeline_across_the_esp32_ticks_wrap():
     # The ESP32's ticks wrap at 2**30 ms (12.4 days); the unix port's at 2**62.
     gate_kit.use_ticks_period(gate_kit.ESP32_PERIOD)

@@ -6,7 +6,8 @@
 #   8      status (bits 0-2) | flags << 3 (bits 3-7; F_PIN = 1)
 #   9..10  valid_from  days since 2020-01-01, big-endian (0 = no start)
 #   11..12 valid_until days since 2020-01-01, big-endian (0xFFFF = no end)
-#   13..15 PIN verifier: AES-128-ECB(pin_key, [DOM_PIN, uid_len, uid(10, 0-pad), pin_len, BCD PIN])[:3]
+#   13..15 PIN verifier: AES-128-ECB(pin_key, [DOM_PIN, uid_len, uid(10, 0-pad), pin_len, BCD PIN]),
+#          its first PIN_VER_BITS bits, the rest zero (docs/pin-security.md: why so few)
 # Records sort by key8 as unsigned big-endian bytes; the store relies on that order.
 from gv.compat import const
 
@@ -40,6 +41,11 @@ F_PIN = const(1)  # the card asks for a PIN (pin_policy "card")
 REC_SIZE = const(16)
 KEY_SIZE = const(8)
 PIN_VER_SIZE = const(3)
+# Bits of the verifier a record carries and a reader compares: few enough that a dumped reader's
+# flash leaves many candidate PINs per card (a 6-digit PIN: ~977), while the lockout bounds what
+# guessing at the keypad can try (docs/pin-security.md has the numbers).
+PIN_VER_BITS = const(10)
+_VER_MASK1 = const(0xC0)  # what of byte 14 the 10 bits use (byte 13: all 8)
 NO_START = const(0)
 NO_END = const(0xFFFF)
 MAX_UID = const(10)
@@ -239,14 +245,14 @@ class Keyer:
         if not self._pin_block(uid, uid_len, pin, len(pin)):
             raise ValueError("PIN must be digits")
         _encrypt(self._pin, self._in, self._out)
-        return bytes(self._out[0:3])
+        return bytes((self._out[0], self._out[1] & _VER_MASK1, 0))
 
     def pin_ok(self, uid_mv, uid_len, pin_buf, pin_len, rec):
         """True when pin_buf[:pin_len] matches rec's verifier; the compare is constant-time, no heap.
-        The first 20 bits are compared: the reader's flash keeps no more (more than a 6-digit
-        PIN's 10^6 values would not make guessing at the keypad any harder)."""
+        PIN_VER_BITS bits are compared: a wrong PIN passes with a chance of 2^-10, which the
+        lockout keeps to a few tries (docs/pin-security.md)."""
         good = self._pin_block(uid_mv, uid_len, pin_buf, pin_len)
         _encrypt(self._pin, self._in, self._out)
         o = self._out
-        diff = (o[0] ^ rec[13]) | (o[1] ^ rec[14]) | ((o[2] ^ rec[15]) & 0xF0)
+        diff = (o[0] ^ rec[13]) | ((o[1] ^ rec[14]) & _VER_MASK1)
         return good and diff == 0

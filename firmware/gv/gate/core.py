@@ -9,6 +9,7 @@ from gv.allowlist import record as R
 from gv import events as E
 from gv.compat import const, ticks_add, ticks_diff
 from gv.gate import signals as S
+from gv.gate.lockout import HARD_MS
 from gv.gate.window import Window
 
 # PN532 poll results (same values as gv.pn532.driver; restated so this module imports no driver)
@@ -31,7 +32,7 @@ DEFAULTS = {
     "pin_min": 4, "pin_max": 6, "pin_first_ms": 10000, "pin_key_ms": 5000,
     "wave_count": 3, "wave_window_ms": 10000, "wave_lock_ms": 10000,
     "burst_count": 5, "burst_window_ms": 30000, "reader_lock_ms": 30000,
-    "pin_tries": 3, "card_lock_ms": 30000, "lock_cap_ms": 900000,
+    "pin_tries": 3, "card_lock_ms": 30000, "lock_cap_ms": 900000, "pin_hard_after": 4,
 }
 
 
@@ -79,6 +80,7 @@ class Gate:
         lockouts.tries = c["pin_tries"]
         lockouts.card_lock_ms = c["card_lock_ms"]
         lockouts.cap_ms = c["lock_cap_ms"]
+        lockouts.hard_after = c["pin_hard_after"]
         lockouts.reader_lock_ms = c["reader_lock_ms"]
         self.clock = clock
         self.waves = Window(c["wave_count"], c["wave_window_ms"])
@@ -296,6 +298,8 @@ class Gate:
         sig = self._refuse(now, E.PIN_WRONG, S.S_PIN_WRONG, False)
         if ms:
             self.lock_ms = ms
-            self._log(now, E.K_LOCKOUT, E.R_REFUSE, E.LOCKED_CARD, self._uid_len, ms // 1000)
+            # aux: the lock's seconds, 0 for a lock only the host ends
+            self._log(now, E.K_LOCKOUT, E.R_REFUSE, E.LOCKED_CARD, self._uid_len,
+                      0 if ms >= HARD_MS else ms // 1000)
             return S.S_CARD_LOCK
         return sig

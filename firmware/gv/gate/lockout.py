@@ -8,7 +8,9 @@
 # The runner re-saves (checkpoints) every CHECKPOINT_MS while a lock runs, so a reboot can
 # lengthen a lock by at most CHECKPOINT_MS plus the boot time, and never shorten it.
 # A wrong-PIN try is counted and saved BEFORE the PIN is checked, so cutting the power after
-# typing a PIN buys no extra guess.
+# typing a PIN buys no extra guess. After `hard_after` timed locks in a row a card's lock has no
+# end: only the host clears it (a PIN guesser gets tries*hard_after tries per reader, not a few
+# hundred a day; docs/pin-security.md).
 import os
 import struct
 
@@ -20,6 +22,8 @@ except ImportError:
     from gv.events import crc32
 
 CHECKPOINT_MS = const(30000)
+HARD_MS = const(0x3FFFFFFF)  # card_remaining() of a lock only the host clears (a small int on 32-bit)
+_HARD_REM = 0xFFFFFFFF  # how the file says it
 _MAGIC = b"GVL1"
 _HDR = "<4sIBBB"  # magic, reader remaining ms, reader reason, reader level, card entries
 _HDR_SIZE = const(11)
@@ -29,13 +33,14 @@ _ENT_SIZE = const(14)
 
 class Lockouts:
     def __init__(self, path, slots=32, tries=3, card_lock_ms=30000, cap_ms=900000,
-                 reader_lock_ms=30000):
+                 reader_lock_ms=30000, hard_after=4):
         self.path = path
         self.slots = slots
         self.tries = tries
         self.card_lock_ms = card_lock_ms
         self.cap_ms = cap_ms
         self.reader_lock_ms = reader_lock_ms
+        self.hard_after = hard_after  # timed card locks before one without an end (0: never)
         self._keys = bytearray(8 * slots)
         self._used = bytearray(slots)
         self._fails = bytearray(slots)
@@ -95,8 +100,8 @@ class Lockouts:
             self._used[i] = 1
             self._fails[i] = fails
             self._level[i] = lvl
-            self._locked[i] = 1 if rem else 0
-            self._until[i] = ticks_add(now, rem)
+            self._locked[i] = 2 if rem == _HARD_REM else (1 if rem else 0)
+            self._until[i] = ticks_add(now, rem) if rem != _HARD_REM else now
 
     def save(self, now):
         """Write the whole state (temp file + rename). Expired locks are dropped first."""
@@ -111,7 +116,8 @@ class Lockouts:
         off = _HDR_SIZE
         for i in range(self.slots):
             if self._used[i]:
-                rem = max(0, ticks_diff(self._until[i], now)) if self._locked[i] else 0
+                lk = self._locked[i]
+                rem = _HARD_REM if lk == 2 else (max(0, ticks_diff(self._until[i], now)) if lk else 0)
                 struct.pack_into(_ENT, b, off, bytes(self._keys[8 * i:8 * i + 8]), self._fails[i],
                                  self._level[i], rem)
                 off += _ENT_SIZE
@@ -126,7 +132,7 @@ class Lockouts:
     def checkpoint(self, now):
         """Called by the runner each loop: re-save every CHECKPOINT_MS while any lock runs, so a
         reboot resumes close to the true remaining time. True when it wrote."""
-        if ticks_diff(now, self._last_save) < CHECKPOINT_MS or not self.any_locked(now):
+        if ticks_diff(now, self._last_save) < CHECKPOINT_MS or not self.any_locked(now, True):
             return False
         self.save(now)
         return True
@@ -154,6 +160,8 @@ class Lockouts:
         i = self._find(key8)
         if i < 0 or not self._locked[i]:
             return 0
+        if self._locked[i] == 2:
+            return HARD_MS
         r = ticks_diff(self._until[i], now)
         return r if r > 0 else 0
 
@@ -161,12 +169,18 @@ class Lockouts:
         i = self._find(key8)
         return self._fails[i] if i >= 0 else 0
 
-    def any_locked(self, now):
+    def any_locked(self, now, timed_only=False):
+        """A lock running now; timed_only: leave out locks only the host ends (nothing to
+        checkpoint there)."""
         if self.reader_remaining(now):
             return True
         for i in range(self.slots):
-            if self._used[i] and self._locked[i] and ticks_diff(self._until[i], now) > 0:
-                return True
+            if self._used[i] and self._locked[i]:
+                if self._locked[i] == 2:
+                    if not timed_only:
+                        return True
+                elif ticks_diff(self._until[i], now) > 0:
+                    return True
         return False
 
     def _expire(self, now):
@@ -177,7 +191,7 @@ class Lockouts:
             self.reader_reason = 0
             ended = True
         for i in range(self.slots):
-            if self._used[i] and self._locked[i] and ticks_diff(self._until[i], now) <= 0:
+            if self._used[i] and self._locked[i] == 1 and ticks_diff(self._until[i], now) <= 0:
                 self._locked[i] = 0
             if self._used[i] and not self._locked[i] and not self._fails[i] and not self._level[i]:
                 self._used[i] = 0
@@ -226,7 +240,9 @@ class Lockouts:
                 if not self._used[i]:
                     best = i
                     break
-                s = (ticks_diff(self._until[i], now) if self._locked[i] else -1000000 + self._fails[i])
+                lk = self._locked[i]  # a lock only the host ends is never given up
+                s = (HARD_MS if lk == 2 else ticks_diff(self._until[i], now) if lk
+                     else -1000000 + 256 * self._level[i] + self._fails[i])
                 if score is None or s < score:
                     best, score = i, s
             i = best
@@ -260,10 +276,13 @@ class Lockouts:
         return ms
 
     def _lock_card(self, i, now):
-        ms = min(self.card_lock_ms << min(self._level[i], 16), self.cap_ms)
         self._fails[i] = 0
         if self._level[i] < 255:
             self._level[i] += 1
+        if self.hard_after and self._level[i] >= self.hard_after:
+            self._locked[i] = 2  # until the host clears it
+            return HARD_MS
+        ms = min(self.card_lock_ms << min(self._level[i] - 1, 16), self.cap_ms)
         self._locked[i] = 1
         self._until[i] = ticks_add(now, ms)
         return ms

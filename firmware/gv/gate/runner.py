@@ -13,6 +13,7 @@ from gv import events as E
 from gv.compat import ticks_add, ticks_diff, ticks_ms
 from gv.gate import core
 from gv.gate import signals as S
+from gv.gate.lockout import HARD_MS
 from gv.gate.clock import Clock
 
 FAULT_STORM = 50  # consecutive failing passes after which the watchdog is left to bite
@@ -120,7 +121,10 @@ class GateRunner:
         self.leds.play(now, p[0], p[1], p[3])
         self.buzzer.play(now, p[2], p[3])
         if sig == S.S_WAVE_LOCK or sig == S.S_READER_LOCK or sig == S.S_CARD_LOCK:
-            self.log("gate: locked (%s) for %d s" % (E.REASONS.get(E.LOCKED_CARD if sig == S.S_CARD_LOCK else self.lockouts.reader_reason, "?"), self.gate.lock_ms // 1000))
+            ms = self.gate.lock_ms
+            self.log("gate: locked (%s) %s" % (
+                E.REASONS.get(E.LOCKED_CARD if sig == S.S_CARD_LOCK else self.lockouts.reader_reason, "?"),
+                "until the host clears it" if ms >= HARD_MS else "for %d s" % (ms // 1000)))
 
     def _show_lock(self, now):
         # While the reader is locked (also after a reboot) its pattern plays whenever nothing else does.
