@@ -7,7 +7,8 @@
   lagging    a reader has not applied a blocking change (block, suspend, terminate) for longer
              than the lag limit: a card that should be refused may still open that gate
   offline    a reader that was seen is offline (its will message or a missed keep-alive)
-  memory     a reader reports free heap or free flash under the limits below
+  memory     a reader's health shows low memory or a full flash (host_sync.health's thresholds,
+             the ones `readers list` warns by)
 
 A condition alarm (lagging, offline, memory) is raised once while the condition lasts and
 cleared when it ends; an event alarm (duress, lockouts) is cleared at once. Either stays on every
@@ -53,8 +54,6 @@ KINDS = ("duress", "lockouts", "lagging", "offline", "memory")
 SINK_KINDS = ("webhook", "smtp", "mqtt")
 LOCKOUTS_N = 3
 LOCKOUTS_WINDOW_S = 600.0
-LOW_HEAP = 12_000  # bytes of free MicroPython heap below which a reader is flagged
-LOW_FLASH = 64 * 1024  # bytes of free flash
 MAX_ATTEMPTS = 30
 BACKOFF_MAX_S = 300.0
 SEND_TIMEOUT_S = 10.0
@@ -161,15 +160,10 @@ def _conditions(db: Db, t: dt.datetime, lag_limit_s: float, offline_after_s: flo
             h = json.loads(health) if health else {}
         except ValueError:
             h = {}
-        heap, flash = h.get("free_heap"), h.get("free_flash")
-        low = []
-        if isinstance(heap, int) and heap < LOW_HEAP:
-            low.append("free heap %d bytes" % heap)
-        if isinstance(flash, int) and flash < LOW_FLASH:
-            low.append("free flash %d bytes" % flash)
+        low = _memory(h)
         if low:
             want["memory:%s" % rid] = ("memory", site, rid, "%s (site %s) is low on memory: %s"
-                                       % (rid, site, ", ".join(low)))
+                                       % (rid, site, "; ".join(low)))
     for key, (kind, site, rid, msg) in want.items():
         if key not in open_keys:
             aid = raise_alarm(db, kind, key, msg, site, rid, condition=True)
@@ -178,6 +172,21 @@ def _conditions(db: Db, t: dt.datetime, lag_limit_s: float, offline_after_s: flo
     for key in open_keys - set(want):
         _clear(db, key)
     return new
+
+
+def _memory(h: dict) -> list[str]:
+    """What the reader's health says about its memory, in the words `readers list` uses
+    (host_sync.health: one definition of the thresholds); a reader that sends no HEALTH
+    report is judged by its HELLO's free heap."""
+    from host_sync import health as hl
+    out = hl.memory_warnings(h)
+    att = hl.attention(h)
+    if att:
+        out.insert(0, att)
+    heap = h.get("free_heap")
+    if not h.get("mem") and isinstance(heap, int) and heap < hl.GC_FREE_MIN:
+        out.append("GC heap low (%s free)" % hl.kib(heap))
+    return out
 
 
 # -- reading and acknowledging -----------------------------------------------------------------

@@ -36,4 +36,6 @@ def install(env: Any, cfg: Any) -> None:
     env.filters["kind"] = lambda k: evc.KINDS.get(k, str(k))
     env.filters["result"] = lambda r: evc.RESULTS.get(r, str(r))
     env.filters["reason"] = lambda r: evc.REASONS.get(r, str(r))
+    from host_sync import health
+    env.filters["health"] = health.summary  # the words of `readers list`
     env.globals["tz_name"] = cfg.tz
