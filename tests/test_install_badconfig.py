@@ -71,3 +71,31 @@ def test_unprovisioned_reader_tells_the_host_why(tmp_path):
         finally:
             host.stop()
             db.close()
+
+
+def test_a_start_up_that_fails_every_boot_stops_after_three(tmp_path):
+    """Not a config the validation knows (here a board file without its PN532): the reader
+    reboots after a fatal error, but the third in a row leaves it in the safe state, door shut,
+    instead of a reboot loop; a healthy run clears the count."""
+    cfg = {"reader_id": "gate-01", "site": "site-a", "secret": os.urandom(32).hex(),
+           "site_keys": {"card": os.urandom(16).hex(), "pin": os.urandom(16).hex()}}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    with VirtualBoard(BOARD, tmp_path / "flash.img", config=path) as vb:
+        vb.wait_for(lambda e: "reader gate-01 at site-a up" in e.get("log", ""), 60)
+        board = json.loads((ROOT / "boards" / "esp32-devkitc-i2c.json").read_text())
+        board.pop("pn532")
+        code = "import json\nf = open('board.json', 'w'); json.dump(%r, f); f.close()" % board
+        assert vb.mpremote("exec", code, resume=False).returncode == 0
+        vb.mark()
+        vb.send("reset")
+        stopped = vb.wait_for(lambda e: "stopped after 3 fatal errors in a row" in e.get("log", ""), 90)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 7:
+            time.sleep(0.5)
+        boots = [e for e in vb.events() if e.get("event") == "boot"]
+        assert [b["cause"] for b in boots[-3:]] == ["power-on", "hard", "hard"], boots
+        assert boots[-1]["t"] < stopped["t"]  # and none since: 7 s, more than the 5 s pause
+        assert not any(e.get("dev") == "relay" and e.get("on") for e in vb.events()[-200:])
+        out = vb.mpremote("exec", "print(open('fatal.json').read())", resume=False)
+        assert '"n": 3' in out.stdout and "KeyError" in out.stdout, out.stdout

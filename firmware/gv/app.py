@@ -17,6 +17,9 @@ CLOCK_PATH = "/clock"  # the wall clock's lower bound (gv.gate.clock), kept thro
 WDT_MS = 8000
 REBOOT_DELAY_MS = 1500  # let the command's result reach the host first
 FATAL_PAUSE_MS = 5000  # shorter than the watchdog (not started, or fed until here)
+FATAL_PATH = "/fatal.json"  # fatal errors in a row, kept through the reboot that follows each
+FATAL_LIMIT = 3  # then the reader stays in the safe state instead of rebooting again
+HEALTHY_MS = 60000  # running this long clears the count
 
 _wdt = None
 
@@ -153,11 +156,43 @@ class Reader:
     async def run(self):
         print("grindvakt %s: reader %s at %s up; allowlist v%d" % (
             VERSION, self.cfg.reader_id, self.cfg.site, self.allowlist.version))
-        tasks = [asyncio.create_task(self.gate.run()), asyncio.create_task(self._keep_clock())]
+        tasks = [asyncio.create_task(self.gate.run()), asyncio.create_task(self._keep_clock()),
+                 asyncio.create_task(_healthy_after(HEALTHY_MS))]
         if self.sync is not None:
             tasks.append(asyncio.create_task(self.wifi.run()))
             tasks.append(asyncio.create_task(self.sync.run()))
         await asyncio.gather(*tasks)
+
+
+async def _healthy_after(ms):
+    await asyncio.sleep_ms(ms)
+    if _fatal_count()[0]:
+        _set_fatal(0, "")
+
+
+def _fatal_count():
+    import json
+
+    try:
+        with open(FATAL_PATH) as f:
+            d = json.load(f)
+        return int(d.get("n", 0)), str(d.get("last", ""))
+    except Exception:  # noqa: BLE001 - none yet, or unreadable: count from zero
+        return 0, ""
+
+
+def _set_fatal(n, last):
+    import json
+    import os
+
+    try:
+        if n:
+            with open(FATAL_PATH, "w") as f:
+                json.dump({"n": n, "last": last[:200]}, f)
+        else:
+            os.remove(FATAL_PATH)
+    except Exception:  # noqa: BLE001 - a full or failing flash: reboot as before
+        pass
 
 
 def _door_shut(board):
@@ -255,6 +290,22 @@ def main():
 
             memory.note_error("app")  # counted across the reboot, reported in HEALTH
         sys.print_exception(e)
-        print("grindvakt: fatal error, rebooting in %d s" % (FATAL_PAUSE_MS // 1000))
+        n = _fatal_count()[0] + 1
+        last = "%s: %s" % (type(e).__name__, e)
+        _set_fatal(n, last)
+        if n >= FATAL_LIMIT:  # it fails the same way every boot: no reboot loop, wait for a person
+            reader = None
+            gc.collect()
+            asyncio.new_event_loop()  # the failed reader's tasks go with the old loop
+            why = ("stopped after %d fatal errors in a row (last: %s); the door stays shut. Fix the "
+                   "cause (deploy again), then reset the board" % (n, last))
+            try:
+                asyncio.run(_unprovisioned(board, why, _reachable_config()))
+            except KeyboardInterrupt:
+                _relax_watchdog()
+                print("grindvakt: stopped by Ctrl-C; watchdog relaxed to 1 h")
+            return
+        print("grindvakt: fatal error, rebooting in %d s (%d of %d before it stops trying)"
+              % (FATAL_PAUSE_MS // 1000, n, FATAL_LIMIT))
         time.sleep_ms(FATAL_PAUSE_MS)  # no hot reboot loop; the door stays shut meanwhile
         machine.reset()
