@@ -6,7 +6,8 @@
   lockouts   LOCKOUTS_N lockout events at one reader within LOCKOUTS_WINDOW_S
   lagging    a reader has not applied a blocking change (block, suspend, terminate) for longer
              than the lag limit: a card that should be refused may still open that gate
-  offline    a reader that was seen is offline (its will message or a missed keep-alive)
+  offline    a reader that was seen has been offline for OFFLINE_AFTER_S (its will message or a
+             missed keep-alive; a reboot is not an alarm)
   memory     a reader's health shows low memory or a full flash (host_sync.health's thresholds,
              the ones `readers list` warns by)
 
@@ -54,6 +55,7 @@ KINDS = ("duress", "lockouts", "lagging", "offline", "memory")
 SINK_KINDS = ("webhook", "smtp", "mqtt")
 LOCKOUTS_N = 3
 LOCKOUTS_WINDOW_S = 600.0
+OFFLINE_AFTER_S = 60.0  # a reboot or a short outage is not an alarm; a minute offline is
 MAX_ATTEMPTS = 30
 BACKOFF_MAX_S = 300.0
 SEND_TIMEOUT_S = 10.0
@@ -94,7 +96,7 @@ def _clear(db: Db, key: str) -> None:
                (now_iso(), key))
 
 
-def scan(db: Db, lag_limit_s: float = 60.0, offline_after_s: float = 0.0) -> list[int]:
+def scan(db: Db, lag_limit_s: float = 60.0, offline_after_s: float = OFFLINE_AFTER_S) -> list[int]:
     """One pass over events (since the last pass) and reader states; returns new alarm ids."""
     new: list[int] = []
     t = now()
