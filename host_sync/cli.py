@@ -705,15 +705,16 @@ def cmd_status(ctx: Ctx) -> int:
                                          "last_seen": r["last_seen"]} for r in todo]},
                            indent=1, default=str))
         return EXIT_PENDING if todo else EXIT_OK
-    ctx.say("change %s:%d  %s %s  by %s at %s" % (site, version, ch["action"], ch["subject"],
-                                                  ch["actor"], ch["at"]))
+    tz, tzname = _site_tz(ctx, site)
+    ctx.say("change %s:%d  %s %s  by %s at %s (%s)" % (site, version, ch["action"], ch["subject"],
+                                                       ch["actor"], _local(ch["at"], tz), tzname))
     ctx.say("applied by %d of %d reader(s)" % (len(done), len(readers)))
     for r in done:
         ctx.say("  ok       %s (at version %d, %s)" % (r["id"], r["applied_version"],
                                                       _ago(r["applied_at"])))
     for r in todo:
         ctx.say("  PENDING  %s (at version %d) since %s (%s); %s, last seen %s"
-                % (r["id"], r["applied_version"], ch["at"], _ago(ch["at"]).replace(" ago", ""),
+                % (r["id"], r["applied_version"], _local(ch["at"], tz), _ago(ch["at"]).replace(" ago", ""),
                    "online" if r["online"] else "OFFLINE", _ago(r["last_seen"])))
         att = (r["health"] or {}).get("attention")
         if att:

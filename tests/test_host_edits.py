@@ -220,3 +220,4 @@ def test_times_are_shown_in_the_sites_time_zone(op):
     assert "2026-03-02 15:55:00" in op.out
     shown = op.ok("cards", "show", CARD)
     assert "history (latest first, Europe/Stockholm)" in shown
+    assert op("status", "site-b:1") == 0 and "(Asia/Tokyo)" in op.out  # no readers: nothing pending
