@@ -114,3 +114,16 @@ def test_stock_mpy_deploy_is_refused_on_a_board_without_psram(tmp_path):
         p, said = _progress()
         rep = deploy.deploy(vb.pty, WROVER, progress=p, allow_small_heap=True, **kw)
         assert "WARNING (--allow-small-heap)" in said.getvalue() and "gv/app.mpy" in rep.copied
+
+
+def test_the_frozen_deploy_ends_with_the_readers_authentic_hello(tmp_path):
+    from tests.broker import Broker
+    from tests.test_install_hello import config_for
+
+    with Broker(readers=[("gate-01", "site-a")]) as b, \
+            VirtualBoard(FROZEN, tmp_path / "flash.img", blank=True, romfs=True) as vb:
+        vb.wait_for(lambda e: e.get("event") == "boot", 30)
+        rep = deploy.deploy(vb.pty, FROZEN, config=config_for(b), hello_timeout=60, mqtt_user=b.host_user,
+                            mqtt_password=b.host_password, progress=deploy.Progress(quiet=True),
+                            build_root=tmp_path / "b")
+        assert rep.copied == ["board.json"] and rep.hello is not None and rep.hello["fw"], rep.as_dict()
