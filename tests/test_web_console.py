@@ -378,3 +378,13 @@ def test_events_page_filters_and_pages(console):
     sign_in(a, "amir")
     assert c.get("/events", params={"site": "site-b"}).text.count("<tr class=") == 0
     assert a.get("/events", params={"site": "site-b"}).status_code == 403  # not his site
+
+
+def test_a_site_limited_operator_cannot_import_changes_to_other_sites(console):
+    o, db, app = console
+    a = client(app)
+    sign_in(a, "amir")  # operator of site-a only
+    csv_ = "card_number,uid,status\n%s,04c0ffee112233,terminated\n" % CARL  # Carl is on site-b
+    r = a.post("/import", data={"csrf": csrf_of(a, "/import")},
+               files={"file": ("cards.csv", csv_.encode(), "text/csv")})
+    assert "touches sites outside your account" in r.text and 'name="token"' not in r.text

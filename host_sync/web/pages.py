@@ -277,6 +277,8 @@ def import_page(p: Page) -> Response:
         return p.render("import.html", sites=sites, plan=None, token="", lines=[], name=name,
                         errors=[(0, str(e))])
     touched = {s for c in plan.new for s in c.sites} | {s for _, s in plan.new_links}
+    for no in {x[0] for x in plan.status} | {x[0] for x in plan.details}:
+        touched |= set(p.reg.card(no)["sites"]) or {"(no site)"}
     if p.user.sites and not all(p.user.sees(s) for s in touched):
         return p.render("import.html", sites=sites, plan=None, token="", lines=[], name=name,
                         errors=[(0, "the file touches sites outside your account")])
