@@ -3,6 +3,7 @@
 # relay, a waved card locks the reader, bus faults and a hung chip never open it.
 import time
 import mpt
+from gv.allowlist import store  # noqa: F401 - compiled first, while the heap is in one piece
 from gate_kit import Kit
 from gate_hw import FakePin, FakeWDT
 from gv.allowlist import record as R
