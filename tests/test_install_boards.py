@@ -107,3 +107,12 @@ def test_each_board_says_which_firmware_and_stock_needs_psram():
         boards.validate(_with(wrover, ("psram",), "octal"))
     with pytest.raises(boards.BoardError, match="psram_mb: 3"):
         boards.validate(_with(wrover, ("psram_mb",), 3))
+
+
+def test_check_refuses_a_frozen_board_whose_flash_the_firmware_does_not_fit(tmp_path):
+    small = tmp_path / "s3-4mb.json"
+    small.write_text(json.dumps(_with(S3, ("flash_mb",), 4)))  # an ESP32-S3 N4: the S3 table needs 8 MB
+    out = subprocess.run([sys.executable, "-m", "tools.boards", "check", str(small)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "the frozen firmware GRINDVAKT_ESP32S3: vfs ends at 0x800000, past the end of 4 MB" \
+        in out.stdout, out.stdout + out.stderr

@@ -279,6 +279,14 @@ def main(argv: list[str] | None = None) -> int:
             bad += 1
             print(f"REFUSED {e}")
             continue
+        if b.firmware == "frozen":  # the firmware's partition table must fit this module's flash
+            from tools import firmware
+            d = firmware.def_dir(b.chip)
+            fit = firmware.check_partitions(d / "partitions.csv", b.data["flash_mb"])
+            if fit:
+                bad += 1
+                print(f"REFUSED {f}: the frozen firmware {d.name}: " + "; ".join(fit))
+                continue
         ram = f", {b.psram_mb} MB PSRAM" if b.psram_mb else ""
         print(f"ok {f}: {b.name} ({b.chip}, {len(b.pins)} pins, {b.data['flash_mb']} MB flash{ram}, "
               f"{b.firmware} firmware)")

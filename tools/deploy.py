@@ -437,6 +437,9 @@ def frozen_expect(board: boards.Board, flash: bool, out_root: Path | None = None
     from tools import firmware
 
     d = firmware.def_dir(board.chip)
+    fit = firmware.check_partitions(d / "partitions.csv", board.data["flash_mb"])
+    if fit:
+        raise DeployError(f"{board.path.name}: the frozen firmware {d.name} does not fit this board: " + "; ".join(fit))
     want = firmware.build_id(d)
     if flash:
         built = firmware.built_manifest(board.path, out_root or firmware.OUT)
