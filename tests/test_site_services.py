@@ -137,6 +137,12 @@ def test_serve_says_why_it_cannot_reach_the_broker_and_keeps_trying(host, tmp_pa
     wait_for(lambda: host.run("status").returncode == 0, 60, "serve connected")
     assert "connected to the broker 127.0.0.1:%d" % port in host.run("status").stdout
     assert "host sync connected to the broker 127.0.0.1:%d after" % port in log.read_text()
+    # stopped: status says so (exit 5) rather than showing the last good state
+    serve_proc = host.procs[0]
+    serve_proc.terminate()
+    serve_proc.wait(15)
+    st = host.run("status")
+    assert st.returncode == 5 and "NOT RUNNING" in st.stdout, st.stdout
 
 
 def test_a_refused_account_and_an_untrusted_certificate_are_named(host, tmp_path):

@@ -661,6 +661,8 @@ def deploy(port: str, board_path: str | Path, reader: str | None = None, *, conf
         if reset and hello_timeout:
             waiter = hello_waiter(config, mqtt, mqtt_user, mqtt_password, db)
             waiter.start()
+            if isinstance(waiter, hello.RegistryHelloWaiter) and not waiter.serve_up():
+                p.say(f"warning: {waiter.serve_state()}: the hello cannot be seen until it runs")
         if reset:
             p.say("resetting the board")
             dev.reset()

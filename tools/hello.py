@@ -167,6 +167,11 @@ class RegistryHelloWaiter:
             return {"fw": row[0], "al_version": h.get("hello_version"), "at": at}
         return None
 
+    def serve_up(self) -> bool:
+        from host_sync import serve
+        return any(r.get("running") and r["age_s"] < 20 and r["connected"]
+                   for r in serve.instances(self.db))
+
     def serve_state(self) -> str:
         from host_sync import serve
         live = [r for r in serve.instances(self.db) if r.get("running") and r["age_s"] < 20]
