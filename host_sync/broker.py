@@ -21,9 +21,13 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import host_sync  # noqa: F401 - puts firmware/ on sys.path
-from gv.sync.protocol import topic, valid_name
+from gv.sync.protocol import MAX_MSG, topic, valid_name
 
 PBKDF2_ITERATIONS = 101  # what mosquitto_passwd writes by default ($7$ = PBKDF2-SHA512)
+# The broker refuses what no grindvakt message needs: a publish over MAX_MSG bytes of payload is
+# dropped (never forwarded to the host or a reader), and a client sending any packet over
+# MAX_PACKET (payload + topic + header, or a CONNECT with a long will) is disconnected.
+MAX_PACKET = MAX_MSG + 512
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,15 @@ def conf_text(passwd_path: str, acl_path: str, port: int = 8883, tls: TlsFiles |
     """mosquitto.conf: a TLS listener on `port` (plain if tls is None) on each address in
     `bind` (None: every address of the host), optionally a plain listener on plain_port
     (loopback host service only: bind it to 127.0.0.1). Every path must be absolute: mosquitto
-    resolves relative ones against the folder it was started from."""
+    resolves relative ones against the folder it was started from.
+
+    On the readers' listener a client's id is its user name (`use_username_as_clientid`): a
+    stolen reader account can only ever connect as that reader, never take over (and so
+    disconnect) another reader or the host. The host's plain loopback listener does not bind
+    ids, so several `serve` instances can share one host account; their ids carry a random part
+    (serve.py) and that listener is reachable from the host machine only. Host-side clients
+    that connect to the readers' listener instead get the account name as id: two of them with
+    one account replace each other (give each its own account)."""
     for path in [passwd_path, acl_path, persistence_dir, log_path] + (
             [tls.cafile, tls.certfile, tls.keyfile] if tls else []):
         if path and not os.path.isabs(path):
@@ -127,7 +139,8 @@ def conf_text(passwd_path: str, acl_path: str, port: int = 8883, tls: TlsFiles |
            "per_listener_settings false", "allow_anonymous false",
            f"password_file {passwd_path}", f"acl_file {acl_path}",
            f"max_queued_messages {max_queued}", "max_inflight_messages 20",
-           "max_keepalive 600", "set_tcp_nodelay true"]
+           "max_keepalive 600", "set_tcp_nodelay true",
+           f"message_size_limit {MAX_MSG}", f"max_packet_size {MAX_PACKET}"]
     if run_as:  # mosquitto started as root drops to this user (its default: "mosquitto")
         out += [f"user {run_as}"]
     if persistence_dir:
@@ -138,7 +151,7 @@ def conf_text(passwd_path: str, acl_path: str, port: int = 8883, tls: TlsFiles |
             "log_type error", "log_type warning", "log_type notice", "log_type subscribe",
             "connection_messages true"]
     for a in addrs:
-        out += ["", f"listener {port}" + (f" {a}" if a else "")]
+        out += ["", f"listener {port}" + (f" {a}" if a else ""), "use_username_as_clientid true"]
         if tls is not None:  # TLS settings belong to the listener above them
             out += [f"cafile {tls.cafile}", f"certfile {tls.certfile}", f"keyfile {tls.keyfile}",
                     "tls_version tlsv1.2"]
@@ -166,6 +179,49 @@ def write_config(out_dir: str | os.PathLike, readers: Sequence[ReaderAccount],
                                  persistence_dir, log_path, run_as=run_as), 0o644 if group is not None
            else 0o600, group)
     return files
+
+
+def write_accounts(out_dir: str | os.PathLike, readers: Sequence[ReaderAccount],
+                   hosts: Sequence[HostAccount]) -> BrokerFiles:
+    """Rewrite only passwd and acl in out_dir (a reader revoked or re-keyed), keeping each
+    file's mode and group; reload the broker after (reload())."""
+    _check(readers, hosts)
+    d = Path(out_dir).resolve()
+    files = BrokerFiles(str(d / "mosquitto.conf"), str(d / "passwd"), str(d / "acl"))
+    for path, text in ((files.passwd, passwd_text(readers, hosts)),
+                       (files.acl, acl_text(readers, hosts))):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        _write(path, text)
+        if st is not None:  # keep what site set-up chose (e.g. root:mosquitto 0640)
+            try:
+                os.chown(path, -1, st.st_gid)
+            except PermissionError:
+                pass
+            os.chmod(path, st.st_mode & 0o777)
+    return files
+
+
+def reload(pid: int | None = None, command: str | None = None) -> str:
+    """Make a running mosquitto reread passwd and acl: SIGHUP to `pid`, or run `command` (e.g.
+    `systemctl reload mosquitto`). On reload mosquitto 2 disconnects clients whose password no
+    longer checks and applies the new ACL to everyone connected. Returns what was done."""
+    import shlex
+    import signal
+    import subprocess
+
+    if pid:
+        os.kill(int(pid), signal.SIGHUP)
+        return "SIGHUP to mosquitto (pid %d)" % int(pid)
+    if command:
+        r = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            raise BrokerConfigError("%r failed (exit %d): %s" % (command, r.returncode,
+                                                                 (r.stderr or r.stdout).strip()))
+        return "ran %r" % command
+    raise BrokerConfigError("no way to reload the broker: give --broker-pid or --reload-cmd")
 
 
 def _write(path: str, text: str, mode: int = 0o600, group: int | None = None) -> None:

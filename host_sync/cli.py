@@ -977,7 +977,8 @@ def cmd_site_init(ctx: Ctx) -> int:
     try:
         siteconf.mosquitto_bin()
         old = siteconf.SiteConf.load()
-        conf = siteconf.init(a.name or [], a.address or [], a.bind, a.port, force=a.new_ca)
+        conf = siteconf.init(a.name or [], a.address or [], a.bind, a.port, force=a.new_ca,
+                             host_port=a.host_port or (old.host_port if old else None))
         if a.run_as is not None:
             conf.run_as = a.run_as or None
             conf.save()
@@ -999,8 +1000,8 @@ def cmd_site_init(ctx: Ctx) -> int:
                                                       " kept" if old and not a.new_ca else ""),
             "  broker cert    %s for %s (until %s)" % (conf.pki.server_pem, ", ".join(srv.names),
                                                         srv.not_after.date()),
-            "  mosquitto      %s: TLS on %s, no plain listener, %d reader account(s)"
-            % (files.conf, listen, len(readers)),
+            "  mosquitto      %s: TLS on %s, %d reader account(s); the host's own on "
+            "127.0.0.1:%s" % (files.conf, listen, len(readers), conf.host_port),
             "                 runs as %s%s" % (conf.run_as or "root",
                                                " (its files are group %s)" % conf.run_as
                                                if conf.owner()[1] is not None else ""),
@@ -1409,6 +1410,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--bind", action="append", help="listen only on this address (repeatable; "
                    "default every address); 127.0.0.1 is added for the host's own service")
     x.add_argument("--port", type=int, default=8883, help="the broker's TLS port (8883)")
+    x.add_argument("--host-port", type=int, help="the host service's own listener on 127.0.0.1 "
+                   "(default --port + 1): readers' client ids are bound to their accounts on "
+                   "--port, host-side clients share the host account here")
     x.add_argument("--run-as", help="the user mosquitto runs as (default: 'mosquitto' as root, "
                    "else you)")
     x.add_argument("--new-ca", action="store_true", help="replace the site CA (every reader "

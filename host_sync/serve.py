@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import threading
@@ -77,6 +78,8 @@ class Service:
         self.commands_sent = 0
         self._next_expire = 0.0
         self._next_clock = 0.0
+        self._cred_check = 0.0
+        self._cred_gen = -1
 
     LEASE = "push"
     LEASE_TTL_S = 3.0
@@ -127,6 +130,8 @@ class Service:
         """Push every site whose version moved, send queued operator commands; returns the
         messages published."""
         n = self.run_commands()
+        self.engine.housekeeping()  # refused-message counts, the shared counter mark
+        self.check_credentials()
         if not self.leader():
             self.seen.clear()  # look again at everything once we lead
             self._nudge_at = None
@@ -170,6 +175,18 @@ class Service:
                 self.data.reg.audit("reader lagging a block", rid,
                                     "site=%s applied=%d pending since %s" % (site, applied, since))
         return n
+
+    def check_credentials(self) -> None:
+        """Once a second: if a reader was revoked or re-keyed (in any process), drop the
+        sessions made with its old secret, so nothing sealed with it is taken any more."""
+        now = time.monotonic()
+        if now < self._cred_check:
+            return
+        self._cred_check = now + 1.0
+        gen = self.data.credentials_gen()
+        if gen != self._cred_gen:
+            self._cred_gen = gen
+            self.engine.recheck_credentials()
 
     def run_commands(self) -> int:
         """Every instance sends queued commands (each claims a row before sending it, so one
@@ -220,15 +237,21 @@ def run(ctx: Any) -> int:
     a = ctx.args
     from host_sync.cli import _site_conf
     site = _site_conf()  # `site init` recorded the broker's port and the CA to trust
+    host_listener = False
     if a.broker_port is None:
-        a.broker_port = site.port if site else 8883
-    if a.tls_ca is None and site is not None and not a.plain:
+        # the site's host listener (loopback, ids not bound: instances share the account)
+        host_listener = bool(site and site.host_port)
+        a.broker_port = (site.host_port or site.port) if site else 8883
+    if a.tls_ca is None and site is not None and not a.plain and not host_listener:
         a.tls_ca = str(site.trust)
     instance = a.instance or "%s-%d" % (socket.gethostname(), os.getpid())
     data = CappedData(RegistryData(ctx.db, actor="serve:%s" % instance))
     password = os.environ.get(a.broker_password_env) or host_broker_account(ctx.reg)[1]
+    # a client id nobody can guess: where ids are not bound to accounts (the host's loopback
+    # listener) a known id would let any account that reaches it take the host's place
+    client_id = "gv-host-%s-%s" % (instance, secrets.token_hex(8))
     engine = HostSync(data, a.broker_host, a.broker_port, user=a.broker_user, password=password,
-                      client_id="gv-host-%s" % instance, ca_file=a.tls_ca, share_group=a.group)
+                      client_id=client_id, ca_file=a.tls_ca, share_group=a.group)
     svc = Service(data, engine, instance, lag_limit_s=a.lag_limit)
     stop = threading.Event()
 

@@ -49,6 +49,9 @@ class SiteConf:
     port: int = 8883
     bind: list[str] | None = None  # None: every address of this host
     run_as: str | None = None  # who mosquitto runs as once started (root drops to it)
+    # the host side's own listener (127.0.0.1, plain): client ids there are not bound to
+    # account names, so serve instances and tools can share the host account (docs/security.md)
+    host_port: int | None = None
     data_dir: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     dir: Path = field(default_factory=paths.config_dir, repr=False, compare=False)
@@ -83,7 +86,8 @@ class SiteConf:
             return None
         except (OSError, ValueError) as e:
             raise SiteError("cannot read %s: %s" % (d / SITE_FILE, e))
-        known = {k: raw[k] for k in ("names", "reader_host", "port", "bind", "run_as", "data_dir")
+        known = {k: raw[k] for k in ("names", "reader_host", "port", "bind", "run_as", "data_dir",
+                                     "host_port")
                  if k in raw}
         return cls(**known, extra={k: v for k, v in raw.items() if k not in known}, dir=d.resolve())
 
@@ -121,7 +125,7 @@ def default_names() -> list[str]:
 
 
 def init(names: Sequence[str], addresses: Sequence[str], bind: Sequence[str] | None,
-         port: int, force: bool = False) -> SiteConf:
+         port: int, force: bool = False, host_port: int | None = None) -> SiteConf:
     """The CA (kept if there is one, unless force), a server certificate for names +
     addresses, site.json. The broker's config is written by write_broker (it needs the registry)."""
     if not 0 < port < 65536:
@@ -135,7 +139,8 @@ def init(names: Sequence[str], addresses: Sequence[str], bind: Sequence[str] | N
     if bind and not {"127.0.0.1", "0.0.0.0"} & set(bind):
         bind = list(bind) + ["127.0.0.1"]  # the host's own service and deploy connect there
     conf = SiteConf(names=san, reader_host=san[0], port=port, bind=list(bind) if bind else None,
-                    run_as=default_run_as(), data_dir=str(paths.data_dir()))
+                    run_as=default_run_as(), data_dir=str(paths.data_dir()),
+                    host_port=host_port or (port + 1 if port < 65535 else port - 1))
     conf.dir.mkdir(parents=True, exist_ok=True)
     os.chmod(conf.dir, 0o755)
     conf.pki.init(san, "grindvakt site CA (%s)" % socket.gethostname(), force=force)
@@ -163,6 +168,7 @@ def write_broker(conf: SiteConf, readers: Sequence[broker.ReaderAccount],
     os.chmod(conf.persistence_dir, 0o750 if gid is not None else 0o700)
     return broker.write_config(conf.broker_dir, readers, hosts, port=conf.port, tls=tls,
                                bind=conf.bind, persistence_dir=str(conf.persistence_dir),
+                               plain_port=conf.host_port,
                                run_as=conf.run_as, group=gid)
 
 

@@ -65,7 +65,12 @@ class RegistryData:
     # -- readers ----------------------------------------------------------------------------
     def reader_secret(self, reader_id: str) -> bytes | None:
         row = self.db.one("SELECT secret FROM readers WHERE id = ?", (reader_id,))
-        return bytes.fromhex(row[0]) if row else None
+        return bytes.fromhex(row[0]) if row and row[0] else None  # '' = revoked
+
+    def credentials_gen(self) -> int:
+        """Moves whenever a reader is revoked, removed or re-keyed (Registry.bump_credentials)."""
+        return int(self.db.scalar("SELECT value FROM settings WHERE name = 'credentials_gen'")
+                   or 0)
 
     def reader_site(self, reader_id: str) -> str | None:
         s = self._site_of.get(reader_id)
@@ -167,6 +172,29 @@ class RegistryData:
         self.db.execute("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?,?,?,?,?)",
                         (now_iso(), "reader", "messages rejected", reader_id,
                          "%d x %s" % (count, why)))
+
+    def host_rejected(self, reader_id: str, who_reason: str, count: int) -> None:
+        """Messages this host refused (bad MAC, stale session, unknown reader, too large, ...),
+        added up per interval by the engine's RejectLog: one audit row per burst."""
+        self.db.execute("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?,?,?,?,?)",
+                        (now_iso(), "serve", "messages refused", reader_id,
+                         "%d x %s" % (count, who_reason)))
+
+    # -- host counters' high-water mark (wire.Counter) --------------------------------------
+    def counter_reserve(self, value: int) -> int:
+        """Raise the stored mark to `value` (never lower it); returns the stored mark. One
+        statement, so concurrent instances each keep the higher of the two."""
+        with self.db.tx():
+            self.db.execute(
+                "INSERT INTO settings (name, value) VALUES ('host_counter', ?) ON CONFLICT (name)"
+                " DO UPDATE SET value = excluded.value"
+                " WHERE CAST(settings.value AS BIGINT) < CAST(excluded.value AS BIGINT)",
+                (str(int(value)),))
+            return self.counter_floor()
+
+    def counter_floor(self) -> int:
+        v = self.db.scalar("SELECT value FROM settings WHERE name = 'host_counter'")
+        return int(v) if v is not None else 0
 
     def command_result(self, reader_id: str, counter: int, cmd: int, result: int) -> None:
         self.db.execute("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?,?,?,?,?)",

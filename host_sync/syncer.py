@@ -29,10 +29,13 @@ from gv import events as gv_events
 from gv.sync import protocol as P
 from gv.sync.protocol import ProtoError
 from host_sync import wire
+from host_sync.rejectlog import RejectLog
 
 log = logging.getLogger("host_sync.syncer")
 
 COMMANDS = {v: k for k, v in P.COMMANDS.items()}  # "open" -> C_OPEN ...
+STATUS = {b"online": True, b"offline": False}  # the only status payloads believed
+HELLO_AGAIN_S = 5.0  # at most one "say HELLO again" per reader this often
 
 
 class SyncData(Protocol):
@@ -87,6 +90,7 @@ class ReaderState:
 
     def release(self) -> None:
         self.hold_until = 0.0
+    secret: bytes = b""  # what the session's key was made from (serve re-checks it: revoke)
 
 
 class HostSync:
@@ -94,14 +98,18 @@ class HostSync:
                  password: str | None = None, client_id: str | None = None,
                  ca_file: str | None = None, share_group: str | None = None,
                  window: int = 8, compress: bool = True, snap_records: int = wire.SNAP_RECORDS,
-                 keepalive: int = 30):
+                 keepalive: int = 30, reject_interval_s: float = 10.0):
         self.data = data
         self.window = window
         self.compress = compress
         self.snap_records = snap_records
         self.share_group = share_group
         self.readers: dict[str, ReaderState] = {}
-        self.counter = wire.Counter()
+        # with a registry behind it, counters keep a high-water mark there (wire.Counter)
+        self.counter = wire.Counter(store=data if hasattr(data, "counter_reserve") else None)
+        self.rejects = RejectLog(self._report_rejects, reject_interval_s)
+        self._hello_asked: dict[str, float] = {}  # reader -> when it was last asked
+        self._sync_at = 0.0
         self.pushed: dict[str, int] = {}  # site -> version last pushed live
         self._snaps: dict[str, tuple[int, list[bytes]]] = {}  # site -> cached snapshot
         self._lock = threading.RLock()
@@ -186,6 +194,42 @@ class HostSync:
             self._publish(st, msg)
             return P.peek(msg)[2]
 
+    def forget(self, reader_id: str) -> None:
+        """Drop what this engine knows of a reader (revoked, removed or re-keyed): its next
+        message is judged against the registry's credentials again."""
+        with self._lock:
+            self.readers.pop(reader_id, None)
+
+    def recheck_credentials(self) -> list[str]:
+        """Forget every reader whose secret in the registry is gone (revoked, removed) or
+        changed; returns their ids. serve calls it when the credentials generation moves."""
+        with self._lock:
+            gone = [rid for rid, st in self.readers.items()
+                    if self.data.reader_secret(rid) != st.secret]
+            for rid in gone:
+                del self.readers[rid]
+        for rid in gone:
+            log.warning("reader %s: credentials revoked or changed; its session is dropped", rid)
+        return gone
+
+    def housekeeping(self) -> None:
+        """serve calls this every tick: refused-message counts that are due, and (once a second)
+        the counter high-water mark shared with other instances."""
+        self.rejects.flush()
+        now = time.monotonic()
+        if now >= self._sync_at:
+            self._sync_at = now + 1.0
+            self.counter.sync()
+
+    def _report_rejects(self, reader: str, who: str, reason: str, count: int) -> None:
+        rec = getattr(self.data, "host_rejected", None)
+        if rec is not None:
+            rec(reader, reason, count)
+
+    def _refuse(self, reader: str, reason: str) -> None:
+        self.stats["rejected_in"] += 1
+        self.rejects.add(reader, "host", reason)
+
     def _site_readers(self, site: str) -> list[ReaderState]:
         # a reader held for a full flash gets no live deltas: it catches up when it asks again
         return [st for st in self.readers.values()
@@ -200,7 +244,8 @@ class HostSync:
         known_site = self.data.reader_site(reader_id)
         if secret is None or known_site != site:
             return None
-        st = ReaderState(wire.ReaderSession.new(reader_id, site, bytes(secret), self.counter))
+        st = ReaderState(wire.ReaderSession.new(reader_id, site, bytes(secret), self.counter),
+                         secret=bytes(secret))
         self.readers[reader_id] = st
         return st
 
@@ -211,12 +256,21 @@ class HostSync:
         _, site, reader_id, leaf = parts
         try:
             with self._lock:
+                if len(msg.payload) > P.MAX_MSG:  # the broker's limit too: never parsed
+                    self._refuse(reader_id, "too large (%d bytes)" % len(msg.payload))
+                    return
                 st = self._state(site, reader_id)
                 if st is None:
-                    log.warning("message from unknown reader %s/%s ignored", site, reader_id)
+                    self._refuse(reader_id, "unknown or revoked reader")
                     return
                 if leaf == "status":
-                    st.online = msg.payload == b"online"
+                    if not msg.payload:
+                        return  # a cleared retained message
+                    online = STATUS.get(bytes(msg.payload))
+                    if online is None:  # only the reader's account (ACL) and only these words
+                        self._refuse(reader_id, "bad status payload")
+                        return
+                    st.online = online
                     self.data.reader_status(reader_id, st.online)
                     if msg.payload.startswith(b"unprovisioned:"):  # gv.app: why it is not running
                         note = getattr(self.data, "reader_unprovisioned", None)
@@ -230,12 +284,31 @@ class HostSync:
                 except ProtoError as e:
                     if msg.retain and leaf == "hello" and e.reason == P.E_REPLAY:
                         return  # the retained HELLO again, after our own reconnect
-                    self.stats["rejected_in"] += 1
-                    log.warning("rejected message from %s: %s", reader_id, e)
+                    self._refuse(reader_id, str(e))
+                    if e.reason == P.E_SESSION:
+                        self._hello_again(st, msg.payload, leaf)
                     return
                 self._dispatch(st, leaf, typ, counter, body, bool(msg.retain))
         except Exception:  # noqa: BLE001 - one bad message never stops the service
             log.exception("handling %s", msg.topic)
+
+    def _hello_again(self, st: ReaderState, msg: bytes, leaf: str) -> None:
+        """An authentic message from a session this host does not hold. A HELLO at or below the
+        reader's highest counter is an old one (replayed, or a reader that lost its boot count):
+        it never becomes the session; a message above it is from a session this host missed.
+        Either way ask that session for a HELLO (above the floor): a real reader answers, a
+        replayed one's session is gone and the reader drops the request as stale."""
+        _, nonce, counter = P.peek(msg)
+        ses = st.session
+        if leaf != "hello" and counter <= ses.floor:
+            return  # an old message replayed: nothing to ask
+        rid = ses.reader_id
+        now = time.monotonic()
+        if now - self._hello_asked.get(rid, -1e9) < HELLO_AGAIN_S:
+            return
+        self._hello_asked[rid] = now
+        boot = (ses.floor >> 32) + 1 if leaf == "hello" else 0
+        self._publish(st, ses.seal_for(nonce, P.T_CMD, P.cmd_body(P.C_HELLO, boot)))
 
     def _give_clock(self, st: ReaderState) -> None:
         # A reader that booted without a clock decides validity dates only once it has one, and

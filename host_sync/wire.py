@@ -9,7 +9,7 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import host_sync  # noqa: F401 - puts firmware/ on sys.path
 from gv.sync import protocol as P
@@ -23,22 +23,56 @@ DELTA_MAX_ENTRIES = (TARGET_BYTES - P.HDR - P.MAC_LEN - P.DELTA_HDR) // P.REC  #
 Change = tuple[int, bytes, "bytes | None"]  # (version, key8, rec16 or None for a removal)
 
 
-class Counter:
-    """Host message counters: (wall-clock microseconds << 8) | a random per-instance byte, and
-    always above the last one. Increasing per instance (a restarted one included), and unique
-    across several instances without shared state; the reader's anti-replay window accepts
-    their interleaving (docs/protocol.md, "Envelope")."""
+class CounterStore(Protocol):
+    """Where host counters' high-water mark is kept (the registry: RegistryData)."""
 
-    def __init__(self) -> None:
+    def counter_reserve(self, value: int) -> int: ...  # stored = max(stored, value); -> stored
+
+    def counter_floor(self) -> int: ...  # the stored value (0 if none)
+
+
+COUNTER_LEAD = 1_000_000 << 8  # one second of counters reserved ahead: at most a write a second
+
+
+class Counter:
+    """Host message counters: (wall-clock microseconds << 8) | a random per-instance byte, always
+    above the last one. With a `store` (the registry) they also never go backwards across
+    restarts or between instances: no counter is issued above the reservation the store holds
+    (it is raised, a second ahead, before one would be), a new instance starts above the stored
+    reservation whatever its clock says, and `sync()` (serve, every second) lifts an instance
+    whose clock is behind to where the others are. The reader's anti-replay window then takes
+    the instances' interleaving (docs/protocol.md, "Envelope")."""
+
+    def __init__(self, store: CounterStore | None = None,
+                 clock: Callable[[], int] = time.time_ns) -> None:
         self._salt = os.urandom(1)[0]
-        self._last = 0
+        self._clock = clock
+        self._store = store
         self._lock = threading.Lock()
+        self._floor = store.counter_floor() if store is not None else 0
+        self._last = self._floor
+        self._reserved = self._floor
 
     def next(self) -> int:
         with self._lock:
-            now = (time.time_ns() // 1000) << 8 | self._salt
-            self._last = max(self._last + 256, now)
-            return self._last
+            now = (self._clock() // 1000) << 8 | self._salt
+            c = max(self._last + 256, now, self._floor)
+            c = (c & ~0xFF) | self._salt
+            if c <= self._last:
+                c += 256
+            if self._store is not None and c > self._reserved:
+                self._reserved = self._store.counter_reserve(c + COUNTER_LEAD)
+            self._last = c
+            return c
+
+    def sync(self) -> None:
+        """Catch up with the other instances: the highest reservation in the store, less its
+        lead, is a counter some instance has already issued."""
+        if self._store is None:
+            return
+        stored = self._store.counter_floor()
+        with self._lock:
+            self._floor = max(self._floor, stored - COUNTER_LEAD)
 
 
 @dataclass
@@ -50,6 +84,10 @@ class ReaderSession:
     nonce: bytes | None = None  # from the reader's latest HELLO
     rx_counter: int = 0  # highest reader counter accepted in this session
     counter: Counter = field(default_factory=Counter)
+    # the highest reader counter ever accepted: reader counters never go backwards (its boot
+    # number is the top half), so a HELLO at or below this is an old one replayed
+    floor: int = 0
+    stale: bytes | None = None  # the nonce of the last stale HELLO (set by open)
 
     @classmethod
     def new(cls, reader_id: str, site: str, secret: bytes, counter: Counter | None = None
@@ -60,22 +98,31 @@ class ReaderSession:
         """A host->reader message for the reader's current session."""
         if self.nonce is None:
             raise ProtoError(P.E_SESSION)
-        return P.seal(self.key, P.DIR_HOST, typ, self.nonce, self.counter.next(), body)
+        return self.seal_for(self.nonce, typ, body)
+
+    def seal_for(self, nonce: bytes, typ: int, body: bytes) -> bytes:
+        return P.seal(self.key, P.DIR_HOST, typ, nonce, self.counter.next(), body)
 
     def open(self, msg: bytes) -> tuple[int, int, memoryview]:
-        """Verify a reader->host message; (type, counter, body). A valid HELLO starts a new
-        session; anything else must belong to the current one with a higher counter."""
+        """Verify a reader->host message; (type, counter, body). A valid HELLO above every
+        counter seen from this reader starts a new session; anything else must belong to the
+        current one with a higher counter. A replayed HELLO raises E_REPLAY (this session's
+        own, e.g. the retained one again) or E_SESSION (an older session's: see .stale)."""
         typ, nonce, counter, body = P.unseal(self.key, P.DIR_READER, msg)
         if typ == P.T_HELLO:
             if nonce == self.nonce and counter <= self.rx_counter:
                 raise ProtoError(P.E_REPLAY)
-            self.nonce, self.rx_counter = nonce, counter
+            if counter <= self.floor:
+                self.stale = nonce
+                raise ProtoError(P.E_SESSION)
+            self.nonce, self.rx_counter, self.floor = nonce, counter, counter
             return typ, counter, body
         if nonce != self.nonce:
             raise ProtoError(P.E_SESSION)
         if counter <= self.rx_counter:
             raise ProtoError(P.E_REPLAY)
         self.rx_counter = counter
+        self.floor = max(self.floor, counter)
         return typ, counter, body
 
 

@@ -4,7 +4,7 @@ host_sync.broker (per-reader accounts and ACLs, optional TLS with a throwaway CA
     from tests.broker import Broker
     with Broker(readers=[("gate-01", "site-a")], tls=True) as b:
         b.port            # TLS listener if tls=True, else plain
-        b.plain_port      # a plain loopback listener as well (host side), or None
+        b.plain_port      # the host's plain loopback listener, or None (plain=False)
         b.ca_pem          # the CA the readers pin (str), b.tls.cafile its path
         b.password("gate-01"); b.host_user, b.host_password
         b.reader_broker_config("gate-01")  # the "broker" section of that reader's config.json
@@ -57,8 +57,9 @@ class Broker:
         self.host_user, self.host_password = host_user, secrets.token_hex(12)
         self.tls: TlsFiles | None = make_test_ca(self.dir / "tls") if tls else None
         self.port = free_port()
-        self.plain_port: int | None = (free_port() if (tls and plain) else
-                                       (self.port if plain else None))
+        # the host's own plain loopback listener (client ids not bound to accounts there, so
+        # several host instances can share one account); readers use `port`
+        self.plain_port: int | None = free_port() if plain else None
         self.persistence = persistence
         self.proc: subprocess.Popen | None = None
         self.log_path = str(self.dir / "mosquitto.log")
@@ -87,7 +88,7 @@ class Broker:
         return self.readers[reader_id]
 
     def _write(self) -> None:
-        separate_plain = self.plain_port if self.plain_port not in (None, self.port) else None
+        separate_plain = self.plain_port
         self.files = write_config(
             self.dir, list(self.readers.values()),
             [HostAccount(self.host_user, self.host_password)],

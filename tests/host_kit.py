@@ -147,11 +147,16 @@ class ProtocolReader:
 
     def _on_connect(self, client, userdata, flags, rc, props) -> None:
         P = self.P
-        with self.lock:  # a new session on every connect, as the firmware does
-            self.nonce, self.counter, self.host_counter = os.urandom(8), 0, 0
+        with self.lock:  # a new session on every connect, as the firmware does; and as there,
+            # its own counter goes on rising (boot << 32 | n): the host refuses an older HELLO
+            self.nonce, self.host_counter = os.urandom(8), 0
             self.window: list[int] = []
         client.subscribe(P.topic(self.site, self.rid, "in"), qos=1)
         client.publish(P.topic(self.site, self.rid, "status"), b"online", qos=1, retain=True)
+        self._hello()
+
+    def _hello(self) -> None:
+        P = self.P
         self._send("hello", P.T_HELLO, P.hello_body(self.version, 0, 0, 1_000_000, 60_000, 0, 0,
                                                     "fake-1.0"), retain=True)
 
@@ -203,6 +208,11 @@ class ProtocolReader:
             elif typ == P.T_CMD:
                 cmd, arg = P.parse_cmd(body)
                 self.commands.append((counter, cmd, arg))
+                if cmd == P.C_HELLO:  # the host missed my HELLO or wants a higher boot number
+                    self.counter = max(self.counter, arg << 32)
+                    self._hello()
+                    self.changed.notify_all()
+                    return
                 self._send("out", P.T_CMDRES,
                            P.cmdres_body(counter, cmd, self.cmd_result.get(cmd, P.CR_OK)))
             elif typ == P.T_EVACK:

@@ -46,7 +46,7 @@ def _serve(url: str, b: Broker, name: str, tmp: Path) -> subprocess.Popen:
     env = dict(os.environ, GV_BROKER_PASSWORD=b.host_password, PYTHONPATH=str(ROOT))
     log = open(tmp / ("serve-%s.log" % name), "w")
     return subprocess.Popen([sys.executable, "-m", "host_sync", "--db", url, "serve",
-                             "--broker-port", str(b.port), "--broker-user", b.host_user,
+                             "--broker-port", str(b.plain_port), "--broker-user", b.host_user,
                              "--instance", name, "--poll", "0.05", "--lag-limit", "1"],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 

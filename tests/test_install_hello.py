@@ -36,7 +36,7 @@ def test_waiter_takes_only_a_live_authentic_hello():
         topic = P.topic("site-a", "gate-01", "hello")
         pub = paho.Client(paho.CallbackAPIVersion.VERSION2)
         pub.username_pw_set(b.host_user, b.host_password)
-        pub.connect("127.0.0.1", b.port)
+        pub.connect("127.0.0.1", b.plain_port)  # the host's listener: the waiter is "host" on b.port
         pub.loop_start()
         pub.publish(topic, hello(key, b"oldsessn", "old"), qos=1, retain=True).wait_for_publish(5)
         w = deploy.HelloWaiter(cfg, user=b.host_user, password=b.host_password)

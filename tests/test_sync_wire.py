@@ -33,8 +33,13 @@ def test_session_accepts_hello_then_rejects_replay_and_stale():
     with pytest.raises(P.ProtoError) as e:
         s.open(ack)
     assert e.value.reason == P.E_REPLAY
-    n2 = b"\x02" * 8
-    s.open(_reader_msg(P.T_HELLO, P.hello_body(0, 0, 0, 0, 0, 0, 0, "fw"), n2, 1))
+    n2 = b"\x02" * 8  # the next session: reader counters go on rising (boot << 32 | n)
+    s.open(_reader_msg(P.T_HELLO, P.hello_body(0, 0, 0, 0, 0, 0, 0, "fw"), n2, 3))
+    for old in (hello, _reader_msg(P.T_HELLO, P.hello_body(0, 0, 0, 0, 0, 0, 0, "fw"), b"\x03" * 8,
+                                   3)):
+        with pytest.raises(P.ProtoError) as e:  # an older session's HELLO replayed: not a session
+            s.open(old)
+        assert e.value.reason == P.E_SESSION and s.nonce == n2
     with pytest.raises(P.ProtoError) as e:
         s.open(_reader_msg(P.T_ACK, P.ack_body(4), n1, 9))
     assert e.value.reason == P.E_SESSION

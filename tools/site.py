@@ -78,6 +78,7 @@ class VirtualSite:
         self.romfs = romfs  # readers run the frozen firmware's modules from a ROMFS image
         self.say = say or (lambda s: None)
         self.port = free_port()
+        self.host_port = free_port()  # the host side's own loopback listener (serve, the monitor)
         self.broker: subprocess.Popen | None = None
         self.host: subprocess.Popen | None = None
         self.web: subprocess.Popen | None = None
@@ -114,7 +115,8 @@ class VirtualSite:
         import getpass
 
         self.cli("site", "init", "--address", "127.0.0.1", "--bind", "127.0.0.1",
-                 "--port", str(self.port), "--run-as", getpass.getuser())
+                 "--port", str(self.port), "--host-port", str(self.host_port),
+                 "--run-as", getpass.getuser())
         pki = SitePki(self.dir / "host")
         self.tls = TlsFiles(str(pki.trust_pem), str(pki.server_pem), str(pki.server_key))
         for s in self.sites:
@@ -297,10 +299,9 @@ class AckMonitor:
         self._P, self._struct = P, struct
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"monitor-{os.getpid()}")
         c.username_pw_set(user, pw)
-        c.tls_set(ca_certs=site.tls.cafile)
         c.on_message = self._on_message
         c.on_connect = lambda cl, *a: cl.subscribe("gv/+/+/out", qos=1)
-        c.connect("127.0.0.1", site.port)
+        c.connect("127.0.0.1", site.host_port)  # ids there are free: serve shares the account
         c.loop_start()
         self.client = c
 

@@ -14,6 +14,7 @@ AL_PATH = "/al"
 EV_PATH = "/events"
 LOCK_PATH = "/lockouts"
 CLOCK_PATH = "/clock"  # the wall clock's lower bound (gv.gate.clock), kept through power cuts
+BOOT_PATH = "/boot"  # the boot number (gv.boot): the top half of the sync link's counters
 WDT_MS = 8000
 REBOOT_DELAY_MS = 1500  # let the command's result reach the host first
 FATAL_PAUSE_MS = 5000  # shorter than the watchdog (not started, or fed until here)
@@ -90,8 +91,11 @@ class Reader:
             from gv.sync.wifi import WiFi
 
             self.wifi = WiFi(cfg.wifi.get("ssid"), cfg.wifi.get("password"), cfg.reader_id)
+            from gv.boot import BootCount
+
             self.sync = Sync(cfg, self.allowlist, events=self.events, on_command=self.command,
-                             health=self.health, fw="grindvakt-" + VERSION)
+                             health=self.health, fw="grindvakt-" + VERSION,
+                             boot=BootCount(BOOT_PATH))
         gc.collect()
         from gv.sync.protocol import M_BOOT
 

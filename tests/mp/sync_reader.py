@@ -49,7 +49,8 @@ def on_command(name, arg):
     return True
 
 
-sync = Sync(cfg, al, events=log, on_command=on_command)
+from gv.boot import BootCount
+sync = Sync(cfg, al, events=log, on_command=on_command, boot=BootCount("/flash/boot"))
 gate = {"loops": 0, "maxgap": 0, "last": None, "found": 0, "heap": 0}
 _handler = sync.client.on_message
 
@@ -101,7 +102,7 @@ def stat():
             "heap_peak": gate["heap"], "heap_base": gate["base"], "mem_free": gc.mem_free(), "mem_alloc": gc.mem_alloc(),
             "rx_bytes": c.rx_bytes, "tx_bytes": c.tx_bytes,
             "flash_written": dev.bytes_written, "error": c.last_error,
-            "sync_error": sync.last_error}
+            "sync_error": sync.last_error, "boot": sync.boot.n}
 
 
 async def control():

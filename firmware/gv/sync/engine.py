@@ -33,7 +33,7 @@ _ZLIB_WBITS = 10  # SNAP's zlib window (docs/protocol.md)
 
 class Sync:
     def __init__(self, cfg, allowlist, events=None, on_command=None, health=None, fw=FW,
-                 client=None):
+                 client=None, boot=None):
         try:
             # the store loads its update code on first use; load it now, while the heap is
             # young, rather than compile it mid-rebuild in a fragmented heap
@@ -46,6 +46,13 @@ class Sync:
         self.on_command = on_command  # on_command(name, arg) -> True/False (None: unsupported)
         self.health = health  # () -> health bits (protocol.H_*) the app knows about
         self.fw = fw
+        # the boot number (gv.boot.BootCount; without one, a RAM count the host lifts at the
+        # first connect) is the top half of my counter: it never goes backwards, so the host
+        # can refuse an old HELLO replayed to reset my session
+        if boot is None:
+            from gv.boot import BootCount
+            boot = BootCount()
+        self.boot = boot
         self.key = P.Key(cfg.secret, cfg.reader_id)
         site, rid = cfg.site, cfg.reader_id
         self.t_in = P.topic(site, rid, "in")
@@ -72,7 +79,7 @@ class Sync:
         self.client = client
         # session
         self.nonce = None
-        self._ctr = 0  # my counter in this session
+        self._ctr = boot.n << 32  # my counter: boot number << 32 | messages sent this boot
         self._seen = []  # the highest host counters accepted in this session (_fresh)
         self.head = 0  # the host's version, as last heard
         # what the sender owes the host
@@ -137,7 +144,6 @@ class Sync:
         memory.record(P.M_TLS)  # the heaps with the broker link (and its TLS) up
         # a fresh session: everything sealed for an older one is now stale
         self.nonce = os.urandom(P.NONCE_LEN)
-        self._ctr = 0
         self._seen = []
         self._want_hello = True
         self._want_sync = False
@@ -600,6 +606,16 @@ class Sync:
         cmd, arg = P.parse_cmd(body)
         self.commands += 1
         name = P.COMMANDS.get(cmd)
+        if cmd == P.C_HELLO:
+            # the host missed this session's HELLO, or holds a newer boot than mine (my count
+            # was lost): say HELLO again, above what it has seen. No result: it is the link's.
+            if arg > self.boot.n:
+                self.boot.raise_to(arg)
+                if self._ctr < arg << 32:
+                    self._ctr = arg << 32
+            self._want_hello = True
+            self._work.set()
+            return
         if cmd == P.C_RESYNC:
             self._force_rebuild = True
             self._want_sync = True

@@ -372,32 +372,40 @@ class MQTTClient:
 
 
 def tls_context(ca):
-    """An SSLContext that trusts only `ca` (PEM text or DER bytes: the site CA, pinned)."""
+    """An SSLContext that trusts every certificate in `ca` (PEM text with one or more
+    certificates, or one DER certificate): the site CA, pinned. A CA file holding the old and
+    the new CA lets a site roll its CA without re-provisioning a reader."""
     import ssl
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cadata=pem_to_der(ca))
+    # one call per certificate: mbedtls parses one DER certificate per call (a concatenation
+    # of DER or a PEM bundle is refused) and each call adds to the trusted chain
+    for der in pem_certs(ca):
+        ctx.load_verify_locations(cadata=der)
     return ctx
 
 
-def pem_to_der(ca):
-    """DER bytes of the first certificate in PEM text (mbedtls here takes DER reliably)."""
+def pem_certs(ca):
+    """DER bytes of every certificate in PEM text (or [ca] for DER bytes); ValueError if none."""
     if isinstance(ca, (bytes, bytearray)) and not ca.startswith(b"-----"):
-        return bytes(ca)
+        return [bytes(ca)]
     from binascii import a2b_base64
 
     text = ca.decode() if isinstance(ca, (bytes, bytearray)) else ca
-    b64 = []
-    inside = False
+    out = []
+    b64 = None
     for line in text.split("\n"):
         line = line.strip()
         if line.startswith("-----BEGIN"):
-            inside = True
+            b64 = [] if "CERTIFICATE" in line else None
         elif line.startswith("-----END"):
-            break
-        elif inside and line:
+            if b64:
+                out.append(a2b_base64("".join(b64)))
+            b64 = None
+        elif b64 is not None and line:
             b64.append(line)
-    if not b64:
+    if not out:
         raise ValueError("no certificate in the CA text")
-    return a2b_base64("".join(b64))
+    return out
+

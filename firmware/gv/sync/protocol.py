@@ -5,7 +5,8 @@
 #   0      u8   protocol version (1)
 #   1      u8   type (T_*)
 #   2..9   8B   session nonce: random, chosen by the reader at each connect, announced in HELLO
-#   10..17 u64  counter, big-endian: strictly increasing per sender within a session
+#   10..17 u64  counter, big-endian: strictly increasing per sender within a session; a
+#               reader's never goes backwards at all: boot number << 32 | messages this boot
 #   18..   body (per type, below)
 #   -16    16B  HMAC-SHA256(reader secret, dir || len(reader_id) || reader_id || msg[:-16])[:16]
 # dir is b"H" for host->reader and b"R" for reader->host, so a message can never be reflected
@@ -54,8 +55,11 @@ C_CLEAR_LOCKOUT = const(2)
 C_RESYNC = const(3)  # forget the allowlist version: ask for a full rebuild
 C_SET_CLOCK = const(4)  # arg = seconds since 2020-01-01 UTC
 C_REBOOT = const(5)
+# the host does not hold this session (it missed its HELLO, or saw an older one replayed): send
+# a HELLO again, with a boot number at least arg (0: keep yours). Handled by the sync engine.
+C_HELLO = const(6)
 COMMANDS = {C_OPEN: "open", C_CLEAR_LOCKOUT: "clear_lockout", C_RESYNC: "resync",
-            C_SET_CLOCK: "set_clock", C_REBOOT: "reboot"}
+            C_SET_CLOCK: "set_clock", C_REBOOT: "reboot", C_HELLO: "hello"}
 
 # command results (T_CMDRES)
 CR_OK = const(0)
