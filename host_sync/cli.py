@@ -504,8 +504,70 @@ def cmd_readers_rename(ctx: Ctx) -> int:
     return EXIT_OK
 
 
+def _setting(reg: Registry, name: str) -> str | None:
+    return reg.db.scalar("SELECT value FROM settings WHERE name = ?", (name,))
+
+
+def _broker_accounts_now(ctx: Ctx) -> str:
+    """Rewrite the broker's passwd/acl from the registry and reload it, so a revoked account
+    is refused at once; returns what was done (raises InvalidInput if it cannot be). The site's
+    broker (`site init`) unless told another folder (--broker-dir, or `broker config --out`)."""
+    from host_sync import broker
+    a = ctx.args
+    out = a.broker_dir or (None if a.broker_pid is None and a.reload_cmd is None and _site_conf()
+                           else _setting(ctx.reg, "broker_dir"))
+    if not out:
+        done = refresh_site_broker(ctx)
+        if done is None:
+            raise InvalidInput("where is the broker's config? give --broker-dir (or set up the "
+                               "site: host-sync site init)")
+        if not (done.startswith("sent SIGHUP") or done.endswith("reloaded")):
+            raise InvalidInput(done)
+        return done
+    readers, hosts = _accounts(ctx)
+    try:
+        broker.write_accounts(out, readers, hosts)
+        done = broker.reload(a.broker_pid, a.reload_cmd or _setting(ctx.reg, "broker_reload"))
+    except (broker.BrokerConfigError, OSError) as e:
+        raise InvalidInput("the broker still has the old accounts: %s" % e)
+    ctx.reg.audit("broker accounts reloaded", out, "%d reader account(s); %s" % (len(readers), done))
+    return done
+
+
+def cmd_readers_revoke(ctx: Ctx) -> int:
+    a = ctx.args
+    r = ctx.reg.revoke_reader(a.reader_id, a.reason)
+    ctx.say("reader %s revoked: its secret and broker password are deleted; host-sync serve "
+            "refuses its messages within a second" % r["id"])
+    try:
+        ctx.say("broker: account removed, %s" % _broker_accounts_now(ctx))
+    except InvalidInput as e:
+        print("WARNING: %s. Rewrite and reload it now: host-sync broker config --out DIR, then "
+              "SIGHUP mosquitto" % e, file=ctx.err)
+        return EXIT_PENDING
+    return EXIT_OK
+
+
+def cmd_readers_remove(ctx: Ctx) -> int:
+    a = ctx.args
+    was_revoked = ctx.reg.revoked(a.reader_id) if ctx.reg.reader(a.reader_id) else False
+    ctx.reg.remove_reader(a.reader_id, a.reason or ("revoked earlier" if was_revoked else ""))
+    ctx.say("reader %s removed (its events and ledger entries stay)" % a.reader_id)
+    if was_revoked:
+        return EXIT_OK
+    try:
+        ctx.say("broker: account removed, %s" % _broker_accounts_now(ctx))
+    except InvalidInput as e:
+        print("WARNING: %s" % e, file=ctx.err)
+        return EXIT_PENDING
+    return EXIT_OK
+
+
 def reader_rows(reg: Registry, site: str | None, lag_limit_s: float) -> list[dict]:
-    return reg.reader_rows(site, lag_limit_s)
+    rows = reg.reader_rows(site, lag_limit_s)
+    for r in rows:
+        r["revoked"] = reg.revoked(r["id"])
+    return rows
 
 
 def cmd_readers_list(ctx: Ctx) -> int:
@@ -515,7 +577,8 @@ def cmd_readers_list(ctx: Ctx) -> int:
         ctx.say(json.dumps(rows, indent=1, default=str))
     else:
         from host_sync.health import summary as health  # problems first, then the figures
-        ctx.say(*_table([(r["id"], r["site_id"], "online" if r["online"] else "OFFLINE",
+        ctx.say(*_table([(r["id"], r["site_id"], "REVOKED" if r["revoked"] else
+                          "online" if r["online"] else "OFFLINE",
                           "%d/%d" % (r["applied_version"], r["head"]),
                           ("%d" % r["lag"]) + (" LAGGING A BLOCK since %s" % r["block_pending_since"]
                                                if r["lagging_block"] else ""),
@@ -928,6 +991,12 @@ def cmd_broker_config(ctx: Ctx) -> int:
     except broker.BrokerConfigError as e:
         raise InvalidInput(str(e))
     ctx.reg.audit("broker config written", a.out, "%d reader account(s)" % len(readers))
+    with ctx.db.tx():  # where revoke/remove rewrite the accounts, and how they reload it
+        for name, value in (("broker_dir", str(Path(a.out).resolve())),
+                            ("broker_reload", a.reload_cmd)):
+            if value:
+                ctx.db.execute("INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT"
+                               " (name) DO UPDATE SET value = excluded.value", (name, value))
     ctx.say("mosquitto config for %d reader(s) and the host written to %s" % (len(readers), a.out),
             "run: mosquitto -c %s   (send it SIGHUP after adding readers)" % files.conf)
     return EXIT_OK
@@ -1282,6 +1351,30 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("reader_id")
     x.add_argument("new_id")
     x.set_defaults(fn=cmd_readers_rename)
+    def broker_opts(x: argparse.ArgumentParser) -> None:
+        x.add_argument("--broker-dir", help="the broker's config folder (default: where 'broker "
+                                            "config --out' last wrote it)")
+        x.add_argument("--broker-pid", type=int, help="reload mosquitto by SIGHUP to this pid")
+        x.add_argument("--reload-cmd", help="reload mosquitto with this command (default: the "
+                                            "one given to 'broker config')")
+
+    x = rp.add_parser("revoke", help="cut a reader off at once (stolen, lost): secret and broker "
+                                     "account deleted, its messages refused",
+                      description="Revoke a reader: its secret and broker password are deleted "
+                      "from the registry, the broker's passwd/acl are rewritten and mosquitto "
+                      "reloaded (it disconnects the reader), every serve drops its session within "
+                      "a second, its queued commands fail, and the audit log records who and why. "
+                      "Exit 5 if the broker could not be reloaded (do it by hand).")
+    x.add_argument("reader_id")
+    x.add_argument("--reason", required=True, help="why (goes in the audit log)")
+    broker_opts(x)
+    x.set_defaults(fn=cmd_readers_revoke)
+    x = rp.add_parser("remove", help="delete a reader (revoked first if it is not); its events "
+                                     "stay")
+    x.add_argument("reader_id")
+    x.add_argument("--reason", default="", help="why (required unless it is already revoked)")
+    broker_opts(x)
+    x.set_defaults(fn=cmd_readers_remove)
     x = rp.add_parser("list", help="readers: online, applied version, lag, last seen, health")
     x.add_argument("--site")
     x.add_argument("--lag-limit", type=float, default=DEFAULT_LAG_LIMIT_S,
@@ -1391,6 +1484,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--cafile")
     x.add_argument("--certfile")
     x.add_argument("--keyfile")
+    x.add_argument("--reload-cmd", help="how revoke/remove reload mosquitto later, e.g. "
+                                        "'systemctl reload mosquitto' (kept in the registry)")
     x.set_defaults(fn=cmd_broker_config)
 
     sp = top.add_parser("site", help="this host's set-up: site CA, broker certificate and "

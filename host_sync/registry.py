@@ -489,7 +489,54 @@ class Registry:
         row = self.db.one("SELECT secret, broker_password FROM readers WHERE id = ?", (reader_id,))
         if not row:
             raise NotFound("no reader %r" % reader_id)
+        if not row[0]:
+            raise InvalidInput("reader %s is revoked: it has no credentials (add it again under "
+                               "a new name, or remove it)" % reader_id)
         return bytes.fromhex(row[0]), row[1]
+
+    def revoked(self, reader_id: str) -> bool:
+        """A revoked reader keeps its row (history, events) but has no secret and no broker
+        account: the host refuses whatever is sealed with its old secret."""
+        return self.db.scalar("SELECT secret FROM readers WHERE id = ?", (reader_id,)) == ""
+
+    def revoke_reader(self, reader_id: str, reason: str) -> dict:
+        """Cut a reader off (stolen, lost, decommissioned): its secret and broker password are
+        deleted, its queued commands fail, the credentials generation moves (every serve drops
+        its session within a second) and the audit log says who and why. The broker's account
+        goes when its passwd/acl are rewritten from broker_accounts() and reloaded (the CLI)."""
+        reason = (reason or "").strip()
+        if not reason:
+            raise InvalidInput("say why the reader is revoked (--reason): it goes in the audit log")
+        with self.db.tx():
+            r = self.reader(reader_id)
+            if self.revoked(reader_id):
+                raise InvalidInput("reader %s is already revoked" % reader_id)
+            self.db.execute("UPDATE readers SET secret = '', broker_password = '', online = 0"
+                            " WHERE id = ?", (reader_id,))
+            self.db.execute("UPDATE commands SET state = 'failed', result = 'reader revoked',"
+                            " finished_at = ? WHERE reader_id = ? AND state IN ('pending',"
+                            " 'sending', 'sent')", (now_iso(), reader_id))
+            self.bump_credentials()
+            self.audit("reader revoked", reader_id, "site=%s reason=%s (secret and broker "
+                       "account deleted)" % (r["site_id"], reason))
+        return self.reader(reader_id)
+
+    def remove_reader(self, reader_id: str, reason: str) -> None:
+        """Delete a reader from the registry (revoking it first if it is not yet). Its events
+        and ledger entries stay: they are the site's records."""
+        with self.db.tx():
+            if not self.revoked(reader_id):
+                self.revoke_reader(reader_id, reason)
+            self.db.execute("DELETE FROM commands WHERE reader_id = ?", (reader_id,))
+            self.db.execute("DELETE FROM readers WHERE id = ?", (reader_id,))
+            self.audit("reader removed", reader_id, "reason=%s (events kept)" % reason.strip())
+
+    def bump_credentials(self) -> int:
+        """Move the credentials generation: serve re-reads the secrets of the readers it holds."""
+        g = int(self.db.scalar("SELECT value FROM settings WHERE name = 'credentials_gen'") or 0)
+        self.db.execute("INSERT INTO settings (name, value) VALUES ('credentials_gen', ?)"
+                        " ON CONFLICT (name) DO UPDATE SET value = excluded.value", (str(g + 1),))
+        return g + 1
 
     def readers(self, site: str | None = None) -> list[dict]:
         sql = "SELECT %s FROM readers" % ", ".join(READER_COLS)
@@ -498,9 +545,11 @@ class Registry:
         return [_reader_dict(r) for r in rows]
 
     def broker_accounts(self) -> list[tuple[str, str, str]]:
-        """[(reader id, site, broker password)] for the broker configuration."""
+        """[(reader id, site, broker password)] for the broker configuration (revoked readers
+        have no account)."""
         return [tuple(r) for r in self.db.all(
-            "SELECT id, site_id, broker_password FROM readers ORDER BY id")]
+            "SELECT id, site_id, broker_password FROM readers WHERE broker_password <> ''"
+            " ORDER BY id")]
 
     # -- changes ----------------------------------------------------------------------------
     def change(self, site_id: str, version: int) -> dict:
@@ -775,6 +824,7 @@ class Registry:
                 (new_id, secrets.token_hex(32), secrets.token_urlsafe(24), reader_id))
             self.db.execute("UPDATE commands SET reader_id = ? WHERE reader_id = ?", (new_id, reader_id))
             self.db.execute("DELETE FROM readers WHERE id = ?", (reader_id,))
+            self.bump_credentials()  # serve drops the old id's session within a second
             self.audit("reader renamed", new_id, "was %s (site %s); new secret and broker account"
                        % (reader_id, old["site_id"]))
             self.audit("reader renamed", reader_id, "now %s" % new_id)
