@@ -110,7 +110,8 @@ def passwd_text(readers: Iterable[ReaderAccount], hosts: Iterable[HostAccount]) 
 def conf_text(passwd_path: str, acl_path: str, port: int = 8883, tls: TlsFiles | None = None,
               bind: str | Sequence[str] | None = "127.0.0.1", plain_port: int | None = None,
               persistence_dir: str | None = None, log_path: str | None = None,
-              max_queued: int = 1000, run_as: str | None = None) -> str:
+              max_queued: int = 1000, run_as: str | None = None,
+              host_port: int | None = None) -> str:
     """mosquitto.conf: a TLS listener on `port` (plain if tls is None) on each address in
     `bind` (None: every address of the host), optionally a plain listener on plain_port
     (loopback host service only: bind it to 127.0.0.1). Every path must be absolute: mosquitto
@@ -155,6 +156,11 @@ def conf_text(passwd_path: str, acl_path: str, port: int = 8883, tls: TlsFiles |
         if tls is not None:  # TLS settings belong to the listener above them
             out += [f"cafile {tls.cafile}", f"certfile {tls.certfile}", f"keyfile {tls.keyfile}",
                     "tls_version tlsv1.2"]
+    if host_port is not None:  # the host side's own: loopback, TLS like the readers', ids free
+        out += ["", f"listener {host_port} 127.0.0.1"]
+        if tls is not None:
+            out += [f"cafile {tls.cafile}", f"certfile {tls.certfile}", f"keyfile {tls.keyfile}",
+                    "tls_version tlsv1.2"]
     if plain_port is not None:
         out += ["", f"listener {plain_port} 127.0.0.1"]
     return "\n".join(out) + "\n"
@@ -164,7 +170,8 @@ def write_config(out_dir: str | os.PathLike, readers: Sequence[ReaderAccount],
                  hosts: Sequence[HostAccount], port: int = 8883, tls: TlsFiles | None = None,
                  bind: str | Sequence[str] | None = "127.0.0.1", plain_port: int | None = None,
                  persistence_dir: str | None = None, log_path: str | None = None,
-                 run_as: str | None = None, group: int | None = None) -> BrokerFiles:
+                 run_as: str | None = None, group: int | None = None,
+                 host_port: int | None = None) -> BrokerFiles:
     """Write mosquitto.conf, passwd and acl into out_dir (created; absolute paths in the
     config). passwd and acl are 0600, or 0640 with `group` (a gid: root's files that the
     mosquitto user, which mosquitto drops to when started as root, must read)."""
@@ -176,7 +183,8 @@ def write_config(out_dir: str | os.PathLike, readers: Sequence[ReaderAccount],
     _write(files.passwd, passwd_text(readers, hosts), mode, group)
     _write(files.acl, acl_text(readers, hosts), mode, group)
     _write(files.conf, conf_text(files.passwd, files.acl, port, tls, bind, plain_port,
-                                 persistence_dir, log_path, run_as=run_as), 0o644 if group is not None
+                                 persistence_dir, log_path, run_as=run_as, host_port=host_port),
+           0o644 if group is not None
            else 0o600, group)
     return files
 

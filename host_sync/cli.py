@@ -548,6 +548,16 @@ def cmd_readers_revoke(ctx: Ctx) -> int:
     return EXIT_OK
 
 
+def cmd_readers_rotate(ctx: Ctx) -> int:
+    from host_sync import rekey
+    rekey.start(ctx.reg, ctx.args.reader_id)
+    ctx.say("new secret and broker password issued for %s; host-sync serve sends them (sealed, "
+            "encrypted) when it is connected, and switches the registry and the broker once the "
+            "reader has stored them" % ctx.args.reader_id,
+            "  follow it: host-sync audit --subject %s   (\"reader re-keyed\")" % ctx.args.reader_id)
+    return EXIT_OK
+
+
 def cmd_readers_remove(ctx: Ctx) -> int:
     a = ctx.args
     was_revoked = ctx.reg.revoked(a.reader_id) if ctx.reg.reader(a.reader_id) else False
@@ -934,9 +944,13 @@ def host_broker_account(reg: Registry) -> tuple[str, str]:
 
 
 def _accounts(ctx: Ctx) -> tuple[list, list]:
+    return _accounts_of(ctx.reg)
+
+
+def _accounts_of(reg: Registry) -> tuple[list, list]:
     from host_sync import broker
-    user, pw = host_broker_account(ctx.reg)
-    return ([broker.ReaderAccount(rid, site, bpw) for rid, site, bpw in ctx.reg.broker_accounts()],
+    user, pw = host_broker_account(reg)
+    return ([broker.ReaderAccount(rid, site, bpw) for rid, site, bpw in reg.broker_accounts()],
             [broker.HostAccount(user, pw)])
 
 
@@ -1369,6 +1383,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--reason", required=True, help="why (goes in the audit log)")
     broker_opts(x)
     x.set_defaults(fn=cmd_readers_revoke)
+    x = rp.add_parser("rotate", help="give a reader a new secret and broker password (a signed "
+                                     "command; the old pair stops working at the switch)")
+    x.add_argument("reader_id")
+    x.set_defaults(fn=cmd_readers_rotate)
     x = rp.add_parser("remove", help="delete a reader (revoked first if it is not); its events "
                                      "stay")
     x.add_argument("reader_id")

@@ -79,6 +79,8 @@ class Service:
         self._next_expire = 0.0
         self._next_clock = 0.0
         self._cred_check = 0.0
+        self._rekey_check = 0.0
+        self._rekey_sent: dict[str, float] = {}
         self._cred_gen = -1
 
     LEASE = "push"
@@ -132,6 +134,7 @@ class Service:
         n = self.run_commands()
         self.engine.housekeeping()  # refused-message counts, the shared counter mark
         self.check_credentials()
+        self.send_rekeys()
         if not self.leader():
             self.seen.clear()  # look again at everything once we lead
             self._nudge_at = None
@@ -175,6 +178,25 @@ class Service:
                 self.data.reg.audit("reader lagging a block", rid,
                                     "site=%s applied=%d pending since %s" % (site, applied, since))
         return n
+
+    def send_rekeys(self) -> None:
+        """Once a second: a pending re-key (readers rotate) goes to its reader while it is
+        connected, again every rekey.RESEND_S until the reader has answered."""
+        from host_sync import rekey
+        now = time.monotonic()
+        if now < self._rekey_check:
+            return
+        self._rekey_check = now + 1.0
+        for rid, d in rekey.pending(self.data.reg).items():
+            if now - self._rekey_sent.get(rid, -1e9) < rekey.RESEND_S:
+                continue
+            with self.engine._lock:  # its answer waits until the counter is recorded
+                ctr = self.engine.rekey(rid, bytes.fromhex(d["secret"]), d["password"])
+                if ctr:
+                    rekey.mark_sent(self.data.reg, rid, ctr)
+            if ctr:
+                self._rekey_sent[rid] = now
+                log.info("re-key sent to %s counter=%d instance=%s", rid, ctr, self.instance)
 
     def check_credentials(self) -> None:
         """Once a second: if a reader was revoked or re-keyed (in any process), drop the
@@ -237,12 +259,10 @@ def run(ctx: Any) -> int:
     a = ctx.args
     from host_sync.cli import _site_conf
     site = _site_conf()  # `site init` recorded the broker's port and the CA to trust
-    host_listener = False
     if a.broker_port is None:
         # the site's host listener (loopback, ids not bound: instances share the account)
-        host_listener = bool(site and site.host_port)
         a.broker_port = (site.host_port or site.port) if site else 8883
-    if a.tls_ca is None and site is not None and not a.plain and not host_listener:
+    if a.tls_ca is None and site is not None and not a.plain:
         a.tls_ca = str(site.trust)
     instance = a.instance or "%s-%d" % (socket.gethostname(), os.getpid())
     data = CappedData(RegistryData(ctx.db, actor="serve:%s" % instance))

@@ -49,7 +49,7 @@ class SiteConf:
     port: int = 8883
     bind: list[str] | None = None  # None: every address of this host
     run_as: str | None = None  # who mosquitto runs as once started (root drops to it)
-    # the host side's own listener (127.0.0.1, plain): client ids there are not bound to
+    # the host side's own listener (127.0.0.1, TLS): client ids there are not bound to
     # account names, so serve instances and tools can share the host account (docs/security.md)
     host_port: int | None = None
     data_dir: str = ""
@@ -168,7 +168,7 @@ def write_broker(conf: SiteConf, readers: Sequence[broker.ReaderAccount],
     os.chmod(conf.persistence_dir, 0o750 if gid is not None else 0o700)
     return broker.write_config(conf.broker_dir, readers, hosts, port=conf.port, tls=tls,
                                bind=conf.bind, persistence_dir=str(conf.persistence_dir),
-                               plain_port=conf.host_port,
+                               host_port=conf.host_port,
                                run_as=conf.run_as, group=gid)
 
 

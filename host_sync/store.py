@@ -196,6 +196,11 @@ class RegistryData:
         v = self.db.scalar("SELECT value FROM settings WHERE name = 'host_counter'")
         return int(v) if v is not None else 0
 
+    def reader_rekeyed(self, reader_id: str, counter: int, ok: bool) -> bool:
+        """The reader stored the pair sent in REKEY `counter`: switch (host_sync/rekey.py)."""
+        from host_sync import rekey
+        return bool(rekey.on_answer(self.reg, reader_id, counter, ok))
+
     def command_result(self, reader_id: str, counter: int, cmd: int, result: int) -> None:
         self.db.execute("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?,?,?,?,?)",
                         (now_iso(), "reader", "command result", reader_id,

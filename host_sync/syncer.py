@@ -194,6 +194,17 @@ class HostSync:
             self._publish(st, msg)
             return P.peek(msg)[2]
 
+    def rekey(self, reader_id: str, secret: bytes, password: str) -> int:
+        """Send a reader its new secret and broker password (host_sync/rekey.py); returns the
+        message's counter (its CMDRES names it), 0 if the reader has no session."""
+        with self._lock:
+            st = self.readers.get(reader_id)
+            if st is None or st.session.nonce is None:
+                return 0
+            ctr, msg = st.session.seal_rekey(secret, password)
+            self._publish(st, msg)
+            return ctr
+
     def forget(self, reader_id: str) -> None:
         """Drop what this engine knows of a reader (revoked, removed or re-keyed): its next
         message is judged against the registry's credentials again."""
@@ -407,6 +418,12 @@ class HostSync:
                 rh(rid, info)
         elif typ == P.T_CMDRES:
             ctr, cmd, res = P.parse_cmdres(body)
+            if cmd == P.C_REKEY:
+                done = getattr(self.data, "reader_rekeyed", None)
+                if done is not None and done(rid, ctr, res == P.CR_OK):
+                    # the registry holds the new secret now: the next session is made with it
+                    self.readers.pop(rid, None)
+                return
             self.data.command_result(rid, ctr, cmd, res)
 
     def _hold(self, st: ReaderState, wait: float | None = None) -> None:

@@ -100,6 +100,14 @@ class ReaderSession:
             raise ProtoError(P.E_SESSION)
         return self.seal_for(self.nonce, typ, body)
 
+    def seal_rekey(self, secret: bytes, password: str) -> tuple[int, bytes]:
+        """(counter, REKEY message): the new pair encrypted under the current key."""
+        if self.nonce is None:
+            raise ProtoError(P.E_SESSION)
+        ctr = self.counter.next()
+        body = P.rekey_body(self.key, self.nonce, ctr, secret, password)
+        return ctr, P.seal(self.key, P.DIR_HOST, P.T_REKEY, self.nonce, ctr, body)
+
     def seal_for(self, nonce: bytes, typ: int, body: bytes) -> bytes:
         return P.seal(self.key, P.DIR_HOST, typ, nonce, self.counter.next(), body)
 

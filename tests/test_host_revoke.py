@@ -170,3 +170,90 @@ def test_refusals_are_counted_per_interval_with_bounded_memory():
     now[0] = 11
     rl.flush()
     assert sum(n for _, _, _, n in got) == 1000 and not rl.pending
+
+
+def test_rotate_gives_a_reader_a_new_secret_and_password_and_the_old_pair_stops_working(tmp_path):
+    """The firmware's reader (unix port, TLS) against serve and a real mosquitto: a signed,
+    encrypted REKEY, stored by the reader, then the registry and the broker switch; the old
+    password is refused from then on and the reader works on (and after a reboot) with the new."""
+    import json
+
+    from host_sync.broker import make_test_ca
+    from tests.sync_support import ReaderProc
+
+    url = "sqlite:///%s" % (tmp_path / "gv.sqlite3")
+    op = _setup(url)
+    tls = make_test_ca(tmp_path / "tls")
+    port, host_port = free_port(), free_port()
+    bdir = tmp_path / "broker"
+    bargs = ["broker", "config", "--out", str(bdir), "--port", str(port), "--plain-port",
+             str(host_port), "--cafile", tls.cafile, "--certfile", tls.certfile, "--keyfile",
+             tls.keyfile]
+    op.ok(*bargs)
+    conf = bdir / "mosquitto.conf"
+    if os.geteuid() == 0:
+        conf.write_text(conf.read_text() + "user %s\n" % getpass.getuser())
+    mosq = subprocess.Popen([mosquitto_bin(), "-c", str(conf)],
+                            stdout=open(tmp_path / "mosquitto.log", "wb"), stderr=subprocess.STDOUT)
+    Db(url).execute("INSERT INTO settings (name, value) VALUES ('broker_reload', ?)",
+                    ("kill -HUP %d" % mosq.pid,))
+    serve_log = tmp_path / "serve.log"
+    srv = subprocess.Popen([sys.executable, "-m", "host_sync", "--db", url, "serve",
+                            "--broker-port", str(host_port), "--instance", "one", "--poll", "0.05"],
+                           cwd=ROOT, stdout=open(serve_log, "w"), stderr=subprocess.STDOUT,
+                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    cfg_file = tmp_path / "gate-01.json"
+    op.ok("readers", "config", "gate-01", "--config-out", str(cfg_file), "--broker-host",
+          "127.0.0.1", "--broker-port", str(port), "--ca", tls.cafile, "--virtual")
+    image = str(tmp_path / "flash.img")
+    readers = []
+    try:
+        _wait(lambda: _listening(port) and _listening(host_port), what="broker")
+        _wait(lambda: "host sync connected" in serve_log.read_text(), 20, "serve")
+        old_secret, old_pw = _creds(url, "gate-01")
+        r = ReaderProc(tmp_path / "r1", json.loads(cfg_file.read_text()), heapsize="512k",
+                       image=image)
+        readers.append(r)
+        head = Registry(Db(url)).current_version("site-a")
+        r.wait(lambda s: s["version"] == head, timeout=60, what="rebuild")
+
+        op.ok("readers", "rotate", "gate-01")
+        s = r.wait(lambda s: s["rekeyed"] == 1 and s["connected"], timeout=40, what="re-keyed")
+        new_secret, new_pw = _creds(url, "gate-01")
+        assert (new_secret, new_pw) != (old_secret, old_pw) and s["connects"] >= 2
+        disk = json.loads((tmp_path / "r1" / "config.json").read_text())
+        assert disk["secret"] == new_secret.hex() and disk["broker"]["password"] == new_pw
+        op.ok("audit", "--subject", "gate-01")
+        assert "reader re-key started" in op.out and "reader re-keyed" in op.out
+        # the old password no longer logs in; the reader works on with the new pair
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="thief")
+        c.username_pw_set("gate-01", old_pw)
+        c.tls_set(ca_certs=tls.cafile)
+        got: list[str] = []
+        c.on_connect = lambda cl, u, f, rc, p: got.append(str(rc))
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        _wait(lambda: got, what="CONNACK")
+        c.loop_stop()
+        c.disconnect()
+        assert got[0] == "Not authorized"
+        op.ok("cards", "block", "BB-2401-000001")
+        key = _key(url, UIDS[0])
+        _wait(lambda: (lambda rec: rec and R.status(rec) == R.BLOCKED)(r.lookup(key)), 30,
+              "the block under the new secret")
+        # and after a reboot it logs in with what it wrote to its config
+        r.ctl("quit")
+        r.proc.wait(10)
+        r = ReaderProc(tmp_path / "r1", disk, heapsize="512k", image=image)
+        readers.append(r)
+        op.ok("cards", "block", "BB-2401-000002")
+        key2 = _key(url, UIDS[1])
+        _wait(lambda: (lambda rec: rec and R.status(rec) == R.BLOCKED)(r.lookup(key2)), 30,
+              "a block after the reboot")
+        assert r.stat["rekey_pending"] is False
+    finally:
+        for x in readers:
+            x.close()
+        _stop(srv)
+        mosq.terminate()
+        mosq.wait(5)

@@ -118,9 +118,9 @@ def test_a_database_url_stays_out_of_the_world_readable_unit(host, tmp_path):
 
 
 def test_serve_says_why_it_cannot_reach_the_broker_and_keeps_trying(host, tmp_path):
-    port = free_port()
-    host.ok("site", "init", "--address", "127.0.0.1", "--bind", "127.0.0.1", "--port", str(port),
-            "--run-as", _me())
+    readers_port, port = free_port(), free_port()  # serve uses the host side's own listener
+    host.ok("site", "init", "--address", "127.0.0.1", "--bind", "127.0.0.1", "--port",
+            str(readers_port), "--host-port", str(port), "--run-as", _me())
     host.ok("site", "services", "--unit-dir", str(tmp_path / "units"))
     unit = {f.name: units.parse(f.read_text()) for f in (tmp_path / "units").glob("*.service")}
     serve_argv = shlex.split(unit["grindvakt-serve.service"]["Service"]["ExecStart"][0])
@@ -148,7 +148,7 @@ def test_serve_says_why_it_cannot_reach_the_broker_and_keeps_trying(host, tmp_pa
 def test_a_refused_account_and_an_untrusted_certificate_are_named(host, tmp_path):
     port = free_port()
     host.ok("site", "init", "--address", "127.0.0.1", "--bind", "127.0.0.1", "--port", str(port),
-            "--run-as", _me())
+            "--host-port", str(free_port()), "--run-as", _me())
     host.start(["mosquitto", "-c", str(tmp_path / "etc" / "broker" / "mosquitto.conf")],
                tmp_path / "mosquitto.log")
     bad_pw = tmp_path / "bad-pw.log"

@@ -50,11 +50,13 @@ def test_init_makes_a_ca_a_server_cert_and_a_tls_only_config(tmp_path):
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     assert stat.S_IMODE(pki.ca_key.stat().st_mode) == 0o600
     lines = conf_lines(tmp_path)
-    # default: every address, TLS, no plain listener; every path absolute
-    assert [ln for ln in lines if ln.startswith("listener")] == ["listener 8883"]
+    # default: every address, TLS, no plain listener; every path absolute; the host side's own
+    # listener (loopback, client ids not bound to accounts: docs/security.md) next to it
+    assert [ln for ln in lines if ln.startswith("listener")] == ["listener 8883",
+                                                                  "listener 8884 127.0.0.1"]
     for key in ("password_file", "acl_file", "cafile", "certfile", "keyfile", "persistence_location"):
-        (val,) = [ln.split(" ", 1)[1] for ln in lines if ln.startswith(key + " ")]
-        assert os.path.isabs(val) and os.path.exists(val), (key, val)
+        vals = [ln.split(" ", 1)[1] for ln in lines if ln.startswith(key + " ")]
+        assert vals and all(os.path.isabs(v) and os.path.exists(v) for v in vals), (key, vals)
     assert "allow_anonymous false" in lines
     site = json.loads((tmp_path / "etc" / "site.json").read_text())
     assert site["reader_host"] == "10.20.0.5" and site["port"] == 8883
@@ -64,8 +66,8 @@ def test_bind_addresses_and_the_broker_user(tmp_path):
     ok(tmp_path, "site", "init", "--address", "10.20.0.5", "--bind", "10.20.0.5", "--port", "18883")
     lines = conf_lines(tmp_path)
     assert [ln for ln in lines if ln.startswith("listener")] == [
-        "listener 18883 10.20.0.5", "listener 18883 127.0.0.1"]  # the host's own service: loopback
-    assert lines.count("tls_version tlsv1.2") == 2  # TLS on each listener
+        "listener 18883 10.20.0.5", "listener 18883 127.0.0.1", "listener 18884 127.0.0.1"]
+    assert lines.count("tls_version tlsv1.2") == 3  # TLS on each listener
     broker = tmp_path / "etc" / "broker"
     if paths.is_root():
         import grp

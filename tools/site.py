@@ -301,6 +301,7 @@ class AckMonitor:
         c.username_pw_set(user, pw)
         c.on_message = self._on_message
         c.on_connect = lambda cl, *a: cl.subscribe("gv/+/+/out", qos=1)
+        c.tls_set(ca_certs=site.tls.cafile)
         c.connect("127.0.0.1", site.host_port)  # ids there are free: serve shares the account
         c.loop_start()
         self.client = c

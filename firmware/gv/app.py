@@ -15,6 +15,7 @@ EV_PATH = "/events"
 LOCK_PATH = "/lockouts"
 CLOCK_PATH = "/clock"  # the wall clock's lower bound (gv.gate.clock), kept through power cuts
 BOOT_PATH = "/boot"  # the boot number (gv.boot): the top half of the sync link's counters
+REKEY_PATH = "/rekey"  # a new secret and broker password, until the first login with them
 WDT_MS = 8000
 REBOOT_DELAY_MS = 1500  # let the command's result reach the host first
 FATAL_PAUSE_MS = 5000  # shorter than the watchdog (not started, or fed until here)
@@ -92,10 +93,12 @@ class Reader:
 
             self.wifi = WiFi(cfg.wifi.get("ssid"), cfg.wifi.get("password"), cfg.reader_id)
             from gv.boot import BootCount
+            from gv.sync.rekey import Credentials
 
             self.sync = Sync(cfg, self.allowlist, events=self.events, on_command=self.command,
                              health=self.health, fw="grindvakt-" + VERSION,
-                             boot=BootCount(BOOT_PATH))
+                             boot=BootCount(BOOT_PATH),
+                             creds=Credentials(cfg, C.CONFIG_PATH, REKEY_PATH))
         gc.collect()
         from gv.sync.protocol import M_BOOT
 

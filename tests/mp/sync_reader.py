@@ -50,7 +50,9 @@ def on_command(name, arg):
 
 
 from gv.boot import BootCount
-sync = Sync(cfg, al, events=log, on_command=on_command, boot=BootCount("/flash/boot"))
+from gv.sync.rekey import Credentials
+sync = Sync(cfg, al, events=log, on_command=on_command, boot=BootCount("/flash/boot"),
+            creds=Credentials(cfg, DIR + "/config.json", "/flash/rekey"))
 gate = {"loops": 0, "maxgap": 0, "last": None, "found": 0, "heap": 0}
 _handler = sync.client.on_message
 
@@ -102,7 +104,8 @@ def stat():
             "heap_peak": gate["heap"], "heap_base": gate["base"], "mem_free": gc.mem_free(), "mem_alloc": gc.mem_alloc(),
             "rx_bytes": c.rx_bytes, "tx_bytes": c.tx_bytes,
             "flash_written": dev.bytes_written, "error": c.last_error,
-            "sync_error": sync.last_error, "boot": sync.boot.n}
+            "sync_error": sync.last_error, "boot": sync.boot.n,
+            "rekeyed": sync.creds.promoted, "rekey_pending": sync.creds.next is not None}
 
 
 async def control():

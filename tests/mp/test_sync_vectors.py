@@ -78,3 +78,12 @@ def test_rejects():
             eq(e.reason, r["reason"], r["name"])
             continue
         raise AssertionError("accepted: " + r["name"])
+
+
+def test_rekey_vector():
+    r = V["rekey"]
+    secret = bytes.fromhex(r["secret"])
+    body = P.rekey_body(KEY, NONCE, r["counter"], secret, r["password"])
+    eq(body.hex(), r["body"])
+    eq(P.seal(KEY, P.DIR_HOST, P.T_REKEY, NONCE, r["counter"], body).hex(), r["msg"])
+    eq(P.parse_rekey(KEY, NONCE, r["counter"], body), (secret, r["password"]))

@@ -33,7 +33,7 @@ _ZLIB_WBITS = 10  # SNAP's zlib window (docs/protocol.md)
 
 class Sync:
     def __init__(self, cfg, allowlist, events=None, on_command=None, health=None, fw=FW,
-                 client=None, boot=None):
+                 client=None, boot=None, creds=None):
         try:
             # the store loads its update code on first use; load it now, while the heap is
             # young, rather than compile it mid-rebuild in a fragmented heap
@@ -74,6 +74,12 @@ class Sync:
         client.on_message = self._on_message
         client.on_connect = self._on_connect
         client.subscribe(self.t_in)
+        # credentials that a signed REKEY can replace (gv.sync.rekey.Credentials); without
+        # them a REKEY is refused as a bad type
+        self.creds = creds
+        self._attempt = None  # (key, used the new pair) of the connection being attempted
+        if creds is not None:
+            client.on_attempt = self._on_attempt
         if hasattr(client, "before_tls"):
             client.before_tls = memory.tls_room  # no handshake that cannot fit the ESP-IDF heap
         self.client = client
@@ -142,6 +148,9 @@ class Sync:
 
     async def _on_connect(self):
         memory.record(P.M_TLS)  # the heaps with the broker link (and its TLS) up
+        if self._attempt is not None:  # the pair that logged in seals this session
+            self.key, used_next = self._attempt
+            self.creds.connected(used_next)
         # a fresh session: everything sealed for an older one is now stale
         self.nonce = os.urandom(P.NONCE_LEN)
         self._seen = []
@@ -429,6 +438,8 @@ class Sync:
                 self._on_evack(body)
             elif typ == P.T_CMD:
                 self._on_cmd(ctr, body)
+            elif typ == P.T_REKEY and self.creds is not None:
+                self._on_rekey(nonce, ctr, body)
             else:
                 self._reject(P.E_TYPE, typ, ctr)
         except P.ProtoError as e:
@@ -601,6 +612,25 @@ class Sync:
             raise P.ProtoError(P.E_ORDER)  # never acknowledge what was not sent
         self.log.ack(upto)
         self._evack.set()
+
+    def _on_attempt(self):
+        secret, password = self.creds.choose(self.client.auth_refused)
+        self.client.password = password
+        self._attempt = (P.Key(secret, self.cfg.reader_id),
+                         self.creds.use_next and self.creds.next is not None)
+
+    def _on_rekey(self, nonce, ctr, body):
+        # stored before it is acknowledged: the host switches only once this reader has it
+        secret, password = P.parse_rekey(self.key, nonce, ctr, body)
+        try:
+            self.creds.store_next(secret, password)
+            res = P.CR_OK
+        except OSError as e:
+            self.last_error = "rekey: %s" % e
+            res = P.CR_FAILED
+        if len(self._cmdres) < 8:
+            self._cmdres.append((ctr, P.C_REKEY, res))
+        self._work.set()
 
     def _on_cmd(self, ctr, body):
         cmd, arg = P.parse_cmd(body)

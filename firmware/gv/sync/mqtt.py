@@ -93,6 +93,8 @@ class MQTTClient:
         self._rx = 0
         self._stop = False
         self._was_up = False
+        self.on_attempt = None  # called before every connection attempt (plain function)
+        self.auth_refused = False  # the last attempt's CONNACK refused the credentials
 
     # -- public --
     def subscribe(self, topic):
@@ -149,6 +151,9 @@ class MQTTClient:
         lo, hi = self.backoff_ms
         delay = lo
         while not self._stop:
+            if self.on_attempt is not None:
+                self.on_attempt()  # e.g. choose credentials (a re-key in progress)
+            self.auth_refused = False
             try:
                 await self._session()
             except Exception as e:  # noqa: BLE001 - any failure ends this connection only
@@ -241,6 +246,8 @@ class MQTTClient:
         head = await stream.readexactly(4)
         if head[0] != _CONNACK or head[1] != 2:
             raise MQTTError("bad CONNACK")
+        if head[3] in (4, 5):  # bad user name or password / not authorised
+            self.auth_refused = True
         if head[3] != 0:
             raise MQTTError("connection refused, code %d" % head[3])
 

@@ -36,6 +36,7 @@ T_DELTA = const(1)
 T_SNAP = const(2)
 T_EVACK = const(3)
 T_CMD = const(4)
+T_REKEY = const(5)  # a new secret and broker password for this reader (encrypted, below)
 # reader -> host (topics .../hello and .../out)
 T_HELLO = const(0x10)
 T_SYNC = const(0x11)
@@ -60,6 +61,8 @@ C_REBOOT = const(5)
 C_HELLO = const(6)
 COMMANDS = {C_OPEN: "open", C_CLEAR_LOCKOUT: "clear_lockout", C_RESYNC: "resync",
             C_SET_CLOCK: "set_clock", C_REBOOT: "reboot", C_HELLO: "hello"}
+# in CMDRES only (not a command): the REKEY with this counter is stored on the reader's flash
+C_REKEY = const(7)
 
 # command results (T_CMDRES)
 CR_OK = const(0)
@@ -418,3 +421,43 @@ def parse_health(body):
     return {"health": v[0], "al_version": v[1], "free_flash": v[2], "flash_size": v[3],
             "need_flash": v[4], "events_pending": v[5], "mem_errors": v[6],
             "tls_deferred": v[7], "uptime_s": v[8], "retry_s": v[9], "mem": mem}
+
+
+# REKEY: secret 32 B, pw_len u8, password (pw_len B, utf-8, at most 64), all XORed with a
+#   keystream from the reader's current key: block i = MAC("K", nonce || counter u64 || i u8)
+#   (16 B each; "K" is neither direction, so no message MAC is ever a keystream block). The
+#   message's own MAC covers the ciphertext, its nonce and counter make the keystream unique.
+REKEY_PW_MAX = const(64)
+
+
+def _keystream(key, nonce, counter, n):
+    out = bytearray()
+    i = 0
+    while len(out) < n:
+        out += key.mac(b"K", bytes(nonce) + struct.pack(">QB", counter, i))
+        i += 1
+    return out
+
+
+def rekey_body(key, nonce, counter, secret, password):
+    pw = password.encode() if isinstance(password, str) else bytes(password)
+    if len(secret) != 32 or not 0 < len(pw) <= REKEY_PW_MAX:
+        raise ValueError("rekey: 32-byte secret, 1..64-byte password")
+    plain = bytes(secret) + bytes([len(pw)]) + pw
+    ks = _keystream(key, nonce, counter, len(plain))
+    return bytes(plain[i] ^ ks[i] for i in range(len(plain)))
+
+
+def parse_rekey(key, nonce, counter, body):
+    """(secret bytes, password str) from a REKEY body (already authenticated by unseal)."""
+    if not 34 <= len(body) <= 33 + REKEY_PW_MAX:
+        raise ProtoError(E_MALFORMED)
+    ks = _keystream(key, nonce, counter, len(body))
+    plain = bytes(body[i] ^ ks[i] for i in range(len(body)))
+    n = plain[32]
+    if len(plain) != 33 + n or not n:
+        raise ProtoError(E_MALFORMED)
+    try:
+        return plain[:32], plain[33:].decode()
+    except ValueError:
+        raise ProtoError(E_MALFORMED)
