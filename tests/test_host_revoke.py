@@ -250,7 +250,8 @@ def test_rotate_gives_a_reader_a_new_secret_and_password_and_the_old_pair_stops_
         key2 = _key(url, UIDS[1])
         _wait(lambda: (lambda rec: rec and R.status(rec) == R.BLOCKED)(r.lookup(key2)), 30,
               "a block after the reboot")
-        assert r.stat["rekey_pending"] is False
+        s = r.wait(lambda s: s["connected"], what="connected after the reboot")
+        assert s["rekey_pending"] is False and s["rekeyed"] == 0  # nothing left to switch
     finally:
         for x in readers:
             x.close()
