@@ -497,10 +497,16 @@ def cmd_readers_config(ctx: Ctx) -> int:
 def cmd_readers_rename(ctx: Ctx) -> int:
     a = ctx.args
     r = ctx.reg.rename_reader(a.reader_id, a.new_id)
-    ctx.say("reader %s is now %s (site %s), with a new secret and broker account" % (a.reader_id, r["id"], r["site_id"]),
-            "next: host-sync readers config %s --config-out FILE ..., deploy it to the board, and "
-            "rewrite the broker config (host-sync broker config --out DIR, then SIGHUP mosquitto)"
+    ctx.say("reader %s is now %s (site %s), with a new secret and broker account"
+            % (a.reader_id, r["id"], r["site_id"]),
+            "next: host-sync readers config %s --config-out FILE ..., then deploy it to the board"
             % r["id"])
+    done = refresh_site_broker(ctx)  # the old account goes, the new one comes
+    if done is None:
+        ctx.say("the broker needs the change: host-sync broker config --out DIR, then reload "
+                "mosquitto (SIGHUP)")
+    else:
+        ctx.say("the site's broker has the new account (the old one is gone): " + done)
     return EXIT_OK
 
 
@@ -1329,7 +1335,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp = top.add_parser("readers", help="gate readers").add_subparsers(dest="cmd", required=True)
 
     def config_opts(x: argparse.ArgumentParser) -> None:
-        from gv.config import GATE_RANGES
+        from gv.configcheck import GATE_RANGES
         x.add_argument("--broker-host", help="the broker's address on the site network, as the "
                                              "reader reaches it (default: the one 'site init' "
                                              "recorded; required without a site)")
