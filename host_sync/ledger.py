@@ -238,22 +238,20 @@ def correct(db: Db, shift_id: str, start: dt.datetime | None, end: dt.datetime |
 
 def shifts(db: Db, site_id: str, t_from: dt.datetime, t_to: dt.datetime) -> list[dict]:
     """One row per person and work shift overlapping [t_from, t_to)."""
-    ids = [r[0] for r in db.all(
-        "SELECT DISTINCT shift_id FROM ledger WHERE site_id = ? AND at >= ? AND at < ?",
-        (site_id, iso(t_from - MAX_SHIFT), iso(t_to + MAX_SHIFT)))]
+    # every entry of the shifts with an entry near the span, in one query on ledger_site_at
+    # and ledger_shift
+    rows = db.all("SELECT %s FROM ledger WHERE shift_id IN (SELECT DISTINCT shift_id FROM ledger"
+                  " WHERE site_id = ? AND at >= ? AND at < ?) ORDER BY id" % ", ".join(LEDGER_COLS),
+                  (site_id, iso(t_from - MAX_SHIFT), iso(t_to + MAX_SHIFT)))
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        d = dict(zip(LEDGER_COLS, r))
+        by.setdefault(d["shift_id"], []).append(d)
     out = []
-    for chunk in range(0, len(ids), 500):
-        part = ids[chunk:chunk + 500]
-        rows = db.all("SELECT %s FROM ledger WHERE shift_id IN (%s) ORDER BY id"
-                      % (", ".join(LEDGER_COLS), ",".join("?" * len(part))), part)
-        by: dict[str, list[dict]] = {}
-        for r in rows:
-            d = dict(zip(LEDGER_COLS, r))
-            by.setdefault(d["shift_id"], []).append(d)
-        for sid, entries in by.items():
-            s = _shift(entries)
-            if s and s["start"] < t_to and (s["end"] is None or s["end"] >= t_from):
-                out.append(s)
+    for entries in by.values():
+        s = _shift(entries)
+        if s and s["start"] < t_to and (s["end"] is None or s["end"] >= t_from):
+            out.append(s)
     out.sort(key=lambda s: (s["start"], s["person_name"]))
     return out
 

@@ -276,6 +276,12 @@ _V8 = [
     "ALTER TABLE cards ADD COLUMN replaces TEXT NOT NULL DEFAULT ''",
 ]
 
+# The console's events page without a site filter (refusals, lockouts, alarms of every site
+# the account sees) pages by time: an index on the event time alone.
+_V9 = [
+    "CREATE INDEX events_at ON events (at)",
+]
+
 MIGRATIONS = [
     (1, "registry, allowlist versions, events, staff ledger", _V1),
     (2, "live pushes claimed by one serve instance", _V2),
@@ -285,4 +291,5 @@ MIGRATIONS = [
     (6, "event times found after the fact (clock set later in the same boot)", _V6),
     (7, "the console's card search by name words", _V7),
     (8, "site time zones, replacement cards", _V8),
+    (9, "events by time alone (the console's events page)", _V9),
 ]

@@ -253,14 +253,15 @@ class Registry:
                    or s in c["card_no"].lower()]
         return out
 
-    def refresh_search_terms(self, batch: int = 5000) -> int:
+    def refresh_search_terms(self, batch: int = 5000, most: int | None = None) -> int:
         """Re-index the words of the cards marked by the triggers of migration 7 (new cards,
-        changed names); returns how many cards were indexed."""
+        changed names), at most `most` of them; returns how many cards were indexed."""
         n = 0
-        while True:
+        while most is None or n < most:
             with self.db.tx():
                 marked = [r[0] for r in self.db.all(
-                    "SELECT card_no FROM card_terms_dirty ORDER BY card_no LIMIT %d" % int(batch))]
+                    "SELECT card_no FROM card_terms_dirty ORDER BY card_no LIMIT %d"
+                    % int(batch if most is None else min(batch, most - n)))]
                 if not marked:
                     return n
                 marks = ",".join("?" * len(marked))
@@ -274,58 +275,67 @@ class Registry:
                 self.db.execute("DELETE FROM card_terms_dirty WHERE card_no IN (%s)" % marks,
                                 marked)
             n += len(marked)
+        return n
 
     def search_cards(self, q: str = "", site: str | None = None, status: str | None = None,
                      after: str = "", limit: int = 50, sites: Sequence[str] = ()) -> list[dict]:
         """One page of cards (card-number order, after `after`) matching `q`: the leading part
         of a card number or UID, or words that begin words of the holder's or employer's name
-        ("berg", "anna b", "bygg 77"). Every match is an index range (primary key, the UID's
-        unique index, card_terms); `sites` limits to cards on those sites."""
-        where, args = [], []
+        ("berg", "anna b", "bygg 77"). Each kind of match is its own query on its own index
+        (primary key, the UID's unique index, card_terms driven by the rarest word), each
+        bounded by `limit`, merged here: a planner never walks every card testing an OR."""
         q = q.strip()
-        sql = "SELECT %s FROM cards c" % ", ".join("c." + x for x in CARD_COLS)
-        if q:
-            self.refresh_search_terms()
+        filters, fargs = [], []
+        if status:
+            filters.append("c.status = ?")
+            fargs.append(status)
+        if site:
+            filters.append("EXISTS (SELECT 1 FROM card_sites s WHERE s.card_no = c.card_no"
+                           " AND s.site_id = ?)")
+            fargs.append(site)
+        if sites:
+            filters.append("EXISTS (SELECT 1 FROM card_sites s WHERE s.card_no = c.card_no"
+                           " AND s.site_id IN (%s))" % ",".join("?" * len(sites)))
+            fargs.extend(sites)
+        if after:
+            filters.append("c.card_no > ?")
+            fargs.append(after)
+        cols = ", ".join("c." + x for x in CARD_COLS)
+
+        def page(frm: str, where: list[str], args: list) -> list[tuple]:
+            w = where + filters
+            sql = "SELECT %s FROM %s" % (cols, frm) + (" WHERE " + " AND ".join(w) if w else "")
+            return self.db.all(sql + " ORDER BY c.card_no LIMIT %d" % int(limit), args + fargs)
+
+        if not q:
+            rows = page("cards c", [], [])
+        else:
+            # a few renamed cards are indexed here; after a big import the console's watcher
+            # indexes the rest in the background (seconds), so a search never waits for it
+            self.refresh_search_terms(most=2000)
             # byte order for prefix ranges (PostgreSQL has COLLATE "C" indexes for them)
             c8 = ' COLLATE "C"' if self.db.dialect == "postgresql" else ""
             up, hx = q.upper(), q.lower().replace(":", "").replace(" ", "")
-            alts = ["(c.card_no%s >= ? AND c.card_no%s < ?)" % (c8, c8)]
-            args += [up, up + _TOP]
+            rows = page("cards c", ["c.card_no%s >= ?" % c8, "c.card_no%s < ?" % c8],
+                        [up, up + _TOP])
             if hx and all(ch in "0123456789abcdef" for ch in hx):
-                alts.append("(c.uid%s >= ? AND c.uid%s < ?)" % (c8, c8))
-                args += [hx, hx + _TOP]
+                rows += page("cards c", ["c.uid%s >= ?" % c8, "c.uid%s < ?" % c8], [hx, hx + _TOP])
             words = search_words(q)
             if words:
-                # the rarest word drives (a bounded count each); the others are checked per card
-                # through card_terms' card_no index (a card has a handful of words)
                 rng = "t.term%s >= ? AND t.term%s < ?" % (c8, c8)
+                # the rarest word drives (a bounded count each); the others are checked per
+                # card through card_terms' card_no index (a card has a handful of words)
                 words.sort(key=lambda w: self.db.scalar(
-                    "SELECT COUNT(*) FROM (SELECT 1 FROM card_terms t WHERE %s LIMIT 5000) x"
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM card_terms t WHERE %s LIMIT 20000) x"
                     % rng, (w, w + _TOP)))
-                alts.append("(c.card_no IN (SELECT t.card_no FROM card_terms t WHERE %s)%s)" % (
-                    rng, "".join(" AND EXISTS (SELECT 1 FROM card_terms t WHERE t.card_no ="
-                                 " c.card_no AND %s)" % rng for _ in words[1:])))
-                for w in words:
-                    args += [w, w + _TOP]
-            where.append("(" + " OR ".join(alts) + ")")
-        if status:
-            where.append("c.status = ?")
-            args.append(status)
-        for one, many in ((site, None), (None, sites)):
-            if one:
-                where.append("EXISTS (SELECT 1 FROM card_sites s WHERE s.card_no = c.card_no"
-                             " AND s.site_id = ?)")
-                args.append(one)
-            if many:
-                where.append("EXISTS (SELECT 1 FROM card_sites s WHERE s.card_no = c.card_no"
-                             " AND s.site_id IN (%s))" % ",".join("?" * len(many)))
-                args.extend(many)
-        if after:
-            where.append("c.card_no > ?")
-            args.append(after)
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        rows = self.db.all(sql + " ORDER BY c.card_no LIMIT %d" % int(limit), args)
+                # the driver's cards first (an index range), then joined: never a walk of
+                # every card in number order testing each one
+                drive = ("(SELECT DISTINCT t.card_no FROM card_terms t WHERE %s) d JOIN cards c"
+                         " ON c.card_no = d.card_no" % rng)
+                where = ["EXISTS (SELECT 1 FROM card_terms t WHERE t.card_no = c.card_no AND"
+                         " %s)" % rng for _ in words[1:]]
+                rows += page(drive, where, [a for w in words for a in (w, w + _TOP)])
+            rows = sorted({r[0]: r for r in rows}.values())[:int(limit)]
         return [dict(zip(CARD_COLS, r)) for r in rows]
 
     def find_uid(self, uid_hex: str) -> str | None:
