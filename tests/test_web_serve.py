@@ -121,7 +121,9 @@ def test_alarms_reach_an_mqtt_topic_and_an_smtp_server_with_retries(tmp_path):
             sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="alarm-monitor")
             sub.username_pw_set(b.host_user, b.host_password)
             sub.on_message = lambda c, u, m: got.append(m.payload)
-            sub.connect("127.0.0.1", b.port)
+            # host-side clients sharing the host account: the loopback listener, where client ids
+            # are not bound to accounts (on b.port both would be "host" and replace each other)
+            sub.connect("127.0.0.1", b.plain_port)
             sub.subscribe("gv/monitor/alarms", qos=1)
             sub.loop_start()
             env = {"GV_MQTT_PW": b.host_password}
@@ -129,7 +131,7 @@ def test_alarms_reach_an_mqtt_topic_and_an_smtp_server_with_retries(tmp_path):
             os.environ.update(env)
             try:
                 o.ok("alarms", "sink-add", "mqtt", "gv/monitor/alarms", "--mqtt-host", "127.0.0.1",
-                     "--mqtt-port", str(b.port), "--mqtt-user", b.host_user,
+                     "--mqtt-port", str(b.plain_port), "--mqtt-user", b.host_user,
                      "--password-env", "GV_MQTT_PW")
             finally:
                 for k, v in old.items():

@@ -110,7 +110,7 @@ def bench_fanout(tmp: Path) -> float:
     head = reg.current_version("site-a")
     with Broker() as b:
         data = CappedData(RegistryData(db))
-        eng = HostSync(data, "127.0.0.1", b.port, user=b.host_user, password=b.host_password,
+        eng = HostSync(data, "127.0.0.1", b.plain_port, user=b.host_user, password=b.host_password,
                        client_id="bench-host", share_group="bench")
         svc = Service(data, eng, "bench")
         svc.tick()  # first look at the site
@@ -133,7 +133,7 @@ def bench_fanout(tmp: Path) -> float:
         sim = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-readers")
         sim.username_pw_set(b.host_user, b.host_password)
         sim.on_message = on_msg
-        sim.connect("127.0.0.1", b.port)
+        sim.connect("127.0.0.1", b.plain_port)  # host account: the unbound loopback listener
         sim.loop_start()
         sim.subscribe("gv/site-a/+/in", qos=0)
         time.sleep(0.3)
