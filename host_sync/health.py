@@ -83,9 +83,10 @@ def memory_warnings(h: dict[str, Any]) -> list[str]:
         if not figs:
             continue
         gc_free, gc_big, idf_free, idf_big = figs
-        if gc_free < GC_FREE_MIN or gc_big < GC_BLOCK_MIN:
-            out.append("GC heap low at %s (%s free, largest block %s)" % (stage, kib(gc_free),
-                                                                        kib(gc_big)))
+        if gc_free < GC_FREE_MIN or (gc_big != P.UNKNOWN and gc_big < GC_BLOCK_MIN):
+            out.append("GC heap low at %s (%s free%s)" % (
+                stage, kib(gc_free), "" if gc_big == P.UNKNOWN else
+                ", largest block %s" % kib(gc_big)))
         if idf_big != P.UNKNOWN and idf_big < IDF_BLOCK_MIN:
             out.append("ESP-IDF heap low at %s (%s free, largest block %s: no TLS handshake)"
                        % (stage, kib(idf_free), kib(idf_big)))
@@ -119,7 +120,8 @@ def summary(h: dict[str, Any] | None) -> str:
         figs.append("flash %s free" % kib(int(h["free_flash"])))
     now = (h.get("mem") or {}).get("now")
     if now:
-        figs.append("heap %s (block %s)" % (kib(now[0]), kib(now[1])))
+        figs.append("heap %s" % kib(now[0]) + ("" if now[1] == P.UNKNOWN
+                                                else " (block %s)" % kib(now[1])))
         if now[3] != P.UNKNOWN:
             figs.append("idf %s (block %s)" % (kib(now[2]), kib(now[3])))
     elif "free_heap" in h:

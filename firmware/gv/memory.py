@@ -36,9 +36,14 @@ tls_deferred = 0  # TLS connects put off this boot for want of ESP-IDF heap
 
 
 def gc_largest():
-    """The largest block the GC heap can allocate now, to 256 bytes. MicroPython has no call that
-    returns it (mem_info() only prints it), so it is found by trying: ~9 allocations, freed at once.
+    """The largest block the GC heap can allocate now, to 256 bytes; UNKNOWN on an ESP32.
+    MicroPython has no call that returns it (mem_info() only prints it), so it is found by
+    trying: ~9 allocations, freed at once. Not on a port with an ESP-IDF heap: there a failed
+    allocation grows the GC heap from the ESP-IDF heap (MICROPY_GC_SPLIT_HEAP_AUTO), which is
+    the memory Wi-Fi and TLS need; its idf() figures are what decide whether a handshake fits.
     Not for a hot path; a failed try is this probe's own and is not counted as an error."""
+    if _idf_info is not None:
+        return UNKNOWN
     lo, hi = 0, gc.mem_free() + _STEP
     while hi - lo > _STEP:
         mid = (lo + hi) // 2
