@@ -4,6 +4,7 @@ can read; renewing the certificate, rolling the CA; the registry found the same 
 from __future__ import annotations
 
 import json
+import re
 import os
 import stat
 import subprocess
@@ -175,3 +176,48 @@ def test_default_locations(monkeypatch, tmp_path):
     assert paths.unit_dir() == Path("/etc/systemd/system")
     from host_sync.db import resolve_url
     assert resolve_url(None, None) == "sqlite:////var/lib/grindvakt/grindvakt.sqlite3"
+
+
+@pytest.mark.skipif(not paths.is_root(), reason="started by root and by the user mosquitto: needs root")
+def test_the_broker_starts_whoever_starts_it():
+    """A root site's files are root:mosquitto: mosquitto started by root (it drops to the user
+    mosquitto) and started directly as the user mosquitto (User= in a unit) both read them."""
+    import pwd
+    import shutil
+    import socket
+    import tempfile
+    import time
+
+    try:
+        mq = pwd.getpwnam("mosquitto")
+    except KeyError:
+        pytest.skip("no user 'mosquitto' on this host")
+    tmp = Path(tempfile.mkdtemp(prefix="gv-owner-"))
+    os.chmod(tmp, 0o755)  # the user mosquitto must reach the files (pytest's folders are 0700)
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        ok(tmp, "site", "init", "--address", "127.0.0.1", "--bind", "127.0.0.1", "--port", str(port))
+        conf = str(tmp / "etc" / "broker" / "mosquitto.conf")
+        for how in ([], ["setpriv", "--reuid", str(mq.pw_uid), "--regid", str(mq.pw_gid),
+                         "--init-groups", "--"]):
+            p = subprocess.Popen(how + [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", conf],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            try:
+                deadline = time.monotonic() + 10
+                while True:
+                    assert p.poll() is None, (how, p.stderr.read().decode())
+                    try:
+                        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                        break
+                    except OSError:
+                        assert time.monotonic() < deadline, "mosquitto did not listen"
+                        time.sleep(0.05)
+                status = Path("/proc/%d/status" % p.pid).read_text()
+                assert re.search(r"Uid:\s+%d\b" % mq.pw_uid, status), status  # runs as mosquitto
+            finally:
+                p.terminate()
+                p.wait(10)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
