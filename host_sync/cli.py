@@ -296,8 +296,10 @@ def cmd_cards_edit(ctx: Ctx) -> int:
                 "the old UID no longer opens anything")
         if had_pin:
             ctx.say("  its PIN is bound to the UID: set it again (host-sync cards set-pin %s)" % no)
-    if not versions:
+    if not versions and not {"uid", "valid_from", "valid_until"} & set(diff):
         ctx.say("  kept on this host only: no reader holds names or identity numbers")
+    elif not versions:
+        ctx.say("  the card is on no site, so no reader is affected")
     ctx.say(*_versions_line(ctx, versions))
     return EXIT_OK
 
