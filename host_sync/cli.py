@@ -582,9 +582,12 @@ def cmd_readers_remove(ctx: Ctx) -> int:
 
 
 def reader_rows(reg: Registry, site: str | None, lag_limit_s: float) -> list[dict]:
+    from host_sync import rekey
     rows = reg.reader_rows(site, lag_limit_s)
+    rotating = rekey.pending(reg)
     for r in rows:
         r["revoked"] = reg.revoked(r["id"])
+        r["rekey_pending"] = r["id"] in rotating  # readers rotate: not yet stored by the reader
     return rows
 
 
@@ -596,7 +599,8 @@ def cmd_readers_list(ctx: Ctx) -> int:
     else:
         from host_sync.health import summary as health  # problems first, then the figures
         ctx.say(*_table([(r["id"], r["site_id"], "REVOKED" if r["revoked"] else
-                          "online" if r["online"] else "OFFLINE",
+                          ("online" if r["online"] else "OFFLINE")
+                          + (" (re-key pending)" if r["rekey_pending"] else ""),
                           "%d/%d" % (r["applied_version"], r["head"]),
                           ("%d" % r["lag"]) + (" LAGGING A BLOCK since %s" % r["block_pending_since"]
                                                if r["lagging_block"] else ""),

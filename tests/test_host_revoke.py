@@ -122,6 +122,12 @@ def test_revoke_cuts_a_stolen_reader_off_and_remove_deletes_it(tmp_path):
         assert "tester" in op.out
         op.ok("readers", "list")
         assert "REVOKED" in op.out
+        # a rotation waits for its reader (gate-03 never connected): shown as pending
+        assert op("readers", "rotate", "gate-01") == 3  # revoked: nothing to rotate
+        op.ok("readers", "rotate", "gate-03")
+        op.ok("readers", "list")
+        assert [ln for ln in op.out.splitlines() if ln.startswith("gate-03")][0].count(
+            "(re-key pending)") == 1
         assert op("readers", "config", "gate-01", "--config-out", str(tmp_path / "x.json")) == 3
         assert op("readers", "revoke", "gate-01", "--reason", "again") == 3
         # remove: gone from the registry; gate-02 still has its account
@@ -225,6 +231,8 @@ def test_rotate_gives_a_reader_a_new_secret_and_password_and_the_old_pair_stops_
         assert disk["secret"] == new_secret.hex() and disk["broker"]["password"] == new_pw
         op.ok("audit", "--subject", "gate-01")
         assert "reader re-key started" in op.out and "reader re-keyed" in op.out
+        rows = {x["id"]: x for x in json.loads(op.ok("readers", "list", "--json"))}
+        assert rows["gate-01"]["rekey_pending"] is False
         # the old password no longer logs in; the reader works on with the new pair
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="thief")
         c.username_pw_set("gate-01", old_pw)
