@@ -38,6 +38,8 @@ def merge(old: dict[str, Any] | None, report: dict[str, Any], kind: str, at: str
     if kind == "hello":
         h["hello_version"] = report.get("al_version", report.get("version"))
         stamps["hello_version"] = at
+        if not report.get("retained"):
+            stamps["live_hello"] = at  # the reader said it now: what a deploy waits for
     else:
         h["al_version"] = report.get("al_version")
         mem = dict(h.get("mem") or {})

@@ -351,7 +351,8 @@ class HostSync:
             st.hello = info
             st.clock_sent = False
             st.health = dict(st.health, health=info["health"])  # the same bits: does it back off
-            self.data.reader_hello(rid, info)
+            # "retained": the reader's last session, seen again when this host (re)subscribed
+            self.data.reader_hello(rid, dict(info, retained=retained))
             if info["health"] & P.H_FULL:
                 # backing off for a full flash: this HELLO asks for nothing (the reader SYNCs
                 # when its wait is over); a rebuild window now would only be refused

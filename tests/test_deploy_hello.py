@@ -94,3 +94,29 @@ def test_a_real_reader_says_which_step_failed(broker, tmp_path, case, step):
         lines = vb.logs()
     msg = diagnose(lines, _config(broker, **over), "x")
     assert step_of(msg) == step, (msg, lines[-5:])
+
+
+def test_the_registry_waiter_takes_only_a_live_hello_after_it_started(tmp_path):
+    """What serve records: a retained HELLO (the reader's last session, seen again when serve
+    reconnects) must not pass for the reader just deployed; a live one after start() does."""
+    from host_sync.db import Db
+    from host_sync.store import RegistryData
+    from gv.sync import protocol as P
+
+    url = "sqlite:///%s" % (tmp_path / "gv.sqlite3")
+    data = RegistryData(Db(url))
+    data.reg.add_site("site-a", "Site A", "PL1")
+    data.reg.add_reader("gate-01", "site-a")
+    hello = P.parse_hello(P.hello_body(4, 0, 0, 8192, 60_000, 0, 0, "grindvakt-x"))
+    data.reader_hello("gate-01", dict(hello, retained=False))  # before the deploy's reset
+    w = RegistryHelloWaiter({"reader_id": "gate-01"}, url)
+    time.sleep(0.01)
+    w.start()
+    time.sleep(0.01)
+    data.reader_hello("gate-01", dict(hello, retained=True))
+    with pytest.raises(NoHelloError, match="no hello from gate-01 within"):
+        w.wait(0.5)
+    data.reader_hello("gate-01", dict(hello, retained=False))
+    got = w.wait(5)
+    w.stop()
+    assert got["fw"] == "grindvakt-x" and got["al_version"] == 4

@@ -162,7 +162,9 @@ class RegistryHelloWaiter:
             h = json.loads(row[1])
         except ValueError:
             return None
-        at = (h.get("at") or {}).get("hello_version")
+        # a live HELLO only: a retained one (the last session's, seen again when serve
+        # reconnects) must not pass for the reader just deployed
+        at = (h.get("at") or {}).get("live_hello")
         if at and at > self.t0:
             return {"fw": row[0], "al_version": h.get("hello_version"), "at": at}
         return None
