@@ -177,3 +177,31 @@ def test_a_refused_account_and_an_untrusted_certificate_are_named(host, tmp_path
 def _me() -> str:
     import getpass
     return getpass.getuser()
+
+
+def test_where_systemd_runs_the_units_are_enabled_and_started(host, tmp_path, monkeypatch):
+    """daemon-reload, then enable --now both units (--user for a plain user), with systemctl
+    itself stood in for by a script that notes what it was asked."""
+    host.ok("site", "init", "--address", "127.0.0.1", "--port", "18883")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    (bin_dir / "systemctl").write_text('#!/bin/sh\necho "$@" >> %s\n' % calls)
+    (bin_dir / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", "%s:%s" % (bin_dir, os.environ["PATH"]))
+    for k, v in host.env.items():
+        if k.startswith("GV_"):
+            monkeypatch.setenv(k, v)
+    monkeypatch.delenv("GV_UNIT_DIR", raising=False)
+    monkeypatch.setattr(units, "systemd_running", lambda: True)
+    monkeypatch.setattr(paths, "unit_dir", lambda: tmp_path / "system")
+    import io
+    from host_sync import cli
+    out, err = io.StringIO(), io.StringIO()
+    assert cli.main(["site", "services"], out, err) == 0, out.getvalue() + err.getvalue()
+    user = [] if paths.is_root() else ["--user"]
+    assert calls.read_text().splitlines() == [
+        " ".join(user + ["daemon-reload"]),
+        " ".join(user + ["enable", "--now", "grindvakt-mosquitto.service", "grindvakt-serve.service"])]
+    assert (tmp_path / "system" / "grindvakt-serve.service").exists()
+    assert "both services run now and at every boot" in out.getvalue()
