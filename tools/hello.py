@@ -72,7 +72,7 @@ _TLS = ("mbedtls", "ssl", "tls", "x509", "cert", "handshake")  # matched in lowe
 
 
 def diagnose(lines: Iterable[str], config: dict, hello_seen_by: str) -> str:
-    """The step that failed, from what the reader printed (docs/install.md, "The hello")."""
+    """The step that failed, from what the reader printed (docs/host.md, "The site set-up")."""
     lines = list(lines)
     b = config.get("broker") or {}
     where = "%s:%s" % (b.get("host"), b.get("port"))
