@@ -345,6 +345,7 @@ def test_a_memory_error_anywhere_in_the_app_shuts_the_door_counts_and_reboots():
 
         app.machine = _Pins
         app.FATAL_PAUSE_MS = 0
+        app.FATAL_PATH = tmpdir() + "/fatal.json"  # not the unix port's own root
         path = tmpdir() + "/memerr-app"
         memory.errors = 0
         memory.load(path)
