@@ -131,3 +131,20 @@ def test_rekey_vector_and_its_parser_on_junk():
     for junk in (b"", bytes(33), bytes(200)):
         with pytest.raises(P.ProtoError):
             P.parse_rekey(KEY, NONCE, r["counter"], junk)
+
+
+def test_sitekey_vector_and_its_parser_on_junk():
+    import pytest
+    r = V["sitekey"]
+    card, pin = bytes.fromhex(r["card_key"]), bytes.fromhex(r["pin_key"])
+    body = P.sitekey_body(KEY, NONCE, r["counter"], r["from_version"], card, pin)
+    assert body.hex() == r["body"]
+    assert P.seal(KEY, P.DIR_HOST, P.T_SITEKEY, NONCE, r["counter"], body).hex() == r["msg"]
+    assert P.parse_sitekey(KEY, NONCE, r["counter"], body) == (r["from_version"], card, pin)
+    # under another counter the keystream differs: the keys never come out
+    assert P.parse_sitekey(KEY, NONCE, r["counter"] + 1, body)[1:] != (card, pin)
+    for junk in (b"", bytes(35), bytes(37)):
+        with pytest.raises(P.ProtoError):
+            P.parse_sitekey(KEY, NONCE, r["counter"], junk)
+    with pytest.raises(ValueError):
+        P.sitekey_body(KEY, NONCE, 1, 0, card, pin)  # version 0 is "none yet"

@@ -16,6 +16,7 @@ LOCK_PATH = "/lockouts"
 CLOCK_PATH = "/clock"  # the wall clock's lower bound (gv.gate.clock), kept through power cuts
 BOOT_PATH = "/boot"  # the boot number (gv.boot): the top half of the sync link's counters
 REKEY_PATH = "/rekey"  # a new secret and broker password, until the first login with them
+SITEKEY_PATH = "/sitekey"  # the site's next keys, until the rebuild of their version is in
 WDT_MS = 8000
 REBOOT_DELAY_MS = 1500  # let the command's result reach the host first
 FATAL_PAUSE_MS = 5000  # shorter than the watchdog (not started, or fed until here)
@@ -75,7 +76,12 @@ class Reader:
         self.allowlist.open()
         if self.allowlist.health != "ok":
             print("allowlist: %s (version %d)" % (self.allowlist.health, self.allowlist.version))
-        self.keyer = Keyer(cfg.card_key, cfg.pin_key)
+        from gv.sync.sitekey import SiteKeys
+
+        # the keys the store's records are under: a rotation's keys once its rebuild is in
+        self.sitekeys = SiteKeys(cfg, C.CONFIG_PATH, SITEKEY_PATH)
+        self.keyer = Keyer(self.sitekeys.card, self.sitekeys.pin)
+        self.sitekeys.applied(self.allowlist.version, self.keyer)
         self.events = EventLog(EV_PATH)
         self.lockouts = Lockouts(LOCK_PATH)
         self.clock = CK.Clock()
@@ -98,7 +104,8 @@ class Reader:
             self.sync = Sync(cfg, self.allowlist, events=self.events, on_command=self.command,
                              health=self.health, fw="grindvakt-" + VERSION,
                              boot=BootCount(BOOT_PATH),
-                             creds=Credentials(cfg, C.CONFIG_PATH, REKEY_PATH))
+                             creds=Credentials(cfg, C.CONFIG_PATH, REKEY_PATH),
+                             sitekeys=self.sitekeys, keyer=self.keyer)
         gc.collect()
         from gv.sync.protocol import M_BOOT
 

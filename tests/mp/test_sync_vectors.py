@@ -87,3 +87,12 @@ def test_rekey_vector():
     eq(body.hex(), r["body"])
     eq(P.seal(KEY, P.DIR_HOST, P.T_REKEY, NONCE, r["counter"], body).hex(), r["msg"])
     eq(P.parse_rekey(KEY, NONCE, r["counter"], body), (secret, r["password"]))
+
+
+def test_sitekey_vector():
+    r = V["sitekey"]
+    card, pin = bytes.fromhex(r["card_key"]), bytes.fromhex(r["pin_key"])
+    body = P.sitekey_body(KEY, NONCE, r["counter"], r["from_version"], card, pin)
+    eq(body.hex(), r["body"])
+    eq(P.seal(KEY, P.DIR_HOST, P.T_SITEKEY, NONCE, r["counter"], body).hex(), r["msg"])
+    eq(P.parse_sitekey(KEY, NONCE, r["counter"], body), (r["from_version"], card, pin))

@@ -170,12 +170,16 @@ class Keyer:
     use only preallocated buffers, so the card-poll hot path never touches the heap."""
 
     def __init__(self, card_key16, pin_key16):
+        self.set_keys(card_key16, pin_key16)
+        self._in = bytearray(16)
+        self._out = bytearray(16)
+
+    def set_keys(self, card_key16, pin_key16):
+        """New site keys, in place (a key rotation: gv.sync.sitekey)."""
         if len(card_key16) != 16 or len(pin_key16) != 16:
             raise ValueError("site keys must be 16 bytes")
         self._card = _ecb(card_key16)
         self._pin = _ecb(pin_key16)
-        self._in = bytearray(16)
-        self._out = bytearray(16)
 
     def _ident_block(self, dom, ident, n):
         b = self._in

@@ -33,7 +33,7 @@ _ZLIB_WBITS = 10  # SNAP's zlib window (docs/protocol.md)
 
 class Sync:
     def __init__(self, cfg, allowlist, events=None, on_command=None, health=None, fw=FW,
-                 client=None, boot=None, creds=None):
+                 client=None, boot=None, creds=None, sitekeys=None, keyer=None):
         try:
             # the store loads its update code on first use; load it now, while the heap is
             # young, rather than compile it mid-rebuild in a fragmented heap
@@ -78,6 +78,10 @@ class Sync:
         # them a REKEY is refused as a bad type
         self.creds = creds
         self._attempt = None  # (key, used the new pair) of the connection being attempted
+        # the site keys a signed SITEKEY can rotate (gv.sync.sitekey.SiteKeys) and the keyer the
+        # gate decides with; without them a SITEKEY is refused as a bad type
+        self.sitekeys = sitekeys
+        self.keyer = keyer
         if creds is not None:
             client.on_attempt = self._on_attempt
         if hasattr(client, "before_tls"):
@@ -363,7 +367,7 @@ class Sync:
         sv, so = self._progress()
         # version 0 asks the host for a rebuild: after a resync command, or when the store
         # itself says it needs one (corrupt, or an update the flash refused)
-        v = 0 if self._force_rebuild or getattr(self.al, "need_resync", False) else self.al.version
+        v = 0 if self._rebuild_wanted() or getattr(self.al, "need_resync", False) else self.al.version
         return v, sv, so
 
     def _health_bits(self):
@@ -440,6 +444,8 @@ class Sync:
                 self._on_cmd(ctr, body)
             elif typ == P.T_REKEY and self.creds is not None:
                 self._on_rekey(nonce, ctr, body)
+            elif typ == P.T_SITEKEY and self.sitekeys is not None:
+                self._on_sitekey(nonce, ctr, body)
             else:
                 self._reject(P.E_TYPE, typ, ctr)
         except P.ProtoError as e:
@@ -495,7 +501,7 @@ class Sync:
         flags, head, frm, to, n = P.parse_delta(body)
         self.head = head
         v = self.al.version
-        if self._progress()[0] or self._force_rebuild:
+        if self._progress()[0] or self._rebuild_wanted():
             pass  # a rebuild is under way: it brings this change, or catch-up will
         elif frm == v and to > v:
             if self._retry_at is not None:
@@ -576,6 +582,9 @@ class Sync:
             memory.low_water(P.M_REBUILD)
         if offset + n >= count:
             self.al.end_snapshot()
+            if self.sitekeys is not None:
+                # no await between the store's switch and the keys': the gate sees both or neither
+                self.sitekeys.applied(self.al.version, self.keyer)
             self._snap_open = None
             self._want_ack = True
             self._done_update()
@@ -630,6 +639,27 @@ class Sync:
             res = P.CR_FAILED
         if len(self._cmdres) < 8:
             self._cmdres.append((ctr, P.C_REKEY, res))
+        self._work.set()
+
+    def _rebuild_wanted(self):
+        # after a resync command, and while rotated site keys wait for their rebuild (no delta
+        # is applied then: its records could be under either key)
+        return self._force_rebuild or (self.sitekeys is not None and self.sitekeys.next is not None)
+
+    def _on_sitekey(self, nonce, ctr, body):
+        v, card, pin = P.parse_sitekey(self.key, nonce, ctr, body)
+        if v <= self.al.version:
+            # keys for records this store already has under the old ones: never mix them
+            raise P.ProtoError(P.E_ORDER)
+        try:
+            self.sitekeys.store(v, card, pin)
+            res = P.CR_OK
+            self._want_sync = True  # ask for the rebuild that brings them into effect
+        except OSError as e:
+            self.last_error = "sitekey: %s" % e
+            res = P.CR_FAILED
+        if len(self._cmdres) < 8:
+            self._cmdres.append((ctr, P.C_SITEKEY, res))
         self._work.set()
 
     def _on_cmd(self, ctr, body):

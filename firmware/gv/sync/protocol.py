@@ -37,6 +37,7 @@ T_SNAP = const(2)
 T_EVACK = const(3)
 T_CMD = const(4)
 T_REKEY = const(5)  # a new secret and broker password for this reader (encrypted, below)
+T_SITEKEY = const(6)  # the site's next card and PIN keys, from an allowlist version on (below)
 # reader -> host (topics .../hello and .../out)
 T_HELLO = const(0x10)
 T_SYNC = const(0x11)
@@ -63,6 +64,8 @@ COMMANDS = {C_OPEN: "open", C_CLEAR_LOCKOUT: "clear_lockout", C_RESYNC: "resync"
             C_SET_CLOCK: "set_clock", C_REBOOT: "reboot", C_HELLO: "hello"}
 # in CMDRES only (not a command): the REKEY with this counter is stored on the reader's flash
 C_REKEY = const(7)
+# in CMDRES only: the SITEKEY with this counter is stored (pending until a rebuild brings its version)
+C_SITEKEY = const(8)
 
 # command results (T_CMDRES)
 CR_OK = const(0)
@@ -461,3 +464,26 @@ def parse_rekey(key, nonce, counter, body):
         return plain[:32], plain[33:].decode()
     except ValueError:
         raise ProtoError(E_MALFORMED)
+
+
+# SITEKEY: from_version u32, card_key 16 B, pin_key 16 B (36 B), XORed with the REKEY keystream.
+# The keys decide from allowlist version from_version on: the host sends that version only as a
+# full rebuild (SNAP), and only after this reader answered CMDRES(C_SITEKEY, ok).
+def sitekey_body(key, nonce, counter, from_version, card_key, pin_key):
+    if len(card_key) != 16 or len(pin_key) != 16 or not 0 < from_version < 1 << 32:
+        raise ValueError("sitekey: 16-byte keys, version 1..2^32-1")
+    plain = struct.pack(">I", from_version) + bytes(card_key) + bytes(pin_key)
+    ks = _keystream(key, nonce, counter, 36)
+    return bytes(plain[i] ^ ks[i] for i in range(36))
+
+
+def parse_sitekey(key, nonce, counter, body):
+    """(from_version, card_key, pin_key) from a SITEKEY body (already authenticated by unseal)."""
+    if len(body) != 36:
+        raise ProtoError(E_MALFORMED)
+    ks = _keystream(key, nonce, counter, 36)
+    plain = bytes(body[i] ^ ks[i] for i in range(36))
+    v = struct.unpack_from(">I", plain, 0)[0]
+    if not v:
+        raise ProtoError(E_MALFORMED)
+    return v, plain[4:20], plain[20:36]
