@@ -193,6 +193,31 @@ def cmd_sites_remove(ctx: Ctx) -> int:
     return EXIT_OK
 
 
+def cmd_sites_rotate_keys(ctx: Ctx) -> int:
+    from host_sync import sitekeys
+    a = ctx.args
+    ctx.reg.site(a.site)
+    if a.pin and not a.yes:
+        n = sitekeys.pin_loss(ctx.reg, a.site)
+        ctx.say("NOT ROTATED: a new PIN key cannot carry PINs over (the host keeps 10-bit "
+                "verifiers, not PINs): it clears every PIN of site %s. %d card(s) that need a PIN "
+                "would be refused ('no PIN on record') until 'cards set-pin' is run for each. Add "
+                "--yes to rotate anyway, or leave out --pin to rotate the card key only."
+                % (a.site, n))
+        return EXIT_REFUSED
+    res = sitekeys.rotate(ctx.reg, a.site, pin=a.pin)
+    ctx.say("site %s: key generation %d (new card key%s), %d record(s) republished as version %d%s"
+            % (a.site, res["gen"], " and PIN key" if a.pin else "", res["records"],
+               res["version"], "" if res["version"] == res["from"] else
+               " (from %d)" % res["from"]))
+    if a.pin:
+        ctx.say("  PINs cleared: %d card(s) need 'cards set-pin' again" % res["pins_cleared"])
+    ctx.say("  each of the %d reader(s) gets the new keys and a rebuild when connected; the old "
+            "keys are deleted once all have applied it (host-sync status shows the progress)"
+            % res["readers"])
+    return EXIT_OK
+
+
 # -- cards ------------------------------------------------------------------------------------
 def cmd_cards_add(ctx: Ctx) -> int:
     a = ctx.args
@@ -751,9 +776,14 @@ def cmd_service_status(ctx: Ctx) -> int:
     rows = [r for r in serve.instances(ctx.db) if r["age_s"] < 7 * 86400]
     live = [r for r in rows if r.get("running") and r["age_s"] < STALE_S]
     readers = ctx.reg.readers()
+    from host_sync import sitekeys
+    rot = {site: dict(zip(("on_new_keys", "readers"), sitekeys.progress(ctx.reg, site)),
+                      generation=d["gen"], from_version=d["from"], started=d["at"])
+           for site, d in sorted(sitekeys.rotations(ctx.reg).items())}
     if ctx.args.json:
         ctx.say(json.dumps({"instances": rows, "readers": len(readers),
-                            "online": sum(1 for r in readers if r["online"])}, indent=1))
+                            "online": sum(1 for r in readers if r["online"]),
+                            "key_rotations": rot}, indent=1))
     else:
         if not rows:
             ctx.say("sync service: NEVER RAN on this registry (start it: host-sync site services, "
@@ -771,6 +801,10 @@ def cmd_service_status(ctx: Ctx) -> int:
                                             r["error"]))
         ctx.say("readers: %d of %d online" % (sum(1 for r in readers if r["online"]),
                                                len(readers)))
+        for site, r in rot.items():
+            ctx.say("site %s: key rotation to generation %d: %d of %d reader(s) on the new keys"
+                    " (old keys kept until all are)" % (site, r["generation"], r["on_new_keys"],
+                                                        r["readers"]))
     return EXIT_OK if any(r["connected"] for r in live) else EXIT_PENDING
 
 
@@ -1247,6 +1281,13 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("site")
     x.add_argument("--apply", action="store_true", help="remove it (default: say what would happen)")
     x.set_defaults(fn=cmd_sites_remove)
+    x = sp.add_parser("rotate-keys", help="give a site a new card key (and with --pin a new PIN "
+                      "key): every reader is rebuilt under it, the old keys go once all applied it")
+    x.add_argument("site")
+    x.add_argument("--pin", action="store_true", help="the PIN key too: this clears every PIN "
+                   "of the site (refused without --yes)")
+    x.add_argument("--yes", action="store_true", help="with --pin: yes, clear the site's PINs")
+    x.set_defaults(fn=cmd_sites_rotate_keys)
 
     # cards
     cp = top.add_parser("cards", help="staff cards: add, import, activate, block, ...")

@@ -105,6 +105,24 @@ class RegistryData:
             site = self.reader_site(reader_id)
             if site and int(version) >= self.current_version(site):
                 self.db.execute("UPDATE readers SET lag_since = NULL WHERE id = ?", (reader_id,))
+        if site:
+            from host_sync import sitekeys
+            if sitekeys.get(self.reg, site) is not None:
+                sitekeys.finish(self.reg, site)  # the old keys go once every reader has the new
+
+    def site_rotation(self, site: str):
+        """A key rotation under way for the site (host_sync/sitekeys.py), else None."""
+        from host_sync import sitekeys
+        return sitekeys.keys_for(self.reg, site)
+
+    def sitekey_sent(self, site: str, reader_id: str, counter: int) -> None:
+        from host_sync import sitekeys
+        sitekeys.mark_sent(self.reg, site, reader_id, counter)
+
+    def reader_sitekeyed(self, reader_id: str, counter: int, ok: bool) -> bool:
+        from host_sync import sitekeys
+        site = self.reader_site(reader_id)
+        return bool(site) and sitekeys.acked(self.reg, site, reader_id, counter, ok)
 
     def _health(self, reader_id: str) -> dict[str, Any]:
         raw = self.db.scalar("SELECT health FROM readers WHERE id = ?", (reader_id,))

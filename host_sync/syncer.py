@@ -177,7 +177,12 @@ class HostSync:
                 log.info("site %s: version too big for a live delta; readers will rebuild", site)
                 bodies = [P.delta_body(head, since, since, [], P.F_ASK)]
             n = 0
+            rot = self._rotation(site)
             for st in self._site_readers(site):
+                if rot is not None and (st.applied is None or st.applied < rot[0]):
+                    # no delta across a key rotation: it asks, and gets the keys and a rebuild
+                    n += self._send(st, P.T_DELTA, P.delta_body(head, since, since, [], P.F_ASK))
+                    continue
                 for body in bodies:
                     n += self._send(st, P.T_DELTA, body)
             return n
@@ -419,6 +424,11 @@ class HostSync:
                 rh(rid, info)
         elif typ == P.T_CMDRES:
             ctr, cmd, res = P.parse_cmdres(body)
+            if cmd == P.C_SITEKEY:
+                done = getattr(self.data, "reader_sitekeyed", None)
+                if done is not None:
+                    done(rid, ctr, res == P.CR_OK)
+                return
             if cmd == P.C_REKEY:
                 done = getattr(self.data, "reader_rekeyed", None)
                 if done is not None and done(rid, ctr, res == P.CR_OK):
@@ -445,6 +455,14 @@ class HostSync:
         site = st.session.site
         head = self.data.current_version(site)
         self.pushed.setdefault(site, head)
+        rot = self._rotation(site)
+        if rot is not None and v < rot[0] and sv < rot[0]:
+            # below the site's key rotation: its keys first (SITEKEY), then only a rebuild at the
+            # head. A reader that stored them asks with version 0 until its rebuild is in.
+            if st.session.reader_id not in rot[3] or v:
+                self._send_keys(st, rot)
+                return
+            sv = 0  # a rebuild begun under the old keys is not resumed: the head's, from 0
         if sv:
             snap_v, recs = self._snapshot(site, head)
             self._send_snap(st, head, snap_v, recs, so if snap_v == sv else 0)
@@ -469,6 +487,17 @@ class HostSync:
             if i == len(bodies) - 1:
                 body = wire.set_flags(body, P.F_ASK)
             self._send(st, P.T_DELTA, body)
+
+    def _rotation(self, site: str):
+        f = getattr(self.data, "site_rotation", None)
+        return f(site) if f is not None else None
+
+    def _send_keys(self, st: ReaderState, rot) -> None:
+        ctr, msg = st.session.seal_sitekey(rot[0], rot[1], rot[2])
+        self._publish(st, msg)
+        sent = getattr(self.data, "sitekey_sent", None)
+        if sent is not None:
+            sent(st.session.site, st.session.reader_id, ctr)
 
     def _snapshot(self, site: str, head: int) -> tuple[int, list[bytes]]:
         cached = self._snaps.get(site)

@@ -108,6 +108,14 @@ class ReaderSession:
         body = P.rekey_body(self.key, self.nonce, ctr, secret, password)
         return ctr, P.seal(self.key, P.DIR_HOST, P.T_REKEY, self.nonce, ctr, body)
 
+    def seal_sitekey(self, from_version: int, card_key: bytes, pin_key: bytes) -> tuple[int, bytes]:
+        """(counter, SITEKEY message): the site's next keys encrypted under the current key."""
+        if self.nonce is None:
+            raise ProtoError(P.E_SESSION)
+        ctr = self.counter.next()
+        body = P.sitekey_body(self.key, self.nonce, ctr, from_version, card_key, pin_key)
+        return ctr, P.seal(self.key, P.DIR_HOST, P.T_SITEKEY, self.nonce, ctr, body)
+
     def seal_for(self, nonce: bytes, typ: int, body: bytes) -> bytes:
         return P.seal(self.key, P.DIR_HOST, typ, nonce, self.counter.next(), body)
 

@@ -51,8 +51,24 @@ def on_command(name, arg):
 
 from gv.boot import BootCount
 from gv.sync.rekey import Credentials
+from gv.allowlist.record import Keyer
+from gv.sync.sitekey import SiteKeys
+# the site keys as app.Reader holds them: a rotation's pending keys once its rebuild is in
+sitekeys = SiteKeys(cfg, DIR + "/config.json", "/flash/sitekey")
+keyer = Keyer(sitekeys.card, sitekeys.pin)
+sitekeys.applied(al.version, keyer)
+if os.getenv("GV_SYNC_CUT") == "sitekey":  # a power cut just after the next keys are stored
+    _store = sitekeys.store
+
+    def _store_and_cut(v, card, pin):
+        _store(v, card, pin)
+        print("CUT after sitekey", v)
+        sys.exit(9)
+
+    sitekeys.store = _store_and_cut
 sync = Sync(cfg, al, events=log, on_command=on_command, boot=BootCount("/flash/boot"),
-            creds=Credentials(cfg, DIR + "/config.json", "/flash/rekey"))
+            creds=Credentials(cfg, DIR + "/config.json", "/flash/rekey"),
+            sitekeys=sitekeys, keyer=keyer)
 gate = {"loops": 0, "maxgap": 0, "last": None, "found": 0, "heap": 0}
 _handler = sync.client.on_message
 
@@ -75,6 +91,7 @@ sync.client.on_message = sampled
 gc.collect()
 gate["base"] = gc.mem_alloc()  # code, stores and engine, before any network
 KEY = bytearray(8)
+KEY2 = bytearray(8)
 REC = bytearray(16)
 
 
@@ -105,7 +122,8 @@ def stat():
             "rx_bytes": c.rx_bytes, "tx_bytes": c.tx_bytes,
             "flash_written": dev.bytes_written, "error": c.last_error,
             "sync_error": sync.last_error, "boot": sync.boot.n,
-            "rekeyed": sync.creds.promoted, "rekey_pending": sync.creds.next is not None}
+            "rekeyed": sync.creds.promoted, "rekey_pending": sync.creds.next is not None,
+            "sitekeys_switched": sitekeys.switched, "sitekey_pending": sitekeys.next is not None}
 
 
 async def control():
@@ -124,6 +142,11 @@ async def control():
             if w[0] == "lookup":
                 k = bytes.fromhex(w[1])
                 ok = al.lookup(k, REC)
+                print("LOOKUP", w[1], bytes(REC).hex() if ok else "-")
+            elif w[0] == "card":  # what the gate would find for this UID, with the keys in effect
+                u = bytes.fromhex(w[1])
+                keyer.uid_key(u, len(u), KEY2)
+                ok = al.lookup(KEY2, REC)
                 print("LOOKUP", w[1], bytes(REC).hex() if ok else "-")
             elif w[0] == "event":
                 for i in range(int(w[1]) if len(w) > 1 else 1):
