@@ -10,6 +10,7 @@ import gc
 import json
 import os
 import sys
+import time
 
 import flashdev
 from gv.allowlist.store import Allowlist
@@ -88,6 +89,45 @@ def sampled(topic, msg):
 
 
 sync.client.on_message = sampled
+
+
+def _runq_us():
+    # nanoseconds this process has waited for a CPU (Linux schedstat), in microseconds: on a
+    # machine shared with other work, a gap less that wait is what the reader itself spent
+    try:
+        with open("/proc/self/schedstat") as f:
+            return int(f.read().split()[1]) // 1000
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+# the longest call of each store operation and of the whole message handler (microseconds): what
+# a long gate-loop gap was spent in
+optime = {}
+
+
+def _timed(obj, name, label=None):
+    f = getattr(obj, name)
+    label = label or name
+
+    def w(*a):
+        q = _runq_us()
+        t = time.ticks_us()
+        try:
+            return f(*a)
+        finally:
+            d = time.ticks_diff(time.ticks_us(), t) - (_runq_us() - q)
+            if d > optime.get(label, 0):
+                optime[label] = d
+
+    setattr(obj, name, w)
+
+
+for _n in ("begin_snapshot", "snapshot_chunk", "end_snapshot", "apply_delta", "compact_step"):
+    _timed(al, _n)
+_timed(sync.client, "on_message", "message")
+_timed(sync, "_hello_body")
+_timed(sync, "_seal")
 gc.collect()
 gate["base"] = gc.mem_alloc()  # code, stores and engine, before any network
 KEY = bytearray(8)
@@ -97,6 +137,9 @@ REC = bytearray(16)
 
 async def gate_loop():
     t = asyncio.ticks()
+    tu = time.ticks_us()
+    w0 = _runq_us()
+    gate["maxgap_own"] = 0
     while True:
         await asyncio.sleep_ms(5)
         now = asyncio.ticks()
@@ -104,6 +147,13 @@ async def gate_loop():
         t = now
         if gap > gate["maxgap"]:
             gate["maxgap"] = gap
+        nu = time.ticks_us()
+        w1 = _runq_us()
+        own = (time.ticks_diff(nu, tu) - (w1 - w0)) // 1000
+        tu = nu
+        w0 = w1
+        if own > gate["maxgap_own"]:
+            gate["maxgap_own"] = own
         if al.lookup(KEY, REC):
             gate["found"] += 1
         gate["loops"] += 1
@@ -118,6 +168,8 @@ def stat():
             "commands": commands, "rejected": dict((str(k), v) for k, v in sync.rejected.items()),
             "acked": log.acked, "next_seq": log.next_seq, "events_sent": sync.events_sent,
             "maxgap": gate["maxgap"], "loops": gate["loops"], "head": sync.head,
+            "compact_due": al.compaction_due(), "optime_us": optime,
+            "maxgap_own": gate.get("maxgap_own", 0),
             "heap_peak": gate["heap"], "heap_base": gate["base"], "mem_free": gc.mem_free(), "mem_alloc": gc.mem_alloc(),
             "rx_bytes": c.rx_bytes, "tx_bytes": c.tx_bytes,
             "flash_written": dev.bytes_written, "error": c.last_error,
@@ -153,6 +205,9 @@ async def control():
                     log.append(K_DECISION, R_GRANT, OK, b"\x04\x01\x02\x03", 4, i)
             elif w[0] == "resetgap":
                 gate["maxgap"] = 0
+                gate["maxgap_own"] = 0
+            elif w[0] == "compactall":
+                al.want_compaction()  # the engine's compactor rewrites every shard, step by step
             elif w[0] == "resetflash":
                 dev.reset_counters()
             elif w[0] == "resetnet":

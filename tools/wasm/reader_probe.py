@@ -43,6 +43,19 @@ def load():
         __import__(m)
 
 
+def _deep(n):
+    a = b = c = d = None
+    return _deep(n - 1) if n else 0
+
+
+def scrub():
+    """A call that overwrites the stack with Nones: the collection at the end of a call scans
+    the stack conservatively, and a stale pointer left by the previous call would keep what it
+    dropped alive. Run it between a drop and the measurement."""
+    _deep(60)
+    gc.collect()
+
+
 def mark(name):
     R[name] = gc.mem_alloc()
 
@@ -76,11 +89,12 @@ def _end(kind):
     d = gc.mem_alloc() - S["a0"]
     st = R["steps"].get(kind)
     if st is None:
-        st = R["steps"][kind] = [0, 0, 0]  # steps, max bytes, total bytes
-    st[0] += 1
-    st[2] += d
+        st = R["steps"][kind] = [0, 0, 0, 0]  # steps, max bytes, total bytes, worst step's index
     if d > st[1]:
         st[1] = d
+        st[3] = st[0]
+    st[0] += 1
+    st[2] += d
 
 
 def session(nonce_hex):
@@ -208,3 +222,40 @@ def store_figures(name="store"):
 
 def report():
     print("RESULT " + json.dumps(R))
+
+
+# ---- where the objects' bytes go: the reader's parts dropped one at a time, each in its own
+# call, the live heap measured between (exact: what each part alone keeps alive, in this order)
+PARTS = ("sync", "wifi", "gate", "events", "lockouts", "allowlist", "keyer", "pn532", "keypad",
+         "buzzer", "leds", "relay", "cfg", "board")
+
+
+def part_start():
+    R["parts"] = []
+    S["part_prev"] = gc.mem_alloc()
+    S["part_i"] = 0
+
+
+def part_drop():
+    """Record what the previous drop freed, then drop the next part."""
+    a = gc.mem_alloc()
+    i = S["part_i"]
+    if i:
+        R["parts"].append((PARTS[i - 1], S["part_prev"] - a))
+    S["part_prev"] = a
+    if i < len(PARTS):
+        r = S["reader"]
+        if PARTS[i] == "allowlist":
+            al = r.allowlist
+            R["store_buffers"] = {"page": len(al._page), "wb": len(al._wb), "log": len(al._log),
+                                  "ix": len(al._ix), "rbuf_separate": al._rbuf is not al._page,
+                                  "shard_table": len(al._st.buf) if hasattr(al._st, "buf") else 0}
+        if PARTS[i] == "sync":
+            R["sync_buffers"] = {"zbuf": len(r.sync._zbuf)}
+        setattr(r, PARTS[i], None)
+    S["part_i"] = i + 1
+
+
+def part_rest():
+    """What is left once every part is gone: the Reader instance, app globals (the watchdog)."""
+    R["parts_rest"] = gc.mem_alloc() - R["code"]

@@ -346,11 +346,11 @@ class Allowlist:
                     ok = False
                     break
                 o = _ptr_bytes(p)
-                if verify:
-                    dev.readblocks(b, page, 0)
-                else:
-                    dev.readblocks(b, memoryview(page)[:o + PAGE_HDR + 8], 0)
-                n = page[o + 10] | page[o + 11] << 8
+                # without verify only the page header and first key are needed: the scan's
+                # buffer holds them (SCAN >= the largest o + PAGE_HDR + 8), no memoryview per page
+                pb = page if verify or o + PAGE_HDR + 8 > SCAN else hdr
+                dev.readblocks(b, pb, 0)
+                n = pb[o + 10] | pb[o + 11] << 8
                 if n > page_cap(p):
                     ok = False
                     break
@@ -362,7 +362,7 @@ class Allowlist:
                     crc = crc32(body, crc)
                     if fix:
                         self._fix_entries(b, page, o + PAGE_HDR, n, fix)
-                _ix_put(ix, k, page, o, b, n, o)
+                _ix_put(ix, k, pb, o, b, n, o)
                 k += 1
             if ok and verify and crc != st.crc(i):
                 ok = False
