@@ -11,6 +11,9 @@ import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
 
 const plan = JSON.parse(readFileSync(process.argv[2], "utf8"));
 const mp = await loadMicroPython({
+  // one 128 MB heap from the start: a heap that grows mid-call collects (and adds a split area)
+  // inside the call, which would spoil "what a call allocated"
+  heapsize: 128 * 1024 * 1024,
   pystack: 8192,
   stdout: (l) => process.stdout.write(l + "\n"),
   stderr: (l) => process.stderr.write(l + "\n"),

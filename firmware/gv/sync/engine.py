@@ -601,7 +601,8 @@ class Sync:
         try:
             # the window the protocol fixes (2^10), not the one the stream's header claims: an
             # authentic header saying 2^15 would otherwise take 32 KB of heap for its window
-            d = deflate.DeflateIO(io.BytesIO(bytes(data)), deflate.ZLIB, _ZLIB_WBITS)
+            # (BytesIO copies the memoryview itself: no bytes() copy before it, 1.2 KB less)
+            d = deflate.DeflateIO(io.BytesIO(data), deflate.ZLIB, _ZLIB_WBITS)
             got = 0
             while got < want:
                 k = d.readinto(mv[got:])
