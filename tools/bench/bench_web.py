@@ -198,7 +198,7 @@ def measure(url: str, start: dt.datetime) -> dict[str, float]:
                                                 {"what": "refusals"})), "Access events")
                   for _ in range(30)]
         return {"readers": p95(readers), "cards": p95(cards), "ledger": p95(ledger),
-                "events": p95(events), **info}
+                "events": p95(events), "ledger_p50": sorted(ledger)[len(ledger) // 2], **info}
     finally:
         db.close()
 
@@ -237,6 +237,9 @@ def run() -> dict:
                 out["web.ledger_day_p95_ms" + sfx] = metric(
                     round(m["ledger"], 1), "ms", TARGET + " (300 people a day at the site; "
                     + name + ")")
+                out["web.ledger_day_p50_ms" + sfx] = metric(
+                    round(m["ledger_p50"], 1), "ms", "(the median: how far the p95 is the"
+                    " machine's load; " + name + ")")
                 out["web.card_name_index_100k_s" + sfx] = metric(
                     round(m["terms_s"], 2), "s", "indexing the name words of 100,000 new cards"
                     " (background, after an import; " + name + ")")
