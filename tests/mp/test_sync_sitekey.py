@@ -16,7 +16,7 @@ from gv.sync.engine import Sync
 from gv.sync.sitekey import SiteKeys
 from mpt import eq
 
-HEAPSIZE = "256k"  # the engine and the store compiled from source in the heap
+HEAPSIZE = "512k"  # the engine and the store compiled from source, and the test's own 300-record snapshots
 SECRET = bytes(range(32))
 OLD = (b"\x00" * 16, b"\x11" * 16)
 NEW = (bytes(range(16, 32)), bytes(range(32, 48)))
