@@ -777,6 +777,8 @@ def cmd_service_status(ctx: Ctx) -> int:
     live = [r for r in rows if r.get("running") and r["age_s"] < STALE_S]
     readers = ctx.reg.readers()
     from host_sync import sitekeys
+    for site in sitekeys.rotations(ctx.reg):
+        sitekeys.finish(ctx.reg, site)  # a reader removed or revoked since may have been the last
     rot = {site: dict(zip(("on_new_keys", "readers"), sitekeys.progress(ctx.reg, site)),
                       generation=d["gen"], from_version=d["from"], started=d["at"])
            for site, d in sorted(sitekeys.rotations(ctx.reg).items())}

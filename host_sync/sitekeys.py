@@ -88,6 +88,8 @@ def rotate(reg: Registry, site: str, pin: bool = False) -> dict[str, Any]:
                   "%s" % (gen, " and PIN key" if pin else "", len(records), first,
                           "; %d card(s) need their PIN set again" % cleared if pin else ""))
         n = len([r for r in reg.readers(site) if not reg.revoked(r["id"])])
+        if not n:
+            finish(reg, site)  # no reader holds the old keys: they go at once
     return {"site": site, "gen": gen, "from": first, "version": last, "records": len(records),
             "pins_cleared": cleared, "readers": n}
 

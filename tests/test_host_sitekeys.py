@@ -94,3 +94,15 @@ def _old_key(keys, uid_hex):
     uid = bytes.fromhex(uid_hex)
     R.Keyer(*keys).uid_key(uid, len(uid), out)
     return bytes(out)
+
+
+def test_old_keys_go_at_once_without_readers_and_when_the_last_one_left_is_revoked(op):
+    op.ok("sites", "add", "site-b", "--tax-id", "PL1234-9999")
+    op.ok("sites", "rotate-keys", "site-b")
+    assert op("status") == 5 and "site-b" not in op.out  # nobody held the old keys
+    op.ok("sites", "rotate-keys", "site-a")
+    assert op("status") == 5 and "0 of 1 reader(s)" in op.out
+    op("readers", "revoke", "gate-01", "--reason", "stolen")  # exit 5: no broker to reload here
+    assert op("status") == 5 and "key rotation" not in op.out
+    op.ok("audit", "--subject", "site-a")
+    assert "old site keys dropped" in op.out
