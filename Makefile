@@ -21,9 +21,11 @@ build: setup
 	$(PY) -m tools.build --board $(BOARD)
 
 # the reader frozen into MicroPython for a "firmware": "frozen" board (tools/firmware.py, docs/install.md);
-# FIRMWARE_ARGS=--dry-run prints the toolchain and the commands without building
+# FIRMWARE_ARGS=--dry-run prints the toolchain and the commands without building;
+# PROFILE=production: flash encryption, secure boot v2, no REPL (burns eFuses: docs/security.md)
+PROFILE ?= development
 firmware: setup
-	$(PY) -m tools.firmware build $(BOARD) $(FIRMWARE_ARGS)
+	$(PY) -m tools.firmware build $(BOARD) --profile $(PROFILE) $(FIRMWARE_ARGS)
 
 deploy: setup
 	$(PY) -m tools.deploy --port $(PORT) --board $(BOARD) --reader $(READER) $(DEPLOY_ARGS)

@@ -1,4 +1,15 @@
 # Runs first at every boot. Kept minimal: a fault here would stop the REPL from coming up.
+try:
+    from gv.profile import guard
+except ImportError:  # a stock board part-way through a deploy that brings this module
+    def guard():
+        return False
+
+
+try:  # production firmware holding secrets: no Ctrl-C into the REPL (gv/profile.py)
+    guard()
+except KeyboardInterrupt:  # one that landed before the lock: the lock holds now
+    guard()
 import gc
 
 try:

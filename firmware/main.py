@@ -1,4 +1,19 @@
-# Runs after boot.py: the reader application. Ctrl-C on the serial port stops it at the REPL.
+# Runs after boot.py: the reader application. Ctrl-C on the serial port stops it at the REPL,
+# except on production firmware holding secrets (gv/profile.py: no REPL there).
+try:
+    from gv.profile import guard, hold
+except ImportError:  # a stock board part-way through a deploy that brings this module
+    def guard():
+        return False
+
+    def hold():
+        pass
+
+
+try:
+    guard()  # again: the port arms Ctrl-C afresh for main.py
+except KeyboardInterrupt:
+    guard()
 import json
 
 
@@ -18,3 +33,4 @@ else:
     import gv.app
 
     gv.app.main()
+hold()  # a locked console never falls through to the REPL: reset instead

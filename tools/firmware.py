@@ -2,6 +2,7 @@
 whose `"firmware"` is `"frozen"` (plain ESP32, ESP32-S3 without PSRAM).
 
     python -m tools.firmware build boards/esp32-devkitc-i2c.json [--dry-run] [--toolchain docker|idf]
+        [--profile production]     # flash encryption, secure boot v2, NVS encryption, no REPL
     python -m tools.firmware check [boards/*.json]     # what CI can check without ESP-IDF
     python -m tools.firmware id boards/esp32-devkitc-i2c.json
 
@@ -52,6 +53,35 @@ MICROPYTHON_GIT = "https://github.com/micropython/micropython.git"
 DEFS = {"esp32": {"name": "GRINDVAKT_ESP32", "offset": "0x1000"},
         "esp32s3": {"name": "GRINDVAKT_ESP32S3", "offset": "0x0"}}
 DEF_FILES = ("mpconfigboard.cmake", "mpconfigboard.h", "sdkconfig.board", "partitions.csv", "manifest.py")
+
+# The production profile (docs/security.md, "The production profile"): one more sdkconfig fragment
+# and its own partition table (an nvs_keys partition, vfs encrypted), in the same board folder.
+PROFILES = ("development", "production")
+PRODUCTION_FILES = ("sdkconfig.production", "partitions-production.csv")
+# What the production fragment must set, per chip (ESP-IDF v5.5 Kconfig names). The fragment may
+# set more; each of these missing or set otherwise fails the check. Secure boot v2 (RSA-3072) on
+# the ESP32 needs chip revision 3.0: the build then refuses to boot on older chips.
+PRODUCTION_OPTIONS = {
+    "common": {
+        "CONFIG_SECURE_FLASH_ENC_ENABLED": "y",
+        "CONFIG_SECURE_FLASH_ENCRYPTION_MODE_RELEASE": "y",
+        "CONFIG_SECURE_BOOT": "y",
+        "CONFIG_SECURE_BOOT_V2_ENABLED": "y",
+        "CONFIG_SECURE_SIGNED_APPS_RSA_SCHEME": "y",
+        "CONFIG_SECURE_BOOT_BUILD_SIGNED_BINARIES": "y",
+        "CONFIG_NVS_ENCRYPTION": "y",
+        "CONFIG_NVS_SEC_KEY_PROTECT_USING_FLASH_ENC": "y",
+        "CONFIG_ESP_WIFI_NVS_ENABLED": "n",
+        "CONFIG_SECURE_BOOT_ALLOW_JTAG": "n",
+        "CONFIG_SECURE_FLASH_UART_BOOTLOADER_ALLOW_ENC": "n",
+        "CONFIG_SECURE_FLASH_UART_BOOTLOADER_ALLOW_CACHE": "n",
+        "CONFIG_SECURE_INSECURE_ALLOW_DL_MODE": "n",
+        "CONFIG_BOOTLOADER_LOG_LEVEL_WARN": "y",
+    },
+    "esp32": {"CONFIG_ESP32_REV_MIN_3": "y", "CONFIG_SECURE_DISABLE_ROM_DL_MODE": "y",
+              "CONFIG_SECURE_FLASH_UART_BOOTLOADER_ALLOW_DEC": "n", "CONFIG_SECURE_BOOT_ALLOW_ROM_BASIC": "n"},
+    "esp32s3": {"CONFIG_SECURE_ENABLE_SECURE_ROM_DL_MODE": "y", "CONFIG_SECURE_FLASH_ENCRYPTION_AES256": "y"},
+}
 # The compiled modules must load on the chip: bytecode for the Xtensa (windowed ABI) of the ESP32
 # and ESP32-S3 alike, with 31-bit small ints as on a 32-bit port.
 MPY_CROSS_FLAGS = {"esp32": ["-march=xtensawin", "-msmall-int-bits=31"],
@@ -282,6 +312,7 @@ class Partition:
     subtype: str
     offset: int
     size: int
+    flags: tuple[str, ...] = ()
 
 
 def _num(s: str) -> int:
@@ -310,7 +341,8 @@ def read_partitions(path: Path) -> list[Partition]:
         o = _num(off) if off else -(-nxt // align) * align
         if o % align:
             raise FirmwareError(f"{path}:{n}: {name} at {o:#x} is not {align:#x}-aligned")
-        part = Partition(name, typ, sub, o, _num(size))
+        flags = tuple(f.strip() for f in (cols[5] if len(cols) > 5 else "").split(":") if f.strip())
+        part = Partition(name, typ, sub, o, _num(size), flags)
         out.append(part)
         nxt = part.offset + part.size
     return out
@@ -348,6 +380,58 @@ def check_partitions(path: Path, flash_mb: int, lfs_bytes: int = ALLOWLIST_LFS_B
 # ---------------------------------------------------------------- build id, staging
 
 
+def check_profile(profile: str) -> str:
+    if profile not in PROFILES:
+        raise FirmwareError(f"unknown profile {profile!r} (have: {', '.join(PROFILES)})")
+    return profile
+
+
+def partitions_file(def_path: Path, profile: str = "development") -> Path:
+    return def_path / ("partitions-production.csv" if check_profile(profile) == "production" else "partitions.csv")
+
+
+def read_fragment(path: Path) -> dict[str, str]:
+    """An sdkconfig fragment: CONFIG_X=value lines, and `# CONFIG_X is not set` as "n"."""
+    out: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        m = re.fullmatch(r"# (CONFIG_\w+) is not set", line)
+        if m:
+            out[m.group(1)] = "n"
+        elif line and not line.startswith("#"):
+            k, sep, v = line.partition("=")
+            if not sep or not k.startswith("CONFIG_"):
+                raise FirmwareError(f"{path}: not an sdkconfig line: {line!r}")
+            out[k.strip()] = v.strip()
+    return out
+
+
+def check_production(def_path: Path, chip: str) -> list[str]:
+    """The production fragment sets every option PRODUCTION_OPTIONS names for the chip, and the
+    production partition table encrypts vfs, has an encrypted nvs_keys partition and leaves nvs
+    to NVS encryption (an nvs partition must not carry the flag)."""
+    problems = [f"{def_path.name}/{f} is missing" for f in PRODUCTION_FILES if not (def_path / f).is_file()]
+    if problems:
+        return problems
+    frag = read_fragment(def_path / "sdkconfig.production")
+    for k, v in {**PRODUCTION_OPTIONS["common"], **PRODUCTION_OPTIONS.get(chip, {})}.items():
+        got = frag.get(k, "n")
+        if got != v:
+            problems.append(f"{def_path.name}/sdkconfig.production: {k} is {got!r}, production needs {v!r}")
+    parts = {p.name: p for p in read_partitions(def_path / "partitions-production.csv")}
+    if "encrypted" not in getattr(parts.get("vfs"), "flags", ()):
+        problems.append(f"{def_path.name}/partitions-production.csv: vfs is not flagged encrypted "
+                        f"(data partitions are stored in plain text otherwise)")
+    keys = [p for p in parts.values() if p.subtype == "nvs_keys"]
+    if not keys or "encrypted" not in keys[0].flags:
+        problems.append(f"{def_path.name}/partitions-production.csv: NVS encryption needs an nvs_keys "
+                        f"partition flagged encrypted")
+    if "encrypted" in getattr(parts.get("nvs"), "flags", ("encrypted",)):
+        problems.append(f"{def_path.name}/partitions-production.csv: nvs must exist and not be flagged "
+                        f"encrypted (NVS encryption is its own scheme)")
+    return problems
+
+
 def frozen_set(def_path: Path, gen_dir: Path | None = None) -> dict[str, Path]:
     """Device path -> source of everything the manifest freezes from this project (gv_build.py,
     the generated build id module, left out: it is the hash's output)."""
@@ -360,12 +444,16 @@ def frozen_set(def_path: Path, gen_dir: Path | None = None) -> dict[str, Path]:
     return frozen
 
 
-def build_id(def_path: Path, tag: str = MICROPYTHON_TAG, idf: str = IDF_VERSION) -> str:
+def build_id(def_path: Path, tag: str = MICROPYTHON_TAG, idf: str = IDF_VERSION,
+             profile: str = "development") -> str:
     """Hash of the pinned versions, the board folder's files and every frozen source: the same
-    inputs give the same id on any machine, any change to one of them a new id."""
+    inputs give the same id on any machine, any change to one of them a new id. The production
+    profile hashes its name and its two files too: never the id of a development build."""
     h = hashlib.sha256()
     h.update(f"micropython {tag}\nidf {idf}\nboard {def_path.name}\n".encode())
-    for name in DEF_FILES:
+    if check_profile(profile) != "development":
+        h.update(f"profile {profile}\n".encode())
+    for name in DEF_FILES + (PRODUCTION_FILES if profile == "production" else ()):
         data = (def_path / name).read_bytes()
         h.update(f"def {name} {len(data)}\n".encode() + data)
     for dev, src in sorted(frozen_set(def_path).items()):
@@ -374,13 +462,14 @@ def build_id(def_path: Path, tag: str = MICROPYTHON_TAG, idf: str = IDF_VERSION)
     return h.hexdigest()[:16]
 
 
-def gv_build_source(def_path: Path, bid: str) -> str:
-    return (f"# Written by tools/firmware.py for this firmware build; frozen in, read by tools.deploy.\n"
+def gv_build_source(def_path: Path, bid: str, profile: str = "development") -> str:
+    return (f"# Written by tools/firmware.py for this firmware build; frozen in, read by tools.deploy\n"
+            f"# (ID) and by gv.profile (PROFILE).\n"
             f"ID = {bid!r}\nBOARD = {def_path.name!r}\nMICROPYTHON = {MICROPYTHON_TAG!r}\n"
-            f"IDF = {IDF_VERSION!r}\n")
+            f"IDF = {IDF_VERSION!r}\nPROFILE = {profile!r}\n")
 
 
-def stage(def_path: Path, dest: Path) -> dict[str, Path]:
+def stage(def_path: Path, dest: Path, profile: str = "development") -> dict[str, Path]:
     """The frozen modules as the firmware holds them (and gv_build.py) in dest: what a ROMFS image
     of the reader is built from for the virtual board. Returns device path -> file in dest."""
     out = {}
@@ -389,7 +478,7 @@ def stage(def_path: Path, dest: Path) -> dict[str, Path]:
         to.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, to)
         out[dev] = to
-    (dest / "gv_build.py").write_text(gv_build_source(def_path, build_id(def_path)))
+    (dest / "gv_build.py").write_text(gv_build_source(def_path, build_id(def_path, profile=profile), profile))
     out["gv_build.py"] = dest / "gv_build.py"
     return out
 
@@ -438,6 +527,10 @@ def check_board(board_path: str | Path) -> list[str]:
     problems += check_imports(d)
     problems += [f"{d.name}/partitions.csv for {board.path.name} ({board.data['flash_mb']} MB): {p}"
                  for p in check_partitions(d / "partitions.csv", board.data["flash_mb"])]
+    problems += check_production(d, board.chip)
+    if not problems:
+        problems += [f"{d.name}/partitions-production.csv for {board.path.name}: {p}"
+                     for p in check_partitions(d / "partitions-production.csv", board.data["flash_mb"])]
     problems += compile_frozen(d, board.chip)
     return problems
 
@@ -524,9 +617,39 @@ def checkout_tag(mp_dir: Path) -> str | None:
     return p.stdout.strip() if p.returncode == 0 else "not at a tag"
 
 
-def commands(tc: Toolchain, def_path: Path, out: Path, mp_dir: Path, have_checkout: bool) -> list[list[str]]:
+def out_dir(def_path: Path, profile: str = "development", out_root: Path = OUT) -> Path:
+    """build/firmware/GRINDVAKT_<CHIP> (development) or GRINDVAKT_<CHIP>-production: its own
+    ESP-IDF build folder, so an sdkconfig of one profile never leaks into the other."""
+    return out_root / (def_path.name + ("-production" if check_profile(profile) == "production" else ""))
+
+
+SIGNING_KEY_ENV = "GV_SECURE_BOOT_KEY"
+SIGNING_KEY_HELP = (f"the production profile signs the bootloader and app for secure boot v2: set {SIGNING_KEY_ENV} "
+                    f"to an RSA-3072 private key kept off this repository, made once with\n"
+                    f"  espsecure generate-signing-key --version 2 --scheme rsa3072 ~/grindvakt-secure-boot.pem\n"
+                    f"(keep it safe and backed up: losing it means no further firmware for boards signed with it)")
+
+
+def signing_key(env: dict | None = None, required: bool = True) -> Path | None:
+    env = os.environ if env is None else env
+    k = env.get(SIGNING_KEY_ENV)
+    if not k:
+        if required:
+            raise NoToolchain(f"{SIGNING_KEY_ENV} is not set: {SIGNING_KEY_HELP}")
+        return None
+    p = Path(k).expanduser().resolve()
+    if required and not p.is_file():
+        raise NoToolchain(f"{SIGNING_KEY_ENV}={k}: no such file. {SIGNING_KEY_HELP}")
+    if p.is_relative_to(ROOT):
+        raise FirmwareError(f"{SIGNING_KEY_ENV}={k} is inside this repository: keep the signing key outside it")
+    return p
+
+
+def commands(tc: Toolchain, def_path: Path, out: Path, mp_dir: Path, have_checkout: bool,
+             profile: str = "development", key: Path | None = None) -> list[list[str]]:
     """The exact command lines a build runs, in order."""
     cmds: list[list[str]] = []
+    penv = [f"GV_FIRMWARE_PROFILE={profile}"] if profile != "development" else []
     if not have_checkout:
         cmds.append(["git", "clone", "--depth", "1", "--branch", MICROPYTHON_TAG, MICROPYTHON_GIT, str(mp_dir)])
     idf_build = out / "idf"
@@ -535,12 +658,13 @@ def commands(tc: Toolchain, def_path: Path, out: Path, mp_dir: Path, have_checko
     if tc.kind == "docker":
         # the repo and the checkout mounted at their own paths, so every path above holds inside;
         # files come out owned by the caller, not root
+        extra = [a for e in penv for a in ("-e", e)] + (["-v", f"{key}:{key}:ro"] if key else [])
         run = ["docker", "run", "--rm", "-u", f"{os.getuid()}:{os.getgid()}", "-e", "HOME=/tmp",
-               "-e", f"GV_FIRMWARE_GEN={out}", "-v", f"{ROOT}:{ROOT}", "-v", f"{mp_dir}:{mp_dir}",
+               "-e", f"GV_FIRMWARE_GEN={out}", *extra, "-v", f"{ROOT}:{ROOT}", "-v", f"{mp_dir}:{mp_dir}",
                "-w", str(mp_dir), IDF_IMAGE, "bash", "-c", " && ".join(shlex.join(s) for s in steps)]
         cmds.append(run)
     else:
-        cmds += [["env", f"GV_FIRMWARE_GEN={out}", *s] if s is make else s for s in steps]
+        cmds += [["env", f"GV_FIRMWARE_GEN={out}", *penv, *s] if s is make else s for s in steps]
     return cmds
 
 
@@ -548,7 +672,8 @@ def _sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
-def write_manifest(board: boards.Board, def_path: Path, out: Path, bid: str, tc: Toolchain) -> dict:
+def write_manifest(board: boards.Board, def_path: Path, out: Path, bid: str, tc: Toolchain,
+                   profile: str = "development") -> dict:
     idf_build = out / "idf"
     bins = {"firmware.bin": (idf_build / "firmware.bin", DEFS[board.chip]["offset"]),
             "micropython.bin": (idf_build / "micropython.bin", "0x10000"),
@@ -560,12 +685,13 @@ def write_manifest(board: boards.Board, def_path: Path, out: Path, bid: str, tc:
             raise FirmwareError(f"the build did not produce {src}")
         shutil.copyfile(src, out / name)
         files[name] = {"offset": offset, "sha256": _sha(out / name), "size": (out / name).stat().st_size}
-    app = [p for p in read_partitions(def_path / "partitions.csv") if p.type == "app"][0]
+    app = [p for p in read_partitions(partitions_file(def_path, profile)) if p.type == "app"][0]
     if files["micropython.bin"]["size"] > app.size:
         raise FirmwareError(f"micropython.bin is {files['micropython.bin']['size']:,} bytes, the app "
                             f"partition {app.size:,}")
     m = {"board": def_path.name, "chip": board.chip, "micropython": MICROPYTHON_TAG, "idf": IDF_VERSION,
-         "build_id": bid, "toolchain": tc.detail, "flash_offset": DEFS[board.chip]["offset"],
+         "build_id": bid, "profile": profile, "toolchain": tc.detail, "flash_offset": DEFS[board.chip]["offset"],
+         "partitions": partitions_file(def_path, profile).name,
          "frozen": {dev: _sha(src) for dev, src in sorted(frozen_set(def_path).items())},
          "bins": files}
     (out / "manifest.json").write_text(json.dumps(m, indent=1) + "\n")
@@ -573,10 +699,11 @@ def write_manifest(board: boards.Board, def_path: Path, out: Path, bid: str, tc:
 
 
 def build(board_path: str | Path, *, dry_run: bool = False, prefer: str | None = None,
-          out_root: Path = OUT, say=print) -> dict | None:
+          out_root: Path = OUT, say=print, profile: str = "development") -> dict | None:
     board, d = board_and_def(board_path)
-    bid = build_id(d)
-    out = out_root / d.name
+    bid = build_id(d, profile=check_profile(profile))
+    out = out_dir(d, profile, out_root)
+    key = signing_key(required=not dry_run) if profile == "production" else None
     try:
         tc = detect(prefer)
     except NoToolchain as e:
@@ -593,30 +720,38 @@ def build(board_path: str | Path, *, dry_run: bool = False, prefer: str | None =
     problems = check_board(board_path)  # after the cheap refusals above, before anything runs
     if problems:
         raise FirmwareError("the firmware checks fail:\n  " + "\n  ".join(problems))
-    cmds = commands(tc, d, out, mp_dir, tag is not None)
+    if profile == "production" and key is None:
+        key = Path(f"${SIGNING_KEY_ENV}")  # a dry run without the key: shown as the variable
+        say(f"firmware: (dry run) {SIGNING_KEY_ENV} is not set; a real build refuses to start without it")
+    cmds = commands(tc, d, out, mp_dir, tag is not None, profile, key)
     say(f"firmware: {d.name} for {board.name}: MicroPython {MICROPYTHON_TAG}, ESP-IDF {IDF_VERSION}, "
-        f"build id {bid}; toolchain: {tc.detail}")
+        f"profile {profile}, build id {bid}; toolchain: {tc.detail}")
+    if profile == "production":
+        say("  PRODUCTION: the first boot of this image burns eFuses for good (flash encryption in release "
+            "mode, secure boot v2, JTAG and UART download mode off): docs/security.md")
     say(f"  (run in {mp_dir}, the MicroPython checkout)")
     for c in cmds:
         say("  $ " + shlex.join(c))
     if dry_run:
         return None
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gv_build.py").write_text(gv_build_source(d, bid))
+    (out / "gv_build.py").write_text(gv_build_source(d, bid, profile))
+    if key is not None:  # read by mpconfigboard.cmake with sdkconfig.production
+        (out / "sdkconfig.signing").write_text(f'CONFIG_SECURE_BOOT_SIGNING_KEY="{key}"\n')
     for c in cmds:
         p = subprocess.run(c, cwd=mp_dir if c[0] != "git" else None)
         if p.returncode:
             raise FirmwareError(f"failed ({p.returncode}): {shlex.join(c)}")
-    m = write_manifest(board, d, out, bid, tc)
+    m = write_manifest(board, d, out, bid, tc, profile)
     say(f"firmware: wrote {out}/firmware.bin ({m['bins']['firmware.bin']['size']:,} bytes, flash at "
         f"{m['flash_offset']}) and manifest.json")
     return m
 
 
-def built_manifest(board_path: str | Path, out_root: Path = OUT) -> dict | None:
-    """build/firmware/<def>/manifest.json of the last `make firmware` for this board, if any."""
+def built_manifest(board_path: str | Path, out_root: Path = OUT, profile: str = "development") -> dict | None:
+    """build/firmware/<def>[-production]/manifest.json of the last `make firmware` for this board, if any."""
     _, d = board_and_def(board_path)
-    p = out_root / d.name / "manifest.json"
+    p = out_dir(d, profile, out_root) / "manifest.json"
     return json.loads(p.read_text()) if p.exists() else None
 
 
@@ -632,16 +767,21 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--dry-run", action="store_true", help="print the toolchain and the commands, build nothing")
     b.add_argument("--toolchain", choices=["docker", "idf"], help="default: Docker if an engine answers, else IDF_PATH")
     b.add_argument("--out", default=str(OUT))
+    b.add_argument("--profile", choices=PROFILES, default="development",
+                   help="production: flash encryption (release), secure boot v2, NVS encryption, no REPL "
+                        "(burns eFuses at first boot: docs/security.md)")
     c = sub.add_parser("check", help="the checks CI runs without ESP-IDF (default: every frozen board file)")
     c.add_argument("boards", nargs="*")
     i = sub.add_parser("id", help="print the build id the current sources give")
     i.add_argument("board")
+    i.add_argument("--profile", choices=PROFILES, default="development")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "build":
-            build(args.board, dry_run=args.dry_run, prefer=args.toolchain, out_root=Path(args.out))
+            build(args.board, dry_run=args.dry_run, prefer=args.toolchain, out_root=Path(args.out),
+                  profile=args.profile)
         elif args.cmd == "id":
-            print(build_id(board_and_def(args.board)[1]))
+            print(build_id(board_and_def(args.board)[1], profile=args.profile))
         else:
             files = args.boards or [str(p) for p in sorted((ROOT / "boards").glob("*.json"))
                                     if boards.load(p).firmware == "frozen"]

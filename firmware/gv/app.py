@@ -72,7 +72,9 @@ class Reader:
         self.pn532 = self._pn532(board)
         _mkdir(AL_PATH)
         _mkdir(EV_PATH)
-        self.allowlist = Allowlist(AL_PATH)
+        from gv.profile import store_in_place
+
+        self.allowlist = Allowlist(AL_PATH, in_place=store_in_place())  # off on encrypted flash
         self.allowlist.open()
         if self.allowlist.health != "ok":
             print("allowlist: %s (version %d)" % (self.allowlist.health, self.allowlist.version))

@@ -127,7 +127,7 @@ class Board:
         if self.args.romfs_image:
             self.romfs = Path(self.args.romfs_image).resolve()
         elif self.args.romfs:
-            self.romfs = flash_image.romfs_image(self.board_path)
+            self.romfs = flash_image.romfs_image(self.board_path, profile=self.args.profile)
         heap = heap_bytes(self.args.heapsize or default_heap(self.board))
         self.heapsize = heap + (self.romfs.stat().st_size + 64 if self.romfs else 0)
         # the serial port: we keep the slave open so the port survives clients coming and going
@@ -332,6 +332,13 @@ class Board:
                 self.emit({"event": "wdt-start", "timeout_ms": msg.get("timeout")})
             self.wdt_deadline = now + self.wdt_timeout
             return
+        if msg.get("console") == "locked":  # gv.profile: ^C is a character now, as on the ESP32 with
+            if self.child_fd >= 0:        # kbd_intr(-1) (on the unix port ^C is SIGINT: take it off)
+                attrs = termios.tcgetattr(self.child_fd)
+                attrs[3] &= ~termios.ISIG
+                termios.tcsetattr(self.child_fd, termios.TCSANOW, attrs)
+            self.emit({"event": "console", "state": "locked"})
+            return
         if msg.get("event") == "reset-request":  # machine.reset(), soft_reset() or a crash path
             self.emit(msg)
             self.stop_child()
@@ -487,6 +494,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--romfs", action="store_true",
                     help="a frozen-firmware board: the reader runs in place from a ROMFS image of what "
                          "`make firmware` freezes (tools.firmware), the flash holds only board.json/config")
+    ap.add_argument("--profile", choices=["development", "production"], default="development",
+                    help="with --romfs: the firmware profile the image is built for (production: no REPL once "
+                         "provisioned, no in-place deltas; docs/security.md)")
     ap.add_argument("--romfs-image", help="that ROMFS image from this file (default: built from firmware/)")
     ap.add_argument("--stdin", action="store_true", help="read steering commands from stdin")
     args = ap.parse_args(argv)

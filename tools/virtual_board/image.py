@@ -78,7 +78,8 @@ def cached_build(board_path: Path) -> tuple[Path, dict]:
 ROM_BOOT_DIR = "frozen_boot"
 
 
-def romfs_image(board_path: Path, out: Path | None = None, def_path: Path | None = None) -> Path:
+def romfs_image(board_path: Path, out: Path | None = None, def_path: Path | None = None,
+                profile: str = "development") -> Path:
     """A ROMFS image (`mpremote romfs build`) of what the frozen firmware for this board's chip
     freezes (tools.firmware: boot.py, main.py, gv/, and gv_build with the build id), compiled to
     .mpy: the virtual board mounts it with vfs.VfsRom and runs that bytecode in place, as the
@@ -87,13 +88,13 @@ def romfs_image(board_path: Path, out: Path | None = None, def_path: Path | None
     from tools import boards, build, firmware
 
     d = def_path or firmware.def_dir(boards.load(board_path).chip)
-    img = out or build.BUILD / "vb-cache" / f"romfs-{d.name}-{firmware.build_id(d)}.img"
+    img = out or build.BUILD / "vb-cache" / f"romfs-{d.name}-{firmware.build_id(d, profile=profile)}.img"
     if img.exists():
         return img
     img.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp) / "rom"
-        firmware.stage(d, tree)
+        firmware.stage(d, tree, profile)
         (tree / ROM_BOOT_DIR).mkdir()
         for name in ("boot.py", "main.py"):
             os.rename(tree / name, tree / ROM_BOOT_DIR / name)

@@ -37,6 +37,8 @@ class Allowlist:
         self._srecs = _recs(self._sp)
         self._mrecs = _recs(self._mp)
         self._dev = dev if dev is not None else _find_dev()
+        if in_place and _encrypted(self._dev):
+            self.in_place = False  # encrypted writes are whole 16-byte units: no NOR byte programs
         big = self._dev is not None and self._dev.ioctl(4, 0) > BIG_PART
         self._sdirs = SHARD_DIRS if big else 0  # shard directories (0: shards in the root)
         self.version = 0
@@ -746,6 +748,15 @@ def _ix_put(ix, k, page, o, where, n, at):
     ix[e + 9] = n & 0xFF
     ix[e + 10] = n >> 8
     ix[e + 11] = at
+
+
+def _encrypted(dev):
+    # esp32.Partition.info(): (type, subtype, addr, size, label, encrypted)
+    try:
+        info = dev.info()
+        return len(info) > 5 and bool(info[5])
+    except (AttributeError, TypeError, OSError):
+        return False
 
 
 def _find_dev():
