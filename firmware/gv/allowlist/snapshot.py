@@ -158,8 +158,10 @@ def begin_snapshot(self, version, count):
         lk = _last_key(self, prev[3])
         resume = lk is not None  # S's records cannot be read back: start afresh
     st = prev[3] if resume else ShardTable(count // self._srecs + 2)  # one allocation for the install
-    # from here on the rebuild in RAM is replaced
-    self._cgen = None
+    # from here on the rebuild in RAM is replaced (and a compaction run stopped)
+    if self._cgen is not None:
+        from gv.allowlist.update import stop_compaction
+        stop_compaction(self)
     if self._snap is not None and self._snap["w"] is not None:
         self._snap["w"].abort()
     self._snap = None
