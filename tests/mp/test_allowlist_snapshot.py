@@ -6,7 +6,7 @@
 import gc
 import os
 import mpt
-from flashdev import PowerCut, mount, umount
+from flashdev import FlashDev, format_and_mount, mount, umount
 from gv.allowlist import snapshot as SN
 from gv.allowlist.layout import MAX_VERSION, BadData
 from gv.allowlist.store import Allowlist, _file_off
@@ -72,11 +72,15 @@ def feed(al, v, upto=None):
     al.end_snapshot()
 
 
-def prepare():
+def prepare(cls=None):
     """Image: the store at OLD (a snapshot and a delta file), a rebuild of PART with its first
     shard finished and recorded in S. Returns dev, path."""
     from test_allowlist_fixture import delta
-    dev = fresh(blocks=64)
+    if cls is None:
+        dev = fresh(blocks=64)
+    else:
+        dev = cls(blocks=64)
+        format_and_mount(dev)
     al = Allowlist(ROOT, dev, SP, in_place=False).open()
     install(al, N, 1)
     assert al.apply_delta(1, 2, delta(N, 1))
@@ -303,9 +307,24 @@ def test_exception_at_every_step_of_a_rebuild():
     umount()
 
 
-def test_transient_flash_error_at_every_write_same_boot():
-    # the flash refuses one write (not a power cut: the process goes on, the flash works again)
-    dev, path = prepare()
+class Flaky(FlashDev):
+    """One write refused (a fresh OSError each time), then the flash works again."""
+    fail_at = None
+
+    def writeblocks(self, block, buf, offset=None):
+        if self.fail_at is not None and self.writes >= self.fail_at:
+            self.fail_at = None
+            raise OSError(5)
+        return FlashDev.writeblocks(self, block, buf, offset)
+
+
+def test_transient_flash_error_at_every_write():
+    # The flash refuses one write (not a power cut: the process goes on, the flash works again).
+    # In the same boot the store answers from the block device alone; the resend waits for a
+    # reboot, as the reader's file system must (the error went through LittleFS's C code:
+    # MicroPython's block device calls are not guarded, and the unix port was seen to crash
+    # using the same mount again).
+    dev, path = prepare(Flaky)
     mount(dev)
     al = Allowlist(ROOT, dev, SP, in_place=False).open()
     start = dev.writes
@@ -313,15 +332,19 @@ def test_transient_flash_error_at_every_write_same_boot():
     total = dev.writes - start
     al = None
     failed = 0
-    for n in range(0, total, 2):
+    for n in range(total):
         dev.load(path)
         al = boot(dev)
-        dev.cut_power_after(n)
+        dev.fail_at = dev.writes + n
         try:
             feed(al, NEW)
         except OSError:
             failed += 1
-        dev.restore()  # the next write works again, in the same boot
+        assert al.version in (OLD, NEW), (n, al.version)
+        if al.health == "ok" or al.version == OLD:
+            check(al, N, al.version)  # lookups and the ordered walk: block reads, no file system
+        al = None
+        al = boot(dev)
         al = _after_failure(al, dev, "write %d" % n)
         al = None
     assert failed > 3, failed
@@ -396,17 +419,8 @@ def test_rebuild_begun_during_a_compaction_then_failing_keeps_every_answer():
     # shard's new files but before the index follows (lookups still read the old file's pages,
     # which no table names any more); a flash error in the rebuild then deletes what no table
     # names. The answers must stay right at every step the compaction can be stopped at.
-    from flashdev import FlashDev, format_and_mount
+    from flashdev import format_and_mount
     from test_allowlist_fixture import delta
-
-    class Flaky(FlashDev):  # one write refused, then the flash works again
-        fail_at = None
-
-        def writeblocks(self, block, buf, offset=None):
-            if self.fail_at is not None and self.writes >= self.fail_at:
-                self.fail_at = None
-                raise OSError(5)
-            return FlashDev.writeblocks(self, block, buf, offset)
 
     dev = Flaky(blocks=64)
     format_and_mount(dev)
@@ -445,6 +459,9 @@ def test_rebuild_begun_during_a_compaction_then_failing_keeps_every_answer():
         assert dev.fail_at is None, "no write refused"
         check(al, N, OLD)  # same boot: every answer from the store as it was
         assert index_files_there(al), "step %d: the index reads pages of a deleted file" % k
+        al = None
+        al = boot(dev)  # (see test_transient_flash_error_at_every_write)
+        check(al, N, OLD)
         # the host resends: the rebuild's new files take whatever blocks are free, and until it
         # is installed every answer is still the old version's
         got = al.begin_snapshot(NEW, count(N, NEW))

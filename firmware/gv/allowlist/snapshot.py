@@ -15,7 +15,7 @@ import os
 import struct
 from binascii import crc32
 from gv.allowlist.layout import (
-    FREC, IX, MAGIC_SNAP, MAX_SHARDS, MAX_VERSION, PAGE_HDR, PAGE_RECS, REC, SNAP_HDR, BadData,
+    ENOSPC, FREC, IX, MAGIC_SNAP, MAX_SHARDS, MAX_VERSION, PAGE_HDR, PAGE_RECS, REC, SNAP_HDR, BadData,
     ShardTable, _cmpk, _rm, trunc_key,
 )
 from gv.allowlist.pages import _ShardWriter
@@ -132,14 +132,19 @@ def _last_key(self, st):
     return b[0:8]
 
 
-def abandon(self):
+def abandon(self, e=None):
     """Drop the rebuild in RAM back to what S holds on flash (after a flash error or MemoryError
-    part-way): the shard being written and any shard S does not name are deleted."""
+    part-way, e): the shard being written is deleted, and any shard S does not name too when
+    LittleFS itself refused (full) or nothing failed on flash, else by the next boot: an error
+    the block device raised went through LittleFS's C code (MicroPython's block device calls
+    are not guarded), which may leave it pointing into a dead stack frame, so the file system
+    is touched as little as possible until a reboot."""
     sn = self._snap
     self._snap = None
+    dev_error = isinstance(e, OSError) and not (e.args and e.args[0] == ENOSPC)
     if sn is not None and sn["w"] is not None:
         sn["w"].abort()
-    if self._cgen is None:  # no compaction with files of its own in flight (begin stops it)
+    if self._cgen is None and not dev_error:  # (begin stops a compaction: no files of its own in flight)
         try:
             self._collect_garbage()
         except (OSError, MemoryError):
@@ -229,7 +234,7 @@ def snapshot_chunk(self, records_bytes):
         trunc_key(lk, 0)
         sn["has_lk"] = True
     except BaseException as e:  # noqa: B036 - a flash error or MemoryError: back to S, then report
-        abandon(self)
+        abandon(self, e)
         if isinstance(e, OSError):
             self._storage_failed(e, (self._p("S.tmp"),))
         raise
@@ -282,7 +287,7 @@ def end_snapshot(self):
         st.set_first(0, ZERO8)
         self._write_manifest(sn["version"], sn["count"], st, [])
     except BaseException as e:  # noqa: B036 - not switched: the store is at its old version
-        abandon(self)
+        abandon(self, e)
         if isinstance(e, OSError):
             self._storage_failed(e, (self._p("M.tmp"),))
         raise
