@@ -146,9 +146,29 @@ def abandon(self, e=None):
         sn["w"].abort()
     if self._cgen is None and not dev_error:  # (begin stops a compaction: no files of its own in flight)
         try:
+            # a compaction that failed earlier may have left the index on a file no table
+            # names any more: the index follows the manifest before the clean-up deletes it
+            if self._build_index(verify=False):
+                self.health = "corrupt: shard(s) missing or corrupt"
+                self.need_resync = True
             self._collect_garbage()
         except (OSError, MemoryError):
             pass  # left for the next boot's collection
+
+
+def stop_compaction(self):
+    """Drop a compaction run wherever it stands. The manifest may already name a shard's new
+    files while the index still reads the old file's pages, which nothing names any more (the
+    next clean-up would delete them and LittleFS give their blocks to other files): the index
+    follows the manifest first."""
+    if self._cgen is None:
+        return
+    self._cgen = None
+    self._cblk = None
+    bad = self._build_index(verify=False)
+    if bad:
+        self.health = "corrupt: %d shard(s) missing or corrupt" % bad
+        self.need_resync = True
 
 
 def begin_snapshot(self, version, count):
@@ -164,9 +184,7 @@ def begin_snapshot(self, version, count):
         resume = lk is not None  # S's records cannot be read back: start afresh
     st = prev[3] if resume else ShardTable(count // self._srecs + 2)  # one allocation for the install
     # from here on the rebuild in RAM is replaced (and a compaction run stopped)
-    if self._cgen is not None:
-        from gv.allowlist.update import stop_compaction
-        stop_compaction(self)
+    stop_compaction(self)
     if self._snap is not None and self._snap["w"] is not None:
         self._snap["w"].abort()
     self._snap = None

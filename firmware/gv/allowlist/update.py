@@ -349,24 +349,9 @@ def compact_step(self):
         return False
     except OSError as e:
         # RAM follows the manifest only after each switch, so it still matches the flash
-        stop_compaction(self)
+        self._cgen = None
         self._storage_failed(e, (self._p("M.tmp"),))
         return False
-
-
-def stop_compaction(self):
-    """Drop a compaction run wherever it stands. The manifest may already name a shard's new
-    files while the index still reads the old file's pages, which nothing names any more (the
-    next clean-up would delete them and LittleFS give their blocks to other files): the index
-    follows the manifest first."""
-    if self._cgen is None:
-        return
-    self._cgen = None
-    self._cblk = None
-    bad = self._build_index(verify=False)
-    if bad:
-        self.health = "corrupt: %d shard(s) missing or corrupt" % bad
-        self.need_resync = True
 
 
 def _compact(self):
