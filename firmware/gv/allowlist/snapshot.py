@@ -263,25 +263,29 @@ def _read_back(self, sh):
     its writer computed; OSError (EIO) if the flash does not hold what was written. One shard
     (at most SHARD_PAGES pages, a few ms) per call: so the index end_snapshot builds need not
     read every page again in one long step."""
-    from gv.allowlist.layout import BLOCK, MAGIC_PAGE, _ptr_bytes, page_cap
+    from gv.allowlist.layout import page_cap
     from gv.allowlist.store import _file_off
 
+    # A step of the rebuild's receive path: one memoryview a page and the CRCs (ints past 2^30
+    # on 32-bit) are all it allocates, besides the file
     buf = self._rbuf
     mv = memoryview(buf)
     crc = 0
     with open(self._p("s%08x" % sh.tag), "rb") as f:
         for p in range(sh.np):
-            o = _ptr_bytes(p)
             f.seek(_file_off(p))
-            got = f.readinto(mv[:BLOCK - o])
+            got = f.readinto(buf)  # the whole buffer: what follows the page is not looked at
             n = buf[10] | buf[11] << 8
             end = PAGE_HDR + n * FREC
-            if got < end or n > page_cap(p) or buf[0:4] != MAGIC_PAGE:
+            if (got < end or n > page_cap(p) or buf[0] != 0x47 or buf[1] != 0x56
+                    or buf[2] != 0x41 or buf[3] != 0x70):  # MAGIC_PAGE
                 raise OSError(5)
-            c = crc32(mv[PAGE_HDR:end])
-            if c != struct.unpack_from("<I", buf, 12)[0]:
+            body = mv[PAGE_HDR:end]
+            c = crc32(body)
+            if (c & 0xFF != buf[12] or (c >> 8) & 0xFF != buf[13] or (c >> 16) & 0xFF != buf[14]
+                    or (c >> 24) & 0xFF != buf[15]):
                 raise OSError(5)
-            crc = crc32(mv[PAGE_HDR:end], crc)
+            crc = crc32(body, crc)
     if crc != sh.crc:
         raise OSError(5)
     return sh
