@@ -133,3 +133,33 @@ def test_a_provisioned_production_reader_gives_no_repl_and_still_decides(tmp_pat
         assert present(vb, ANNA)["granted"]
         assert not present(vb, CARL)["granted"]
         assert not [e for e in vb.events() if e.get("event") in ("boot", "crash") and e.get("boot", 1) > 1]
+
+
+def test_a_production_board_is_provisioned_once_then_locks_its_console(tmp_path):
+    import io
+
+    from tests.test_install_deploy import reader_config
+    from tools import deploy
+    from tools.virtual_board.client import VirtualBoard
+
+    board = ROOT / "boards" / "esp32-devkitc-i2c.json"
+    img = romfs_image(board, profile="production")
+    want = firmware.build_id(firmware.def_dir("esp32"), profile="production")
+    with VirtualBoard(board, tmp_path / "flash.img", blank=True, romfs=img) as vb:
+        vb.wait_for(lambda e: e.get("event") == "boot", 30)
+        buf = io.StringIO()
+        # the development build id is not what this board runs: refused before anything is written
+        with pytest.raises(deploy.DeployError, match="this checkout builds"):
+            deploy.deploy(vb.pty, board, config=reader_config(), hello_timeout=None,
+                          progress=deploy.Progress(out=buf), build_root=tmp_path / "b")
+        # unprovisioned (no config yet): the REPL is there, and the production deploy goes through
+        vb.mark()
+        rep = deploy.deploy(vb.pty, board, config=reader_config(), hello_timeout=None,
+                            progress=deploy.Progress(out=buf), build_root=tmp_path / "b", profile="production")
+        assert rep.config_written and f"the board runs firmware build {want}" in buf.getvalue()
+        assert "build/firmware/GRINDVAKT_ESP32-production/firmware.bin" in buf.getvalue()
+        # after the deploy's reset the reader holds secrets: console locked, no raw REPL
+        vb.wait_for(lambda e: e.get("event") == "console" and e.get("state") == "locked", 60)
+        p = vb.mpremote("exec", "print('in')", resume=True, timeout=30)
+        assert p.returncode != 0 and "could not enter raw repl" in (p.stdout + p.stderr).lower()
+        assert not any(e.get("event") == "crash" for e in vb.events())

@@ -410,14 +410,14 @@ _HEAP = "import gc\ngc.collect()\nprint(gc.mem_free() + gc.mem_alloc())\n"
 
 
 def flash_commands(board: boards.Board, port: str, erase: bool = False,
-                   out_root: Path | None = None) -> list[list[str]]:
+                   out_root: Path | None = None, profile: str = "development") -> list[list[str]]:
     """esptool (v5, hyphenated commands) lines that put the frozen firmware `make firmware` built on
     the board: the one merged image at the chip's bootloader offset. --erase first wipes the whole
     flash, LittleFS with it (a first install); without it the filesystem stays (same partitions)."""
     from tools import firmware
 
     d = firmware.def_dir(board.chip)
-    image = (out_root or firmware.OUT) / d.name / "firmware.bin"
+    image = firmware.out_dir(d, profile, out_root or firmware.OUT) / "firmware.bin"
     base = ["esptool", "--chip", board.chip, "--port", port]
     cmds = [base + ["erase-flash"]] if erase else []
     cmds.append(base + ["--baud", "460800", "write-flash", "-z", firmware.DEFS[board.chip]["offset"],
@@ -431,38 +431,42 @@ def _run_esptool(argv: list[str]) -> int:
     return subprocess.run([sys.executable, "-m", "esptool", *argv[1:]], cwd=build.ROOT).returncode
 
 
-def frozen_expect(board: boards.Board, flash: bool, out_root: Path | None = None) -> str:
+def frozen_expect(board: boards.Board, flash: bool, out_root: Path | None = None,
+                  profile: str = "development") -> str:
     """The build id the board must run: what this checkout's sources give. Flashing also needs
     `make firmware` to have built exactly that."""
     from tools import firmware
 
     d = firmware.def_dir(board.chip)
-    fit = firmware.check_partitions(d / "partitions.csv", board.data["flash_mb"])
+    fit = firmware.check_partitions(firmware.partitions_file(d, profile), board.data["flash_mb"])
     if fit:
         raise DeployError(f"{board.path.name}: the frozen firmware {d.name} does not fit this board: " + "; ".join(fit))
-    want = firmware.build_id(d)
+    want = firmware.build_id(d, profile=profile)
+    mk = f"make firmware BOARD={board.path}" + (f" PROFILE={profile}" if profile != "development" else "")
     if flash:
-        built = firmware.built_manifest(board.path, out_root or firmware.OUT)
+        built = firmware.built_manifest(board.path, out_root or firmware.OUT, profile)
+        where = firmware.out_dir(d, profile, Path("build/firmware"))
         if built is None:
-            raise DeployError(f"--flash: no firmware built for {d.name}: run `make firmware BOARD={board.path}` first")
+            raise DeployError(f"--flash: no firmware built for {where.name}: run `{mk}` first")
         if built["build_id"] != want:
-            raise DeployError(f"--flash: the firmware in build/firmware/{d.name} is build {built['build_id']}, the "
-                              f"sources give {want}: run `make firmware BOARD={board.path}` again")
+            raise DeployError(f"--flash: the firmware in {where} is build {built['build_id']}, the "
+                              f"sources give {want}: run `{mk}` again")
     return want
 
 
 def flash_firmware(board: boards.Board, port: str, erase: bool, p: "Progress", run=None,
-                   out_root: Path | None = None) -> None:
-    for c in flash_commands(board, port, erase, out_root):
+                   out_root: Path | None = None, profile: str = "development") -> None:
+    for c in flash_commands(board, port, erase, out_root, profile):
         p.say("flashing: " + shlex.join(c))
         if (run or _run_esptool)(c) != 0:
             raise DeployError(f"esptool failed: {shlex.join(c)} (is the board in download mode? hold BOOT, tap EN)")
 
 
-def check_firmware(running: str | None, want: str, board: boards.Board, port: str) -> None:
+def check_firmware(running: str | None, want: str, board: boards.Board, port: str,
+                   profile: str = "development") -> None:
     """The board must run the frozen firmware this checkout builds: its gv_build.ID, over the REPL."""
     how = ("flash it: `make firmware BOARD={b}`, then rerun the deploy with --flash, or run\n  {c}"
-           .format(b=board.path, c="\n  ".join(shlex.join(c) for c in flash_commands(board, port))))
+           .format(b=board.path, c="\n  ".join(shlex.join(c) for c in flash_commands(board, port, profile=profile))))
     if running is None:
         raise DeployError(f"the board runs MicroPython without the grindvakt firmware (no frozen gv_build): "
                           f"{board.path.name} is a frozen-firmware board; {how}")
@@ -548,7 +552,7 @@ def deploy(port: str, board_path: str | Path, reader: str | None = None, *, conf
            repl_timeout: float = 10, progress: Progress | None = None,
            build_root: Path | None = None, src: Path | None = None, flash: bool = False,
            erase: bool = False, allow_small_heap: bool = False, esptool_run=None,
-           firmware_root: Path | None = None, db: str | None = None) -> Report:
+           firmware_root: Path | None = None, db: str | None = None, profile: str = "development") -> Report:
     p = progress or Progress()
     board = boards.load(board_path)
     frozen = board.firmware == "frozen"
@@ -559,14 +563,14 @@ def deploy(port: str, board_path: str | Path, reader: str | None = None, *, conf
     else:
         provision.validate(config)
     if frozen:  # the code is in the firmware: the filesystem gets board.json and the config
-        fw_id = frozen_expect(board, flash or erase, firmware_root)
+        fw_id = frozen_expect(board, flash or erase, firmware_root, profile)
         manifest = frozen_build(board, build_root or build.BUILD, fw_id)
         p.say(f"{board.name} runs the frozen grindvakt firmware, build {fw_id}: gv/ is not copied")
         if flash or erase:
-            flash_firmware(board, port, erase, p, esptool_run, firmware_root)
+            flash_firmware(board, port, erase, p, esptool_run, firmware_root, profile)
         else:
             p.say("not flashing (--flash does): " + " && ".join(shlex.join(c) for c in flash_commands(
-                board, port, out_root=firmware_root)))
+                board, port, out_root=firmware_root, profile=profile)))
     else:
         manifest = build.build(board_path, build_root or build.BUILD, src or build.FIRMWARE)
     out_dir = (build_root or build.BUILD) / manifest["board"]
@@ -591,7 +595,7 @@ def deploy(port: str, board_path: str | Path, reader: str | None = None, *, conf
         check_device(info, board, manifest)
         if frozen:
             running = dev.eval(_BUILD_ID)
-            check_firmware(running, manifest["build_id"], board, port)
+            check_firmware(running, manifest["build_id"], board, port, profile)
             p.say(f"the board runs firmware build {running}: the one built")
         else:
             heap = dev.eval(_HEAP)
@@ -797,6 +801,9 @@ def main(argv: list[str] | None = None) -> int:
                                                          "built with esptool first (else the command is printed)")
     ap.add_argument("--erase", action="store_true", help="with --flash: erase the whole flash first (a first "
                                                          "install; wipes the allowlist, events and config)")
+    ap.add_argument("--profile", choices=["development", "production"], default="development",
+                    help="frozen boards: the firmware profile the board runs (production: provisioned once, "
+                         "no REPL after; docs/security.md)")
     ap.add_argument("--allow-small-heap", action="store_true",
                     help="stock boards: deploy .mpy files even where the heap shows no PSRAM (development only)")
     args = ap.parse_args(argv)
@@ -807,7 +814,7 @@ def main(argv: list[str] | None = None) -> int:
                      repl_timeout=args.repl_timeout,
                      build_root=Path(args.build_dir) if args.build_dir else None,
                      src=Path(args.src) if args.src else None, flash=args.flash, erase=args.erase,
-                     allow_small_heap=args.allow_small_heap, db=args.db)
+                     allow_small_heap=args.allow_small_heap, db=args.db, profile=args.profile)
     except (DeployError, boards.BoardError, build.BuildError, provision.ProvisionError) as e:
         code = getattr(e, "code", 1)
         if isinstance(e, ConnectionLost):
