@@ -282,13 +282,14 @@ class HostSync:
                 if leaf == "status":
                     if not msg.payload:
                         return  # a cleared retained message
-                    online = STATUS.get(bytes(msg.payload))
-                    if online is None:  # only the reader's account (ACL) and only these words
+                    unprov = msg.payload.startswith(b"unprovisioned:")  # gv.app: why it is not running
+                    online = False if unprov else STATUS.get(bytes(msg.payload))
+                    if online is None:  # only the reader's account (ACL) and only these forms
                         self._refuse(reader_id, "bad status payload")
                         return
                     st.online = online
                     self.data.reader_status(reader_id, st.online)
-                    if msg.payload.startswith(b"unprovisioned:"):  # gv.app: why it is not running
+                    if unprov:
                         note = getattr(self.data, "reader_unprovisioned", None)
                         if note is not None:
                             note(reader_id, msg.payload[14:500].decode("utf-8", "replace").strip())
