@@ -236,6 +236,23 @@ def test_ledger_day_on_site_now_and_exports(console):
     assert "ledger exported" in o.out and "web:vera" in o.out
 
 
+def test_on_site_now_is_the_same_whichever_day_the_page_shows(console):
+    # a shift begun 10 hours ago (maybe yesterday) and still open: on site now on today's page,
+    # on yesterday's and on a day a week ago, as the ledger's own 'on site' query says
+    o, db, app = console
+    t = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    uid = bytes.fromhex("04a1b2c3d4e5f6")
+    ledger.ingest(db, "gate-01", "site-a", [(1, _event(1, E.K_DECISION, E.R_GRANT, E.OK, uid,
+                                                        t - dt.timedelta(hours=10)))])
+    c = client(app)
+    sign_in(c, "vera")
+    from zoneinfo import ZoneInfo
+    today = t.astimezone(ZoneInfo("Europe/Stockholm")).date()
+    for day in (today, today - dt.timedelta(days=1), today - dt.timedelta(days=7)):
+        page = c.get("/ledger", params={"site": "site-a", "day": day.isoformat()}).text
+        assert "On site now: 1" in page, day
+
+
 @BOTH
 def test_duress_alarm_reaches_a_signed_webhook_with_retries_and_is_acknowledged(console,
                                                                                   monkeypatch):

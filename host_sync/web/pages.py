@@ -377,12 +377,26 @@ def _ledger_day(p: Page) -> tuple[dict, dt.date, list[dict], dt.tzinfo]:
 def ledger_page(p: Page) -> Response:
     site, day, rows, tz = _ledger_day(p)
     t = now()
-    on_site = [s for s in ledger.shifts(p.db, site["id"], t - ledger.MAX_SHIFT, t)
-               if s["end"] is None]
+    start = dt.datetime(day.year, day.month, day.day, tzinfo=tz)
+    end = start + dt.timedelta(days=1)
+    if start <= t < end:
+        # today: the day's shifts already hold everyone on site now, unless the day began less
+        # than MAX_SHIFT ago (one more read for the hours before it)
+        near = rows if start <= t - ledger.MAX_SHIFT else _merge_shifts(
+            rows, ledger.shifts(p.db, site["id"], t - ledger.MAX_SHIFT, start))
+    else:
+        near = ledger.shifts(p.db, site["id"], t - ledger.MAX_SHIFT, t)
+    # as ledger.shifts(t - MAX_SHIFT, t) would: open, begun before now, its entry in that window
+    on_site = [s for s in near if s["end"] is None and t - 2 * ledger.MAX_SHIFT <= s["start"] < t]
     p.reg.audit("ledger shown", site["id"], "day %s, %d shift(s) (web)" % (day, len(rows)))
     return p.render("ledger.html", site=site, day=day, rows=rows, on_site=on_site, tz=tz,
                     sites=_sites(p), prev_day=day - dt.timedelta(days=1),
                     next_day=day + dt.timedelta(days=1))
+
+
+def _merge_shifts(a: list[dict], b: list[dict]) -> list[dict]:
+    seen = {s["shift"] for s in a}
+    return a + [s for s in b if s["shift"] not in seen]
 
 
 @page("/ledger/export.{fmt}")
