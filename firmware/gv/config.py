@@ -58,14 +58,15 @@ class Config:
         errs = problems(d, _on_device() if real is None else real)
         if errs:
             raise ConfigError("; ".join(errs))
-        self.raw = d
+        # the parsed JSON is not kept whole: only the fields below live on (its hex keys and
+        # top-level dict are garbage once decoded)
         self.reader_id = d["reader_id"]
         self.site = d["site"]
         self.secret = _hex(d, "secret", 32)
         keys = d["site_keys"]
         self.card_key = _hex(keys, "card", 16)
         self.pin_key = _hex(keys, "pin", 16)
-        self.broker = d.get("broker") or {}
+        self.broker = dict(d.get("broker") or {})  # a copy: the sync engine drops its CA text
         self.wifi = d.get("wifi") or {}
         gate = dict(GATE_DEFAULTS)
         gate.update(d.get("gate") or {})

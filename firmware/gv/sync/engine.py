@@ -65,6 +65,9 @@ class Sync:
         if client is None:
             b = cfg.broker
             ctx = tls_context(b["ca"]) if b.get("tls", True) else None
+            # the context holds the parsed CA (mbedtls, outside the GC heap on an ESP32) and is
+            # reused for every reconnect: the PEM text (~1.1-1.9 KB) need not stay in the config
+            b.pop("ca", None)
             client = MQTTClient(rid, b.get("host", "127.0.0.1"), b.get("port", 8883),
                                 b.get("user", rid), b.get("password"), ssl=ctx,
                                 server_hostname=b.get("server_name") or b.get("host"),
