@@ -202,6 +202,15 @@ class Kit:
                 sigs.append(s)
         return sigs
 
+    def try_pin(self, uid, pin):
+        """Present uid, type pin and '#' if a PIN is asked for, take the card away; returns the
+        last signal."""
+        sigs = self.present(uid, 600)
+        if sigs == [S.S_PIN_PROMPT]:
+            sigs += self.keys(pin + "#")
+            self.away()
+        return sigs[-1]
+
     def events(self):
         return [E.unpack(b) for _, b in self.ev.pending(200)]
 

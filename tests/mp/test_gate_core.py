@@ -229,14 +229,6 @@ def _pin_card(cfg=None):
     return kit
 
 
-def _try(kit, uid, pin):
-    sigs = kit.present(uid, 600)
-    if sigs == [S.S_PIN_PROMPT]:
-        sigs += kit.keys(pin + "#")
-        kit.away()
-    return sigs[-1]
-
-
 def test_timeline_across_the_esp32_ticks_wrap():
     # The ESP32's ticks wrap at 2**30 ms (12.4 days); the unix port's at 2**62.
     gate_kit.use_ticks_period(gate_kit.ESP32_PERIOD)
@@ -268,14 +260,14 @@ def _timeline(PERIOD):
     kit.now = PERIOD - 10000
     kit.lk.load(kit.now)  # (a boot at that tick)
     for _ in range(3):
-        _try(kit, A, "0000")
+        kit.try_pin(A, "0000")
     rem = kit.lk.card_remaining(kit.key8(A), kit.now)
     assert kit.now > PERIOD - 5000 and 29000 < rem <= 30000, (kit.now, rem)  # locked just before the wrap
     kit.wait(rem - 2000)
     assert kit.now < 30000, kit.now
-    mpt.eq(_try(kit, A, "4711"), S.S_LOCKED)
+    mpt.eq(kit.try_pin(A, "4711"), S.S_LOCKED)
     kit.wait(2000)
-    mpt.eq(_try(kit, A, "4711"), S.S_GRANT)
+    mpt.eq(kit.try_pin(A, "4711"), S.S_GRANT)
 
 
 def test_bad_record_status_is_refused():

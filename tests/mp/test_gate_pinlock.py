@@ -27,25 +27,17 @@ def _pin_card(cfg=None):
     return kit
 
 
-def _try(kit, uid, pin):
-    sigs = kit.present(uid, 600)
-    if sigs == [S.S_PIN_PROMPT]:
-        sigs += kit.keys(pin + "#")
-        kit.away()
-    return sigs[-1]
-
-
 def test_third_lock_lasts_until_the_host_clears_it():
     kit = Kit(CFG)
     kit.add(A, R.ACTIVE, R.F_PIN, pin="4711")
     tries = 0
     for lock_ms in (30000, 60000):
         for _ in range(3):
-            _try(kit, A, "0000")
+            kit.try_pin(A, "0000")
             tries += 1
         mpt.eq(kit.gate.lock_ms, lock_ms)
         kit.wait(lock_ms)
-    mpt.eq([_try(kit, A, "0000") for _ in range(3)][-1], S.S_CARD_LOCK)
+    mpt.eq([kit.try_pin(A, "0000") for _ in range(3)][-1], S.S_CARD_LOCK)
     tries += 3
     mpt.eq((kit.gate.lock_ms, tries), (HARD_MS, 9))  # a guesser's whole budget at this reader
     ev = kit.events()[-1]
@@ -54,12 +46,12 @@ def test_third_lock_lasts_until_the_host_clears_it():
     saves = kit.lk.saves
     kit.wait(600000, step=60000)
     mpt.eq(kit.lk.saves, saves)
-    mpt.eq(_try(kit, A, "4711"), S.S_LOCKED)
+    mpt.eq(kit.try_pin(A, "4711"), S.S_LOCKED)
     kit.reboot()  # survives a power cycle
     mpt.eq(kit.lk.card_remaining(kit.key8(A), kit.now), HARD_MS)
-    mpt.eq(_try(kit, A, "4711"), S.S_LOCKED)
+    mpt.eq(kit.try_pin(A, "4711"), S.S_LOCKED)
     kit.lk.clear(kit.now, kit.key8(A))  # the host's clear-lockout command
-    mpt.eq(_try(kit, A, "4711"), S.S_GRANT)
+    mpt.eq(kit.try_pin(A, "4711"), S.S_GRANT)
 
 
 def test_a_full_table_never_gives_up_a_lock_without_an_end():
@@ -83,19 +75,19 @@ def test_wrong_pins_lock_the_card_escalating_and_capped():
     kit = _pin_card({"pin_policy": "card", "pin_tries": 3, "card_lock_ms": 30000, "lock_cap_ms": 100000,
                      "pin_hard_after": 5})  # the lock without an end: test_gate_pinlock.py
     for lock_ms in (30000, 60000, 100000, 100000):
-        mpt.eq([_try(kit, A, "0000") for _ in range(3)], [S.S_PIN_WRONG, S.S_PIN_WRONG, S.S_CARD_LOCK])
+        mpt.eq([kit.try_pin(A, "0000") for _ in range(3)], [S.S_PIN_WRONG, S.S_PIN_WRONG, S.S_CARD_LOCK])
         mpt.eq(kit.gate.lock_ms, lock_ms)
         ev = kit.events()[-1]
         mpt.eq((ev["kind"], ev["reason"], ev["aux"], ev["uid"]), (E.K_LOCKOUT, E.LOCKED_CARD, lock_ms // 1000, A))
         # locked: the right PIN doesn't even get asked for
-        mpt.eq(_try(kit, A, "4711"), S.S_LOCKED)
+        mpt.eq(kit.try_pin(A, "4711"), S.S_LOCKED)
         mpt.eq(kit.decisions()[-1], _ref(E.LOCKED_CARD))
         # the other card is not affected
-        mpt.eq(_try(kit, B, "1234"), S.S_GRANT)
+        mpt.eq(kit.try_pin(B, "1234"), S.S_GRANT)
         kit.wait(lock_ms)
-    mpt.eq(_try(kit, A, "4711"), S.S_GRANT)
+    mpt.eq(kit.try_pin(A, "4711"), S.S_GRANT)
     mpt.eq(kit.lk.fails(kit.key8(A)), 0)
-    mpt.eq([_try(kit, A, "0000") for _ in range(3)][-1], S.S_CARD_LOCK)
+    mpt.eq([kit.try_pin(A, "0000") for _ in range(3)][-1], S.S_CARD_LOCK)
     mpt.eq(kit.gate.lock_ms, 30000)  # a right PIN reset the escalation
 
 

@@ -641,8 +641,12 @@ class Sync:
         except OSError as e:
             self.last_error = "rekey: %s" % e
             res = P.CR_FAILED
+        self._result(ctr, P.C_REKEY, res)
+
+    def _result(self, ctr, cmd, res):
+        # a command's outcome, for the sender's next CMDRES (a bounded queue), and wake it
         if len(self._cmdres) < 8:
-            self._cmdres.append((ctr, P.C_REKEY, res))
+            self._cmdres.append((ctr, cmd, res))
         self._work.set()
 
     def _rebuild_wanted(self):
@@ -662,9 +666,7 @@ class Sync:
         except OSError as e:
             self.last_error = "sitekey: %s" % e
             res = P.CR_FAILED
-        if len(self._cmdres) < 8:
-            self._cmdres.append((ctr, P.C_SITEKEY, res))
-        self._work.set()
+        self._result(ctr, P.C_SITEKEY, res)
 
     def _on_cmd(self, ctr, body):
         cmd, arg = P.parse_cmd(body)
@@ -693,9 +695,7 @@ class Sync:
             except Exception as e:  # noqa: BLE001
                 self.last_error = "command %s: %s" % (name, e)
                 res = P.CR_FAILED
-        if len(self._cmdres) < 8:
-            self._cmdres.append((ctr, cmd, res))
-        self._work.set()
+        self._result(ctr, cmd, res)
 
 
 def _flash(al):
