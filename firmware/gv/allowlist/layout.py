@@ -184,7 +184,7 @@ def _rm(path):
         pass
 
 
-PK = const(9)  # a written page as the writer reports it: first key (7), records (2, LE)
+PK = const(13)  # a written page as the writer reports it: first key (7), records (2, LE), crc (4, LE)
 
 
 class _Shard:

@@ -128,17 +128,30 @@ class _ShardWriter:
         self.f = open(self.path, "wb")
         self.page = page  # a BLOCK-sized buffer reused across writers (no 4 KB allocation each)
         self.maxp = maxp
-        self.pk = bytearray(maxp * PK)  # each page's first key and record count
+        self.pk = bytearray(maxp * PK)  # each page's first key, record count and crc
         self.pno = 0
         self.n = 0  # records in the current page
         self.nrec = 0
         self.crc = 0
 
+    def add13(self, p, po):
+        # a 13-byte flash record as it is (a snapshot sent in the store's own form)
+        o = PAGE_HDR + self.n * FREC
+        pg = self.page
+        for i in range(FREC):
+            pg[o + i] = p[po + i]
+        self._added()
+
     def full(self):
         return self.pno == self.maxp - 1 and self.n == page_cap(self.pno)
 
-    def add(self, rec):
-        pack13(rec, 0, self.page, PAGE_HDR + self.n * FREC)
+    def add(self, rec, ro=0):
+        # the record at rec[ro:] (an offset, not a slice: a memoryview a record is 16 B of heap
+        # each, 2 KB a rebuild chunk)
+        pack13(rec, ro, self.page, PAGE_HDR + self.n * FREC)
+        self._added()
+
+    def _added(self):
         self.n += 1
         self.nrec += 1
         if self.n == page_cap(self.pno) and self.pno < self.maxp - 1:
@@ -153,10 +166,13 @@ class _ShardWriter:
         struct.pack_into("<4sIHHI", self.page, 0, MAGIC_PAGE, self.tag, self.pno, n, c)
         k = self.pno * PK
         pk = self.pk
-        pk[k:k + 7] = self.page[PAGE_HDR:PAGE_HDR + 7]
+        for i in range(7):
+            pk[k + i] = self.page[PAGE_HDR + i]
         pk[k + 6] &= 0xF0
         pk[k + 7] = n & 0xFF
         pk[k + 8] = n >> 8
+        for i in range(4):  # the page's crc as its header has it, for the read-back
+            pk[k + 9 + i] = self.page[12 + i]
         # Every page fills its data block, the last one too: the erased rest of the block is
         # where in-place entries go, and LittleFS never keeps a file of whole blocks inline.
         size = BLOCK - _ptr_bytes(self.pno)

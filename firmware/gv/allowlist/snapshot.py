@@ -49,21 +49,28 @@ def check_header(self, version, count):
         raise BadData("snapshot of %d cards: this store holds at most %d" % (count, max_cards(self)))
 
 
-def check_records(mv, lk=None):
-    """BadData unless mv holds whole 16-byte records the store can keep (status 1-5, no flag it
-    cannot keep), sorted strictly by their 52-bit key, the first above lk when given. No heap."""
-    n = len(mv) // REC
-    if len(mv) % REC:
+def check_records(mv, lk=None, size=REC):
+    """BadData unless mv holds whole records the store can keep, sorted strictly by their 52-bit
+    key, the first above lk when given. No heap. size: REC, 16-byte records (status 1-5, no flag
+    the store cannot keep), or FREC, 13-byte flash records (status 1-5; every other bit is a
+    value the store keeps as it is)."""
+    n = len(mv) // size
+    if len(mv) % size:
         raise BadData("chunk is not whole records")
     for i in range(n):
-        o = i * REC
-        s = mv[o + 8]
-        if not 1 <= (s & 7) <= 5:
-            raise BadData("bad record status")
-        if s >> 4:
-            raise BadData("record flag the store cannot keep")
+        o = i * size
+        if size == FREC:
+            s = (mv[o + 6] >> 1) & 7
+            if not 1 <= s <= 5:
+                raise BadData("bad record status")
+        else:
+            s = mv[o + 8]
+            if not 1 <= (s & 7) <= 5:
+                raise BadData("bad record status")
+            if s >> 4:
+                raise BadData("record flag the store cannot keep")
         if i:
-            c = _cmpk(mv, o - REC, mv, o)
+            c = _cmpk(mv, o - size, mv, o)
         elif lk is not None:
             c = _cmpk(lk, 0, mv, o)
         else:
@@ -221,35 +228,36 @@ def _names(st, tag):
     return False
 
 
-def snapshot_chunk(self, records_bytes):
-    """Add records (a multiple of 16 bytes, sorted by key, continuing the snapshot). All or
-    nothing: BadData leaves the rebuild as it was; a flash error drops it back to S."""
+def snapshot_chunk(self, records_bytes, size=REC):
+    """Add records (16-byte ones, or with size=FREC 13-byte flash records; sorted by key,
+    continuing the snapshot). All or nothing: BadData leaves the rebuild as it was; a flash
+    error drops it back to S."""
     sn = self._snap
     if sn is None:
         raise BadData("no snapshot begun")
     mv = memoryview(records_bytes)
     lk = sn["lk"]
-    n = check_records(mv, lk if sn["has_lk"] else None)
+    n = check_records(mv, lk if sn["has_lk"] else None, size)
     if _received(sn) + n > sn["count"]:
         raise BadData("chunk past the %d records announced" % sn["count"])
     if not n:
         return
     try:
         for i in range(n):
-            o = i * REC
+            o = i * size
             w = sn["w"]
             if w is None:
-                lk[0:8] = mv[o:o + 8]
-                trunc_key(lk, 0)
+                _key_at(lk, mv, o)
                 w = sn["w"] = _ShardWriter(self._p, ZERO8 if not len(sn["st"]) else lk, self._wbuf(), self._sp)
-            w.add(mv[o:o + REC])
+            if size == FREC:
+                w.add13(mv, o)
+            else:
+                w.add(mv, o)
             if w.full():
                 sn["st"].append(_read_back(self, w.close()))
                 sn["w"] = None
                 _save_snap(self)
-        o = (n - 1) * REC
-        lk[0:8] = mv[o:o + 8]
-        trunc_key(lk, 0)
+        _key_at(lk, mv, (n - 1) * size)
         sn["has_lk"] = True
     except BaseException as e:  # noqa: B036 - a flash error or MemoryError: back to S, then report
         abandon(self, e)
@@ -258,36 +266,45 @@ def snapshot_chunk(self, records_bytes):
         raise
 
 
+def _key_at(lk, mv, o):
+    # the 52-bit key of the record at mv[o:] into lk (8 bytes, the rest zero), without a slice
+    for i in range(7):
+        lk[i] = mv[o + i]
+    trunc_key(lk, 0)
+
+
 def _read_back(self, sh):
-    """The shard just closed, read back from flash page by page and checked against the CRCs
-    its writer computed; OSError (EIO) if the flash does not hold what was written. One shard
-    (at most SHARD_PAGES pages, a few ms) per call: so the index end_snapshot builds need not
-    read every page again in one long step."""
-    from gv.allowlist.layout import page_cap
+    """The shard just closed, read back from flash page by page and checked against what its
+    writer wrote (each page's header and the crc of its records); OSError (EIO) if the flash
+    does not hold it. One shard (at most SHARD_PAGES pages, a few ms) per call: so the index
+    end_snapshot builds need not read every page again in one long step."""
+    from gv.allowlist.layout import PK, page_cap
     from gv.allowlist.store import _file_off
 
-    # A step of the rebuild's receive path: one memoryview a page and the CRCs (ints past 2^30
-    # on 32-bit) are all it allocates, besides the file
+    # A step of the rebuild's receive path: a memoryview and a crc a page are all it allocates
+    # besides the file (a crc past 2^30 is a heap int on 32-bit, and every operation on one
+    # makes another: the crc is compared as the 4 bytes the header holds, not by arithmetic)
     buf = self._rbuf
     mv = memoryview(buf)
-    crc = 0
+    pk = sh.pk
+    s8 = self._s8  # the shard's tag, then a page's crc, as the header holds them (LE)
+    struct.pack_into("<I", s8, 0, sh.tag)
     with open(self._p("s%08x" % sh.tag), "rb") as f:
         for p in range(sh.np):
             f.seek(_file_off(p))
             got = f.readinto(buf)  # the whole buffer: what follows the page is not looked at
-            n = buf[10] | buf[11] << 8
+            k = p * PK
+            n = pk[k + 7] | pk[k + 8] << 8
             end = PAGE_HDR + n * FREC
-            if (got < end or n > page_cap(p) or buf[0] != 0x47 or buf[1] != 0x56
+            if (got < end or n > page_cap(p) or buf[10] != pk[k + 7] or buf[11] != pk[k + 8]
+                    or buf[8] != p & 0xFF or buf[9] != p >> 8 or buf[0] != 0x47 or buf[1] != 0x56
                     or buf[2] != 0x41 or buf[3] != 0x70):  # MAGIC_PAGE
                 raise OSError(5)
-            body = mv[PAGE_HDR:end]
-            c = crc32(body)
-            if (c & 0xFF != buf[12] or (c >> 8) & 0xFF != buf[13] or (c >> 16) & 0xFF != buf[14]
-                    or (c >> 24) & 0xFF != buf[15]):
-                raise OSError(5)
-            crc = crc32(body, crc)
-    if crc != sh.crc:
-        raise OSError(5)
+            struct.pack_into("<I", s8, 4, crc32(mv[PAGE_HDR:end]))
+            for i in range(4):
+                if (buf[4 + i] != s8[i] or buf[12 + i] != pk[k + 9 + i]
+                        or buf[12 + i] != s8[4 + i]):
+                    raise OSError(5)
     return sh
 
 

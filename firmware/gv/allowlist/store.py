@@ -75,6 +75,7 @@ class Allowlist:
         self._dirty = False  # an in-place write failed and could not be undone: updates wait for a reboot
         self._need = set()  # shard tags with a page nearly out of erased room (compaction due)
         self._b1 = bytearray(1)
+        self._s8 = bytearray(8)  # scratch of the rebuild's read-back
         # Page index, IX bytes a page: first key (7), flash block (2, LE), records (2, LE), data
         # offset in the block (1). One bytearray, reused across rebuilds while it is big enough.
         # Sized once at boot for the whole partition (a page is a flash block, so there can never
@@ -705,9 +706,10 @@ class Allowlist:
         from gv.allowlist import snapshot
         return snapshot.begin_snapshot(self, version, count)
 
-    def snapshot_chunk(self, records_bytes):
+    def snapshot_chunk(self, records_bytes, size=REC):
+        """size: REC (16-byte records) or FREC (13-byte flash records, as pack13 makes them)."""
         from gv.allowlist import snapshot
-        return snapshot.snapshot_chunk(self, records_bytes)
+        return snapshot.snapshot_chunk(self, records_bytes, size)
 
     def end_snapshot(self):
         from gv.allowlist import snapshot
