@@ -97,11 +97,10 @@ class HostSync:
     def __init__(self, data: SyncData, host: str, port: int, user: str | None = None,
                  password: str | None = None, client_id: str | None = None,
                  ca_file: str | None = None, share_group: str | None = None,
-                 window: int = 8, compress: bool = True, snap_records: int = wire.SNAP_RECORDS,
+                 window: int = 8, snap_records: int = wire.SNAP_RECORDS,
                  keepalive: int = 30, reject_interval_s: float = 10.0):
         self.data = data
         self.window = window
-        self.compress = compress
         self.snap_records = snap_records
         self.share_group = share_group
         self.readers: dict[str, ReaderState] = {}
@@ -514,7 +513,7 @@ class HostSync:
         h = st.health
         probe = st.full_refusals and h.get("need_flash", 0) > h.get("free_flash", 0)
         for body in wire.snap_bodies(head, version, recs, offset, 1 if probe else self.window,
-                                     self.snap_records, self.compress):
+                                     self.snap_records):
             self._send(st, P.T_SNAP, body)
 
     def _send(self, st: ReaderState, typ: int, body: bytes) -> int:

@@ -7,17 +7,16 @@ from __future__ import annotations
 import os
 import threading
 import time
-import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import host_sync  # noqa: F401 - puts firmware/ on sys.path
+from gv.allowlist.pages import pack13
 from gv.sync import protocol as P
 from gv.sync.protocol import ProtoError
 
 TARGET_BYTES = 1024  # aim for messages near 1 KiB
-SNAP_RECORDS = 128  # records per rebuild chunk: ~2 KiB raw, ~1.1-1.4 KiB with zlib
-ZLIB_WBITS = 10  # 1 KiB window: the reader inflates with a 1 KiB buffer
+SNAP_RECORDS = P.SNAP_MAX13  # records per rebuild chunk: 153 flash records (1,989 B), the most a message holds
 DELTA_MAX_ENTRIES = (TARGET_BYTES - P.HDR - P.MAC_LEN - P.DELTA_HDR) // P.REC  # 61
 
 Change = tuple[int, bytes, "bytes | None"]  # (version, key8, rec16 or None for a removal)
@@ -180,34 +179,33 @@ def set_flags(body: bytes, flags: int) -> bytes:
 
 
 def snap_body(head: int, version: int, records: Sequence[bytes], offset: int,
-              n: int = SNAP_RECORDS, compress: bool = True, flags: int = 0) -> bytes:
-    """One SNAP chunk: records[offset:offset+n] of snapshot `version`."""
+              n: int = SNAP_RECORDS, flags: int = 0) -> bytes:
+    """One SNAP chunk: records[offset:offset+n] of snapshot `version`, as the reader's 13-byte
+    flash records (F_P13, docs/protocol.md: what the store keeps of a card; readers refuse the
+    retired zlib chunks, whose inflating cost them ~6 KB of heap)."""
     count = len(records)
-    n = max(0, min(n, count - offset))
-    raw = b"".join(records[offset:offset + n])
-    if compress and n:
-        z = zlib.compressobj(9, zlib.DEFLATED, ZLIB_WBITS)
-        data = z.compress(raw) + z.flush()
-        if len(data) < len(raw):
-            return P.snap_body(head, version, count, offset, n, data, flags | P.F_ZLIB)
-    return P.snap_body(head, version, count, offset, n, raw, flags)
+    n = max(0, min(n, count - offset, P.SNAP_MAX13))
+    data = bytearray(n * P.P13)
+    for i in range(n):
+        pack13(records[offset + i], 0, data, i * P.P13)
+    return P.snap_body(head, version, count, offset, n, data, flags | P.F_P13)
 
 
 def snap_bodies(head: int, version: int, records: Sequence[bytes], offset: int, window: int,
-                n: int = SNAP_RECORDS, compress: bool = True) -> Iterator[bytes]:
+                n: int = SNAP_RECORDS) -> Iterator[bytes]:
     """Up to `window` chunks from offset; the last one carries F_ASK (the reader asks again if
     still behind). An empty snapshot is one empty chunk."""
+    n = max(1, min(n, P.SNAP_MAX13))
     count = len(records)
     if count == 0:
-        yield snap_body(head, version, records, 0, 0, compress, P.F_ASK)
+        yield snap_body(head, version, records, 0, 0, P.F_ASK)
         return
     for i in range(window):
         o = offset + i * n
         if o >= count:
             return
         last = i == window - 1 or o + n >= count
-        yield snap_body(head, version, records, o, n, compress,
-                        P.F_ASK if last else 0)
+        yield snap_body(head, version, records, o, n, P.F_ASK if last else 0)
 
 
 def records_sorted(records: Iterable[bytes]) -> list[bytes]:

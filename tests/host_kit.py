@@ -161,7 +161,6 @@ class ProtocolReader:
                                                     "fake-1.0"), retain=True)
 
     def _on_message(self, client, userdata, msg) -> None:
-        import zlib
         P = self.P
         try:
             typ, nonce, counter, body = P.unseal(self.key, P.DIR_HOST, msg.payload)
@@ -196,7 +195,7 @@ class ProtocolReader:
             elif typ == P.T_SNAP:
                 flags, head, version, count, offset, n, data = P.parse_snap(body)
                 self.received.append((typ, (flags, head, version, count, offset, n)))
-                raw = zlib.decompress(bytes(data)) if flags & P.F_ZLIB else bytes(data)
+                raw = unpack_chunk(P, flags, n, data)
                 if offset == 0:
                     self.snap = {}
                 for i in range(n):
@@ -253,3 +252,19 @@ class ProtocolReader:
                            retain=True).wait_for_publish(5)
         self.c.disconnect()
         self.c.loop_stop()
+
+
+def unpack_chunk(P, flags, n, data) -> bytes:
+    """A SNAP chunk's records as 16-byte records (flash records are unpacked: the 52-bit key,
+    the 20-bit verifier, what a reader keeps)."""
+    if not flags & P.F_P13:
+        return bytes(data)
+    from gv.allowlist.layout import unpack13
+    from gv.allowlist.pages import key_of13
+    out = bytearray(16 * n)
+    r = bytearray(16)
+    for i in range(n):
+        key_of13(data, i * P.P13, r)
+        unpack13(data, i * P.P13, r)
+        out[16 * i:16 * i + 16] = r
+    return bytes(out)

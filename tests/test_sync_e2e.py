@@ -13,6 +13,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gv.allowlist import record as R
 from gv.sync import protocol as P
+from host_sync import wire
 from host_sync.syncer import HostSync
 from tests.broker import Broker
 from tests.sync_support import MemData, ReaderProc, make_record, new_secret, reader_config
@@ -131,7 +132,7 @@ def test_broker_restart_mid_rebuild_resumes(tmp_path):
         st = r.wait(lambda st: st["version"] == 1, timeout=60, what="rebuild finished")
         assert mid and mid[0] == 1 and st["connects"] >= 2
         assert st["rebuilds"] == 1  # resumed, not started over
-        assert st["chunks"] <= 12000 // 128 + 2 + 8  # at most a window resent
+        assert st["chunks"] <= 12000 // wire.SNAP_RECORDS + 2 + 8  # at most a window resent
         assert st["count"] == 12000
         assert r.lookup(s.records[11999][:8]) == R.as_stored(s.records[11999])
     finally:

@@ -1,9 +1,8 @@
 """host_sync.wire: per-reader sessions (replay and stale-session checks on the host side),
-catch-up deltas cut at version boundaries, rebuild chunks with zlib, increasing counters."""
+catch-up deltas cut at version boundaries, raw rebuild chunks, increasing counters."""
 from __future__ import annotations
 
 import random
-import zlib
 
 import pytest
 from hypothesis import given, settings
@@ -12,7 +11,17 @@ from hypothesis import strategies as st
 import host_sync  # noqa: F401
 from gv.sync import protocol as P
 from host_sync import wire
+from gv.allowlist import record as R
+from tests.host_kit import unpack_chunk
 from tests.sync_support import make_record
+
+
+def _kept(rec: bytes) -> bytes:
+    """What a reader's store keeps of a record: as_stored, the key cut to 52 bits."""
+    b = bytearray(R.as_stored(rec))
+    b[6] &= 0xF0
+    b[7] = 0
+    return bytes(b)
 
 SECRET = bytes(range(32))
 
@@ -89,10 +98,30 @@ def test_snap_bodies_cover_every_record_once(count, window):
         for body in bodies:
             flags, head, v, c, o, n, data = P.parse_snap(body)
             assert (v, c, o) == (3, count, offset)
-            got += zlib.decompress(bytes(data), wbits=10) if flags & P.F_ZLIB else bytes(data)
+            assert not flags & P.F_ZLIB and flags & P.F_P13  # flash records, never zlib
+            got += unpack_chunk(P, flags, n, data)
             offset += n
         if offset >= count:
             break
-    assert got == b"".join(recs)
+    assert got == b"".join(_kept(r) for r in recs)
     for body in bodies:
         assert len(body) + P.HDR + P.MAC_LEN <= P.MAX_MSG
+
+
+def test_snap_chunks_carry_flash_records_and_fill_a_message_at_most():
+    # a full chunk (SNAP_RECORDS, the most a message holds) fits MAX_MSG sealed; asking for more
+    # records a chunk gets SNAP_MAX13, and every record comes exactly once, as the store keeps it
+    rng = random.Random(7)
+    recs = wire.records_sorted(make_record(rng) for _ in range(3 * P.SNAP_MAX13 + 5))
+    assert wire.SNAP_RECORDS == P.SNAP_MAX13
+    full = wire.snap_body(1, 1, recs, 0)
+    assert len(full) + P.HDR + P.MAC_LEN <= P.MAX_MSG
+    assert len(full) + P.HDR + P.MAC_LEN + P.P13 > P.MAX_MSG  # one more record would not fit
+    bodies = list(wire.snap_bodies(1, 1, recs, 0, 9, n=1000))
+    got = b""
+    for body in bodies:
+        flags, head, v, c, o, n, data = P.parse_snap(body)
+        assert flags & P.F_P13 and not flags & P.F_ZLIB and n <= P.SNAP_MAX13
+        assert o == len(got) // P.REC
+        got += unpack_chunk(P, flags, n, data)
+    assert got == b"".join(_kept(r) for r in recs)

@@ -45,7 +45,7 @@ def _raw_bytes_per_card(records: list[bytes], window: int = 8) -> float:
     total = 0
     chunks = 0
     for o in range(0, len(records), wire.SNAP_RECORDS):
-        body = wire.snap_body(1, 1, records, o, wire.SNAP_RECORDS, compress=False)
+        body = wire.snap_body(1, 1, records, o, wire.SNAP_RECORDS)
         n = P.HDR + len(body) + P.MAC_LEN + topic + 4
         total += 1 + (1 if n < 128 else 2) + n + 4  # + PUBACK
         chunks += 1

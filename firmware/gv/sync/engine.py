@@ -27,8 +27,6 @@ _HEALTH_MS = P.HEALTH_S * 1000  # a HEALTH report at least this often
 _ROOM_MS = 10000  # while backing off, look this often whether the flash has room again
 _EV_BATCH = 30  # 30 x 32-byte events: ~1 KiB messages
 _SEEN = 32  # anti-replay window: host counters remembered per session
-_MAX_CHUNK = 160  # records one SNAP chunk may inflate to (2.5 KiB buffer, preallocated)
-_ZLIB_WBITS = 10  # SNAP's zlib window (docs/protocol.md)
 
 
 class Sync:
@@ -108,7 +106,6 @@ class Sync:
         # events
         self._ev_sent = 0  # highest seq in the batch in flight
         self._evack = asyncio.Event()
-        self._zbuf = bytearray(_MAX_CHUNK * P.REC)
         self._snap_open = None  # snapshot version begun in this boot
         self._snap_done = 0  # records of it handed to the store
         self._snap_count = 0  # records of the rebuild being received
@@ -540,21 +537,18 @@ class Sync:
     def _snap_msg(self, body):
         flags, head, version, count, offset, n, data = P.parse_snap(body)
         self.head = head
-        if n > _MAX_CHUNK or not version:  # version 0 is "none yet", never a snapshot's
+        if not version:  # version 0 is "none yet", never a snapshot's
             raise P.ProtoError(P.E_MALFORMED)
         self._snap_count = count  # what a refusal says it needs
         if self._retry_at is not None:
             # backing off: the rest of a window sent before the host knew; the flash is not
             # tried again before the wait is over (each try rewrites blocks for nothing)
             raise P.ProtoError(P.E_FULL)
-        # the data first, inflated and checked whole: a chunk that cannot be neither begins a
-        # rebuild nor drops the one in progress
-        recs = None
+        # the records first, checked whole (in the message itself: no copy): a chunk that
+        # cannot be neither begins a rebuild nor drops the one in progress
+        size = P.P13 if flags & P.F_P13 else P.REC
         if n:
-            recs = self._inflate(data, n) if flags & P.F_ZLIB else data
-            check_records(recs)
-        elif flags & P.F_ZLIB or len(data):
-            raise P.ProtoError(P.E_MALFORMED)
+            check_records(data, None, size)
         p = self.al.snapshot_progress()
         sv, done = self._progress(p)
         if p and sv == version and count != p[1]:
@@ -578,7 +572,7 @@ class Sync:
             self._snap_open = version
             self._snap_done = offset
         if n:
-            self.al.snapshot_chunk(recs)
+            self.al.snapshot_chunk(data, size)
             self._snap_done = offset + n
             self.chunks += 1
         if self.chunks & 15 == 1:  # the heap with a chunk applied, every 16th (a collect each)
@@ -594,30 +588,6 @@ class Sync:
             memory.low_water(P.M_REBUILD)  # just after the switch, the new index built
         self._answered(flags)
         self._work.set()
-
-    def _inflate(self, data, n):
-        import deflate
-        import io
-
-        want = n * P.REC
-        mv = memoryview(self._zbuf)[:want]
-        try:
-            # the window the protocol fixes (2^10), not the one the stream's header claims: an
-            # authentic header saying 2^15 would otherwise take 32 KB of heap for its window
-            # (BytesIO copies the memoryview itself: no bytes() copy before it, 1.2 KB less)
-            d = deflate.DeflateIO(io.BytesIO(data), deflate.ZLIB, _ZLIB_WBITS)
-            got = 0
-            while got < want:
-                k = d.readinto(mv[got:])
-                if not k:
-                    break
-                got += k
-            more = d.read(1)
-        except (OSError, ValueError, EOFError):  # a corrupt stream (bad header, data or checksum)
-            raise P.ProtoError(P.E_MALFORMED)
-        if got != want or more:
-            raise P.ProtoError(P.E_MALFORMED)
-        return mv
 
     def _on_evack(self, body):
         upto = P.parse_evack(body)
