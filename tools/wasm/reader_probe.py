@@ -304,7 +304,7 @@ def part_drop():
                                   "ix": len(al._ix), "rbuf_separate": al._rbuf is not al._page,
                                   "shard_table": len(al._st.buf) if hasattr(al._st, "buf") else 0}
         if PARTS[i] == "sync":
-            R["sync_buffers"] = {"zbuf": len(r.sync._zbuf)}
+            R["sync_buffers"] = {"zbuf": len(getattr(r.sync, "_zbuf", b""))}
         setattr(r, PARTS[i], None)
     S["part_i"] = i + 1
 
