@@ -94,7 +94,7 @@ def image(al, dev):
     ix = al._ix
     for p in range(al._np):
         i = ix[p * IX + 7] | ix[p * IX + 8] << 8
-        pno = ix[p * IX + 11]
+        pno = ix[p * IX + 9]
         o = _ptr_bytes(pno)
         with open(al._p("s%08x" % al._st.tag(i)), "rb") as f:
             f.seek(_file_off(pno))
@@ -103,7 +103,7 @@ def image(al, dev):
         dev._f.write(data)
         ix[p * IX + 7] = p & 0xFF
         ix[p * IX + 8] = p >> 8
-        ix[p * IX + 11] = o
+        ix[p * IX + 9] = o
     dev._f.flush()
     al._dev = dev
 

@@ -45,9 +45,10 @@ def index_files_there(al):
     blocks still hold its pages until LittleFS gives them to another file)."""
     import struct
     hdr = bytearray(16)
+    from gv.allowlist.layout import IX
     for p in range(al._np):
-        e = p * 12
-        al._dev.readblocks(al._ix[e + 7] | al._ix[e + 8] << 8, hdr, al._ix[e + 11])
+        e = p * IX
+        al._dev.readblocks(al._ix[e + 7] | al._ix[e + 8] << 8, hdr, al._ix[e + 9])
         try:
             os.stat(al._p("s%08x" % struct.unpack_from("<I", hdr, 4)[0]))
         except OSError:

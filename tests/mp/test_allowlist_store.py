@@ -5,6 +5,7 @@ import os
 import micropython
 import mpt
 from gv.allowlist import record as R
+from gv.allowlist.layout import IX
 from gv.allowlist.store import Allowlist
 from test_allowlist_fixture import (ROOT, SP, check, check_deltas_only, count, delta, deltas_only, fresh,
                                    install, key, rec, reopen)
@@ -134,11 +135,11 @@ def test_delta_only_store_larger_than_a_shard_splits():
         pass
     assert len(al._st) == 2, len(al._st)
     check_deltas_only(al, 1, 1000)
-    ix = bytes(al._ix[:al._np * 12])
+    ix = bytes(al._ix[:al._np * IX])
     al = None
     al = reopen(dev, log_records=1024)
     mpt.eq(al.health, "ok")
-    mpt.eq(bytes(al._ix[:al._np * 12]), ix, "index spliced == index rebuilt at boot")
+    mpt.eq(bytes(al._ix[:al._np * IX]), ix, "index spliced == index rebuilt at boot")
     check_deltas_only(al, 1, 1000)
     umount()
 
@@ -365,11 +366,11 @@ def test_inserts_split_a_shard():
         assert al.lookup(r[0:8], out) and out == r
     mpt.eq(al.count, N + 600)
     mpt.eq(sum(1 for _ in al.items()), N + 600)
-    ix = bytes(al._ix[:al._np * 12])  # spliced step by step during compaction
+    ix = bytes(al._ix[:al._np * IX])  # spliced step by step during compaction
     al = None
     al = reopen(dev, log_records=1024)
     mpt.eq(al.health, "ok")
-    mpt.eq(bytes(al._ix[:al._np * 12]), ix, "index spliced == index rebuilt at boot")
+    mpt.eq(bytes(al._ix[:al._np * IX]), ix, "index spliced == index rebuilt at boot")
     for j in range(0, 600, 7):
         r = added(j)
         assert al.lookup(r[0:8], out) and out == r
@@ -460,10 +461,10 @@ def test_in_place_delta_programs_a_few_bytes_and_no_file():
     al.want_compaction()
     while al.compact_step():
         pass
-    from gv.allowlist.layout import PAGE_HDR, entry_span
+    from gv.allowlist.layout import PAGE_HDR, entry_span, page_n
     for p in range(al._np):
         o = al._read_page(p)
-        n = al._ix[p * 12 + 9] | al._ix[p * 12 + 10] << 8
+        n = page_n(al._page, o)
         mpt.eq(entry_span(al._page, o + PAGE_HDR, n)[0:2], (0, 0), "page %d still has entries" % p)
     for k, r in cards:
         mpt.eq(al.lookup(k, out), r is not None)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import host_sync  # noqa: F401 - puts the firmware (gv) on the path
 from gv.allowlist import record
+from gv.allowlist.layout import IX
 from gv.sync import protocol as P
 from host_sync import wire
 from tools import wasm32
@@ -195,7 +196,7 @@ def run() -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     st = res["store"]
-    ix = 12
+    ix = IX  # index bytes a page
     # the file-backed store's extras over the ESP32's block-device store (see the docstring)
     extra = (st["rbuf"] if st["rbuf_separate"] else 0) + st["ix"] - BLOCKS_2MIB * ix
     # against the heap once the whole Reader is gone (the 'code' mark right after the imports can

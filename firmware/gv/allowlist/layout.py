@@ -36,7 +36,8 @@ LOG_HARD = const(256)  # delta log records in RAM (4 KB; less if the heap has no
 # a delta that would pass it compacts first, a larger one is refused; compaction is due at half
 MAX_DELTA = const(4096)  # cards in one delta applied in place (a larger change comes as a snapshot)
 MAX_DFILES = const(4)  # delta files before they are folded into one  # larger changes go as a snapshot
-IX = const(12)  # bytes of RAM index a page: first key 7, block 2, records 2, data offset 1
+IX = const(10)  # bytes of RAM index a page: first key 7, block 2, data offset 1 (its record
+# count is read from the page's own header, which every use of the index reads anyway)
 SCAN = const(64)  # bytes read per block when scanning for page headers
 ENOSPC = const(28)
 GAP = const(28)  # erased bytes always left between overrides and appended entries (two append
@@ -130,6 +131,15 @@ def trunc_key(buf, o):
     # an incoming 8-byte key cut to the 52 bits the store keeps
     buf[o + 6] &= 0xF0
     buf[o + 7] = 0
+
+
+def page_n(p, o):
+    """The record count in the header of the page at p[o:], -1 unless it is one of our pages
+    (magic) with a count a page can hold. No heap: the lookup's path."""
+    if p[o] != 0x47 or p[o + 1] != 0x56 or p[o + 2] != 0x41 or p[o + 3] != 0x70:  # MAGIC_PAGE
+        return -1
+    n = p[o + 10] | p[o + 11] << 8
+    return n if n <= PAGE_RECS else -1
 
 
 def _erased(p, o, n):

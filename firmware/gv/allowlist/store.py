@@ -17,7 +17,7 @@ from gv.allowlist.layout import (
     APS, AP_C, AP_D, AP_W, BLOCK, CR, CR_C, CR_D, CR_W, ENOSPC, FORMAT, FREC, MAGIC_DELTA,
     MAGIC_MAN, MAGIC_PAGE, MAGIC_SNAP, OVS, OV_C, OV_D, OV_W, PAGE_HDR, REC, SCAN,
     SHARD_PAGES, DELTA, DELTA_N, DHDR, DHDR_N, MAN_HDR, MAN_HDR_N,
-    SHARD_N, SNAP_HDR, SNAP_HDR_N, ShardTable, _cmpk, _erased, IX,
+    SHARD_N, SNAP_HDR, SNAP_HDR_N, ShardTable, _cmpk, _erased, IX, page_n,
     _exists, _merge_into, _ptr_bytes, LOG_HARD, BIG_PART, SHARD_DIRS, _rfile, _rm, _round, _tag,
     entry_span, page_cap, unpack13,
 )
@@ -76,10 +76,11 @@ class Allowlist:
         self._need = set()  # shard tags with a page nearly out of erased room (compaction due)
         self._b1 = bytearray(1)
         self._s8 = bytearray(8)  # scratch of the rebuild's read-back
-        # Page index, IX bytes a page: first key (7), flash block (2, LE), records (2, LE), data
-        # offset in the block (1). One bytearray, reused across rebuilds while it is big enough.
-        # Sized once at boot for the whole partition (a page is a flash block, so there can never
-        # be more pages than blocks): 6 KB for 2 MiB, never reallocated on a fragmented heap.
+        # Page index, IX bytes a page: first key (7), flash block (2, LE), data offset in the
+        # block (1); the page's record count is in its header, read with the page. One
+        # bytearray, reused across rebuilds while it is big enough. Sized once at boot for the
+        # whole partition (a page is a flash block, so there can never be more pages than
+        # blocks): 5 KB for 2 MiB, never reallocated on a fragmented heap.
         self._ix = bytearray((self._dev.ioctl(4, 0) if self._dev is not None else FS_PAGES) * IX)
         self._np = 0
         self._cgen = None
@@ -365,7 +366,7 @@ class Allowlist:
                     crc = crc32(body, crc)
                     if fix:
                         self._fix_entries(b, page, o + PAGE_HDR, n, fix)
-                _ix_put(ix, k, pb, o, b, n, o)
+                _ix_put(ix, k, pb, o, b, o)
                 k += 1
             if ok and verify and crc != st.crc(i):
                 ok = False
@@ -403,7 +404,7 @@ class Allowlist:
                             ok = False
                             break
                         crc = crc32(body, crc)
-                        _ix_put(ix, k, page, o, i, n, p)
+                        _ix_put(ix, k, page, o, i, p)
                         k += 1
             except OSError:
                 ok = False
@@ -500,12 +501,12 @@ class Allowlist:
             base = self._read_page(p)
         except OSError:
             return False
-        if page[base] != 0x47 or page[base + 1] != 0x56:  # not our page any more: fail secure
+        n = page_n(page, base)
+        if n < 0:  # not our page any more: fail secure
             self.health = "corrupt: page moved"
             self.need_resync = True
             return False
         base += PAGE_HDR
-        n = ix[p * IX + 9] | ix[p * IX + 10] << 8
         end = base + n * FREC
         # appended entries fill the block from its end down: the newest committed one wins
         hit = -1
@@ -591,11 +592,11 @@ class Allowlist:
         ix = self._ix
         if self._dev is not None:  # one block read, no heap
             self._dev.readblocks(ix[p * IX + 7] | ix[p * IX + 8] << 8, self._page, 0)
-            return ix[p * IX + 11]
+            return ix[p * IX + 9]
         # No block device known (a port without esp32.Partition, nothing passed in): through the
         # filesystem. Same answers, but it opens a file (heap) and LittleFS reads more blocks.
         i = ix[p * IX + 7] | ix[p * IX + 8] << 8
-        pno = ix[p * IX + 11]
+        pno = ix[p * IX + 9]
         o = _ptr_bytes(pno)
         with open(self._p("s%08x" % self._st.tag(i)), "rb") as f:
             f.seek(_file_off(pno))
@@ -616,7 +617,10 @@ class Allowlist:
                 o = self._read_page(p)
             finally:
                 self._page = keep
-            for r in page_records(buf, o, self._ix[p * IX + 9] | self._ix[p * IX + 10] << 8):
+            n = page_n(buf, o)
+            if n < 0:
+                raise OSError(5)  # the index no longer names one of our pages
+            for r in page_records(buf, o, n):
                 while li < self._nlog and _cmpk(log, li * REC, r, 0) < 0:
                     if log[li * REC + 8]:
                         yield bytes(log[li * REC:li * REC + REC])
@@ -739,17 +743,16 @@ def _recs(pages):
     return n
 
 
-def _ix_put(ix, k, page, o, where, n, at):
+def _ix_put(ix, k, page, o, where, at):
     # index entry k: the page's first key (52 bits in 7 bytes), where it is (block, or shard in
-    # the file fallback), its record count and where in that block/shard (offset, or page number)
+    # the file fallback) and where in that block/shard (offset, or page number)
     e = k * IX
-    ix[e:e + 7] = page[o + PAGE_HDR:o + PAGE_HDR + 7]
+    for i in range(7):
+        ix[e + i] = page[o + PAGE_HDR + i]
     ix[e + 6] &= 0xF0
     ix[e + 7] = where & 0xFF
     ix[e + 8] = where >> 8
-    ix[e + 9] = n & 0xFF
-    ix[e + 10] = n >> 8
-    ix[e + 11] = at
+    ix[e + 9] = at
 
 
 def _encrypted(dev):

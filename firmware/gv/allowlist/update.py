@@ -4,7 +4,7 @@ from binascii import crc32
 from gv.allowlist.layout import (
     APS, AP_C, AP_W, BLOCK, CR, CR_C, CR_D, CR_W, FREC, GAP, IX, LOW_ROOM, MAX_DELTA, MAGIC_PAGE, SCAN,
     MAX_DFILES, MAGIC_DELTA, MAX_VERSION, OVS, OV_W, PAGE_HDR, PK, REC, DHDR, BadData, ShardTable,
-    _cmpk, _merge_into, _ptr_bytes, _rm, _tag, entry_span, trunc_key,
+    _cmpk, _merge_into, _ptr_bytes, _rm, _tag, entry_span, page_n, trunc_key,
 )
 from gv.allowlist.pages import _ShardWriter, _sort_records, pack13, page_records
 from gv.compat import const
@@ -200,8 +200,11 @@ def _in_place(self, d, to_version, count):
                 cur = p
                 blk = self._ix[p * IX + 7] | self._ix[p * IX + 8] << 8
                 dev.readblocks(blk, page, 0)
-                self._fix_entries(blk, page, self._ix[p * IX + 11] + PAGE_HDR,
-                                  self._ix[p * IX + 9] | self._ix[p * IX + 10] << 8, 2)
+                at = self._ix[p * IX + 9]
+                n = page_n(page, at)
+                if n < 0:
+                    raise OSError(5)  # the index no longer names one of our pages
+                self._fix_entries(blk, page, at + PAGE_HDR, n, 2)
         self._mark(mblk, c + CR - 1, CR_W | CR_C | CR_D)
         self._crlast = c
     except OSError as e:
@@ -236,9 +239,9 @@ def _place(self, d, n, write):
             cur = p
             blk = self._ix[p * IX + 7] | self._ix[p * IX + 8] << 8
             dev.readblocks(blk, page, 0)
-            base = self._ix[p * IX + 11] + PAGE_HDR
-            nrec = self._ix[p * IX + 9] | self._ix[p * IX + 10] << 8
-            if page[base - PAGE_HDR:base - PAGE_HDR + 4] != MAGIC_PAGE:
+            base = self._ix[p * IX + 9] + PAGE_HDR
+            nrec = page_n(page, base - PAGE_HDR)
+            if nrec < 0:
                 return False
             no, na, room = entry_span(page, base, nrec)
             ov = base + nrec * FREC + no * OVS  # next override slot
@@ -498,12 +501,11 @@ def _splice_index(self, p0, old, news, blks, found):
         pk = news[j].pk
         for pno in range(news[j].np):
             q = pno * PK
-            ix[e:e + 7] = pk[q:q + 7]
+            for i in range(7):
+                ix[e + i] = pk[q + i]
             ix[e + 7] = blks[j][2 * pno]
             ix[e + 8] = blks[j][2 * pno + 1]
-            ix[e + 9] = pk[q + 7]
-            ix[e + 10] = pk[q + 8]
-            ix[e + 11] = _ptr_bytes(pno)
+            ix[e + 9] = _ptr_bytes(pno)
             e += IX
     self._np += k - old
     return True
@@ -555,10 +557,11 @@ def _shard_records(self, i):
             blk = ix[e + 7] | ix[e + 8] << 8
             self._dev.readblocks(blk, buf, 0)
             self._cblk = blk  # compact_step reads it again before every resume
-            o = ix[e + 11]
-            if buf[o:o + 4] != MAGIC_PAGE:
+            o = ix[e + 9]
+            n = page_n(buf, o)
+            if n < 0:
                 raise OSError(5)
-            for r in page_records(buf, o, ix[e + 9] | ix[e + 10] << 8):
+            for r in page_records(buf, o, n):
                 yield r
         self._cblk = None
         return
