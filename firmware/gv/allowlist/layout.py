@@ -237,7 +237,11 @@ class ShardTable:
         return struct.unpack_from("<I", self.buf, i * SHARD_N + 8)[0]
 
     def nrec(self, i):
-        return struct.unpack_from("<I", self.buf, i * SHARD_N + 12)[0]
+        # by hand, not unpack_from: a count is a small int, a tuple per call is heap (total()
+        # runs for every rebuild message, over every shard)
+        b = self.buf
+        o = i * SHARD_N + 12
+        return b[o] | b[o + 1] << 8 | b[o + 2] << 16 | b[o + 3] << 24
 
     def crc(self, i):
         return struct.unpack_from("<I", self.buf, i * SHARD_N + 16)[0]
