@@ -143,33 +143,65 @@ def _seg_name(first_seq):
     return "%08x.ev" % first_seq
 
 
+def _seg_first(name):
+    # the first sequence number a segment file's name gives, -1 for any other name
+    if name.endswith(".ev") and len(name) == 11:
+        try:
+            return int(name[:8], 16)
+        except ValueError:
+            pass
+    return -1
+
+
 class _Ring:
     """First sequence numbers of the segments, oldest first, in one array allocated at start-up
-    (a growing list would need ever larger contiguous blocks on a fragmented heap)."""
+    (a growing list would need ever larger contiguous blocks on a fragmented heap). Kept as
+    16-bit offsets from a base (1 KB, not 2 KB, for 512 segments): the ring's numbers span at
+    most its capacity in events, far below 2^16; a number out of that reach (a stray file) is
+    refused with OverflowError."""
 
     def __init__(self, cap):
-        self._a = array("I", bytes(4 * cap))
+        self._a = array("H", bytes(2 * cap))
         self._cap = cap
         self._h = 0
+        self._base = 0
         self.n = 0
 
     def get(self, i):
-        return self._a[(self._h + i) % self._cap]
+        return self._base + self._a[(self._h + i) % self._cap]
 
     def last(self):
         return self.get(self.n - 1)
 
+    def _shift(self, d):
+        # every offset minus d (d < 0: plus), the base plus d
+        for i in range(self.n):
+            j = (self._h + i) % self._cap
+            self._a[j] = self._a[j] - d
+        self._base += d
+
     def push(self, v):
         """Add v keeping the order (at the end unless a boot scan found files out of order)."""
+        if not self.n:
+            self._base = v
+        elif v < self._base:
+            if self.last() - v > 0xFFFF:
+                raise OverflowError("segment %d out of the ring's reach" % v)
+            self._shift(v - self._base)
+        elif v - self._base > 0xFFFF:
+            if v - self.get(0) > 0xFFFF:
+                raise OverflowError("segment %d out of the ring's reach" % v)
+            self._shift(self.get(0) - self._base)
         i = self.n
         self.n += 1
+        a = self._a
         while i > 0 and self.get(i - 1) > v:
-            self._a[(self._h + i) % self._cap] = self.get(i - 1)
+            a[(self._h + i) % self._cap] = a[(self._h + i - 1) % self._cap]
             i -= 1
-        self._a[(self._h + i) % self._cap] = v
+        a[(self._h + i) % self._cap] = v - self._base
 
     def pop(self):
-        v = self._a[self._h]
+        v = self.get(0)
         self._h = (self._h + 1) % self._cap
         self.n -= 1
         return v
@@ -234,16 +266,40 @@ class EventLog:
 
     def _scan(self):
         segs = self._segs
-        for ent in os.ilistdir(self.path):  # an iterator: no list of every name
+        # Passes over the directory (iterators: no list of every name). The ring's numbers span
+        # less than its 16-bit reach in a log whose numbers only ever follow on; should stray
+        # files say otherwise, the larger of the groups within reach of the lowest and of the
+        # highest number is kept and the rest removed.
+        lo, hi = -1, -1
+        for ent in os.ilistdir(self.path):
+            first = _seg_first(ent[0])
+            if first >= 0:
+                lo = first if lo < 0 or first < lo else lo
+                hi = first if first > hi else hi
+        keep = lo
+        if hi - lo > 0xFFFF:
+            n_lo = n_hi = 0
+            for ent in os.ilistdir(self.path):
+                first = _seg_first(ent[0])
+                if first >= 0:
+                    n_lo += first - lo <= 0xFFFF
+                    n_hi += hi - first <= 0xFFFF
+            keep = lo if n_lo >= n_hi else hi - 0xFFFF
+        for ent in os.ilistdir(self.path):
             name = ent[0]
-            if name.endswith(".ev") and len(name) == 11:
-                try:
-                    first = int(name[:8], 16)
-                except ValueError:
+            first = _seg_first(name)
+            if first >= 0:
+                if not keep <= first <= keep + 0xFFFF:
+                    self._remove(first)
                     continue
                 if segs.n >= self.max_segments:  # more files than the ring holds: drop the oldest
                     self._remove(segs.pop())
                 segs.push(first)
+            elif name.endswith(".tmp"):
+                try:
+                    os.remove(self._p(name))  # a temp file a power cut left behind
+                except OSError:
+                    pass
             elif name.endswith(".tmp"):
                 try:
                     os.remove(self._p(name))  # a temp file a power cut left behind
@@ -343,9 +399,11 @@ class EventLog:
         return seq
 
     def _new_segment(self):
-        while self._segs.n >= self.max_segments:
-            self._remove(self._segs.pop())  # counted by `lost`: the gap below the oldest grows
-        self._segs.push(self.next_seq)
+        segs = self._segs
+        # full, or (never, in a log that only ever follows on) numbered out of the ring's reach
+        while segs.n >= self.max_segments or (segs.n and self.next_seq - segs.get(0) > 0xFFFF):
+            self._remove(segs.pop())  # counted by `lost`: the gap below the oldest grows
+        segs.push(self.next_seq)
         self._cur_count = 0
 
     def _remove(self, first):

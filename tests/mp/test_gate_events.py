@@ -249,3 +249,47 @@ def test_garbage_in_segments_is_skipped_never_raised():
     mpt.eq(got, [1, 2, 3, 4, 5, 7, 8, 9, 10])  # event 6 was hit, the rest are intact
     mpt.eq(log.next_seq, 11)
     umount()
+
+
+def test_segment_ring_keeps_numbers_across_its_16_bit_offsets():
+    # the ring of segment numbers keeps 16-bit offsets from a base: numbers climbing far past
+    # 2^16 (a reader's lifetime of events), pops, and a boot scan's out-of-order pushes give
+    # exactly what a plain list would
+    r = E._Ring(8)
+    model = []
+    seq = 0xFFF0
+    for step in range(3000):
+        if len(model) == 8 or (model and step % 3 == 0):
+            mpt.eq(r.pop(), model.pop(0), step)
+        seq += 1 + step % 37
+        r.push(seq)
+        model.append(seq)
+        mpt.eq([r.get(i) for i in range(r.n)], model, step)
+    assert seq > 0x10000 * 1.5
+    r2 = E._Ring(4)
+    for v in (300000, 299990, 300010, 299980):  # out of order, as a directory lists them
+        r2.push(v)
+    mpt.eq([r2.get(i) for i in range(4)], [299980, 299990, 300000, 300010])
+    r3 = E._Ring(4)
+    r3.push(5)
+    mpt.raises(OverflowError, r3.push, 5 + 0x10000)
+
+
+def test_a_stray_segment_far_from_the_others_is_removed_at_boot():
+    dev = FlashDev(blocks=64)
+    format_and_mount(dev)
+    try:
+        log = _log(dev)
+        uid = bytearray(b"\x04\x01\x02\x03")
+        for i in range(10):
+            log.append(E.K_DECISION, E.R_GRANT, E.OK, uid, 4, 1000 + i)
+        for stray in (0x7F000000, 0x7F000010):  # not this log's: far above its three segments
+            with open("/flash/ev/" + E._seg_name(stray), "wb") as f:
+                f.write(bytes(32))
+        log = _log(dev)
+        mpt.eq(log.next_seq, 11)
+        mpt.eq([s for s, _ in log.pending(20)], list(range(1, 11)))
+        mpt.eq(sorted(n for n in os.listdir("/flash/ev") if n.endswith(".ev")),
+               [E._seg_name(1), E._seg_name(5), E._seg_name(9)])
+    finally:
+        umount()
