@@ -531,3 +531,27 @@ def test_in_place_delta_needs_no_free_flash():
     out = bytearray(16)
     assert al.lookup(key(100), out) and out[8] & 7 == 3
     umount()
+
+
+def test_pages_are_matched_to_shards_by_tag_bytes_even_when_low_bits_collide():
+    # the index build finds a page's shard by its tag's low 24 bits (a small int), then checks
+    # the 4th byte; two shards sharing the low 24 bits are told apart by hand
+    import struct
+    from gv.allowlist.layout import ShardTable, _Shard
+    from gv.allowlist.store import _shard_at
+    st = ShardTable(4)
+    tags_ = (0x01ABCDEF, 0xF2ABCDEF, 0x00123456)
+    for t in tags_:
+        st.append(_Shard(bytes(8), t, 1, 0, b"", 1))
+    tags = {}
+    for i in range(3):
+        e = i * 20 + 8
+        k = st.buf[e] | st.buf[e + 1] << 8 | st.buf[e + 2] << 16
+        tags[k] = -1 if k in tags else i
+    p = bytearray(4)
+    for want, t in enumerate(tags_):
+        struct.pack_into("<I", p, 0, t)
+        mpt.eq(_shard_at(tags, st.buf, 3, p, 0), want, hex(t))
+    for t in (0x03ABCDEF, 0x01123456, 0x00000001):  # one byte off, or unknown
+        struct.pack_into("<I", p, 0, t)
+        mpt.eq(_shard_at(tags, st.buf, 3, p, 0), -1, hex(t))

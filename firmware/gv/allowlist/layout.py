@@ -149,10 +149,12 @@ def _erased(p, o, n):
     return True
 
 
-def entry_span(p, base, n):
-    """(overrides, appends, erased bytes between them) in the page whose records start at
-    p[base:] (n of them); the page ends with its block. A slot that is not erased is in use,
-    whole or torn. Writers keep at least GAP erased bytes between the two kinds."""
+def entry_slots(p, base, n):
+    """Overrides and appends in the page whose records start at p[base:] (n of them), as one
+    small int: overrides | appends << 12 (no tuple: the in-place path asks for every page it
+    touches, three times a delta). The page ends with its block; a slot that is not erased is in
+    use, whole or torn. Writers keep at least GAP erased bytes between the two kinds, whose
+    erased room is BLOCK - appends * APS - (base + n * FREC + overrides * OVS)."""
     end = base + n * FREC
     na = 0
     a = BLOCK - APS
@@ -165,7 +167,14 @@ def entry_span(p, base, n):
     while o + OVS <= top and not (p[o] == 0xFF and p[o + 1] == 0xFF):
         no += 1
         o += OVS
-    return no, na, top - o
+    return no | na << 12
+
+
+def entry_span(p, base, n):
+    """(overrides, appends, erased bytes between them): entry_slots as a tuple."""
+    s = entry_slots(p, base, n)
+    no, na = s & 0xFFF, s >> 12
+    return no, na, BLOCK - na * APS - (base + n * FREC + no * OVS)
 
 
 # Shard files spread over SHARD_DIRS directories (root/h0..h3, by tag) on a partition larger

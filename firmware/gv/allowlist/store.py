@@ -17,7 +17,7 @@ from gv.allowlist.layout import (
     APS, AP_C, AP_D, AP_W, BLOCK, CR, CR_C, CR_D, CR_W, ENOSPC, FORMAT, FREC, MAGIC_DELTA,
     MAGIC_MAN, MAGIC_PAGE, MAGIC_SNAP, OVS, OV_C, OV_D, OV_W, PAGE_HDR, REC, SCAN,
     SHARD_PAGES, DELTA, DELTA_N, DHDR, DHDR_N, MAN_HDR, MAN_HDR_N,
-    SHARD_N, SNAP_HDR, SNAP_HDR_N, ShardTable, _cmpk, _erased, IX, page_n,
+    SHARD_N, SNAP_HDR, SNAP_HDR_N, ShardTable, _cmpk, _erased, IX, page_n, entry_slots,
     _exists, _merge_into, _ptr_bytes, LOG_HARD, BIG_PART, SHARD_DIRS, _rfile, _rm, _round, _tag,
     entry_span, page_cap, unpack13,
 )
@@ -298,12 +298,17 @@ class Allowlist:
         st = self._st
         ns = len(st)
         base = bytearray(4 * (ns + 1))  # first page index of each shard (u32 LE)
+        # shard by the low 24 bits of its tag (a small int: a full tag past 2^30 would be a heap
+        # int for every page found); -1 where two shards share them (then looked for by hand)
         tags = {}
         np = 0
+        sb = st.buf
         for i in range(ns):
             struct.pack_into("<I", base, 4 * i, np)
             np += self._pages_of(st.nrec(i))
-            tags[st.tag(i)] = i
+            e = i * SHARD_N + 8
+            t = sb[e] | sb[e + 1] << 8 | sb[e + 2] << 16
+            tags[t] = -1 if t in tags else i
         struct.pack_into("<I", base, 4 * ns, np)
         if len(self._ix) < np * IX:  # more pages than flash blocks: the manifest lies
             self._np = 0
@@ -321,13 +326,15 @@ class Allowlist:
                 if mh and hdr[0] == 0x47 and hdr[3] == 0x6D and hdr[0:MAN_HDR_N] == mh:
                     self._mblk = b
                     continue
+                # by hand, byte by byte: a slice, a tuple or a big int here would be heap for
+                # every page of the store (12 KB at 100,000 cards on 32-bit, one step)
                 for o in range(0, SCAN - PAGE_HDR + 1, 4):
-                    if hdr[o] == 0x47 and hdr[o + 1] == 0x56 and hdr[o:o + 4] == MAGIC_PAGE:
-                        tag, pno = struct.unpack_from("<IH", hdr, o + 4)
-                        i = tags.get(tag)
-                        if i is not None and _ptr_bytes(pno) == o:
-                            j = struct.unpack_from("<I", base, 4 * i)[0] + pno
-                            if j < struct.unpack_from("<I", base, 4 * i + 4)[0]:
+                    if hdr[o] == 0x47 and hdr[o + 1] == 0x56 and hdr[o + 2] == 0x41 and hdr[o + 3] == 0x70:
+                        i = _shard_at(tags, sb, ns, hdr, o + 4)
+                        pno = hdr[o + 8] | hdr[o + 9] << 8
+                        if i >= 0 and _ptr_bytes(pno) == o:
+                            j = _u32(base, 4 * i) + pno
+                            if j < _u32(base, 4 * i + 4):
                                 ix[j * IX + 7] = b & 0xFF
                                 ix[j * IX + 8] = b >> 8
                         break
@@ -338,8 +345,8 @@ class Allowlist:
         k = 0  # pages kept: a bad shard's pages are dropped, its cards denied until a resend
         bad = 0
         for i in range(ns):
-            j0 = struct.unpack_from("<I", base, 4 * i)[0]
-            j1 = struct.unpack_from("<I", base, 4 * i + 4)[0]
+            j0 = _u32(base, 4 * i)
+            j1 = _u32(base, 4 * i + 4)
             crc = 0
             ok = self._shard_file_ok(st.tag(i), st.nrec(i))  # blocks LittleFS freed may still hold its pages
             k0 = k
@@ -419,7 +426,8 @@ class Allowlist:
     def _fix_entries(self, blk, page, base, n, fix):
         # Boot: an entry whose data and W mark are programmed but not its C mark belongs to the
         # last in-place delta. Committed (fix 2): program C; otherwise: program D (dead).
-        no, na, _ = entry_span(page, base, n)
+        s = entry_slots(page, base, n)
+        no, na = s & 0xFFF, s >> 12
         end = base + n * FREC
         for j in range(no):
             a = end + j * OVS + 1
@@ -741,6 +749,25 @@ def _recs(pages):
     for p in range(pages):
         n += page_cap(p)
     return n
+
+
+def _u32(b, o):
+    # a u32 LE that is a small int (page numbers, counts), read without a tuple
+    return b[o] | b[o + 1] << 8 | b[o + 2] << 16 | b[o + 3] << 24
+
+
+def _shard_at(tags, sb, ns, p, o):
+    # index of the shard whose tag p[o:o + 4] is (shard table bytes sb), -1 if none
+    i = tags.get(p[o] | p[o + 1] << 8 | p[o + 2] << 16, -2)
+    if i >= 0:
+        return i if sb[i * SHARD_N + 11] == p[o + 3] else -1
+    if i == -2:
+        return -1
+    for i in range(ns):  # two shards share the low 24 bits: by hand
+        e = i * SHARD_N + 8
+        if sb[e] == p[o] and sb[e + 1] == p[o + 1] and sb[e + 2] == p[o + 2] and sb[e + 3] == p[o + 3]:
+            return i
+    return -1
 
 
 def _ix_put(ix, k, page, o, where, at):

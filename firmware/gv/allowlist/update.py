@@ -4,7 +4,7 @@ from binascii import crc32
 from gv.allowlist.layout import (
     APS, AP_C, AP_W, BLOCK, CR, CR_C, CR_D, CR_W, FREC, GAP, IX, LOW_ROOM, MAX_DELTA, MAGIC_PAGE, SCAN,
     MAX_DFILES, MAGIC_DELTA, MAX_VERSION, OVS, OV_W, PAGE_HDR, PK, REC, DHDR, BadData, ShardTable,
-    _cmpk, _merge_into, _ptr_bytes, _rm, _tag, entry_span, page_n, trunc_key,
+    _cmpk, _merge_into, _ptr_bytes, _rm, _tag, entry_slots, page_n, trunc_key,
 )
 from gv.allowlist.pages import _ShardWriter, _sort_records, pack13, page_records
 from gv.compat import const
@@ -59,8 +59,10 @@ def _collect(records, cap):
             raise BadData("bad record status")
         if st >> 4:
             raise BadData("record flag the store cannot keep")
-        if not st and any(buf[i * REC + 9:i * REC + REC]):
-            raise BadData("bad removal")
+        if not st:
+            for j in range(i * REC + 9, i * REC + REC):  # by hand: no slice a removal
+                if buf[j]:
+                    raise BadData("bad removal")
         _as_stored(buf, i * REC)
     _sort_records(buf, n)
     for i in range(1, n):
@@ -74,9 +76,11 @@ def _as_stored(buf, o):
     # the key cut to 52 bits, the verifier to 20, days past 0x3FFE read as 0xFFFF
     trunc_key(buf, o)
     buf[o + 15] &= 0xF0
-    for d in (o + 9, o + 11):
+    d = o + 9
+    while d <= o + 11:  # the two dates (no tuple of offsets a record)
         if (buf[d] << 8 | buf[d + 1]) > 0x3FFE:
             buf[d] = buf[d + 1] = 0xFF
+        d += 2
 
 
 def apply_delta(self, from_version, to_version, records):
@@ -227,6 +231,7 @@ def _place(self, d, n, write):
     dev = self._dev
     page = self._rbuf
     tmp = bytearray(APS)
+    t13 = memoryview(tmp)[:FREC]
     two = bytearray(OVS)
     cur = -1
     ov = ap = room = base = nrec = no = na = blk = 0
@@ -243,10 +248,14 @@ def _place(self, d, n, write):
             nrec = page_n(page, base - PAGE_HDR)
             if nrec < 0:
                 return False
-            no, na, room = entry_span(page, base, nrec)
+            s = entry_slots(page, base, nrec)
+            no, na = s & 0xFFF, s >> 12
             ov = base + nrec * FREC + no * OVS  # next override slot
             ap = BLOCK - (na + 1) * APS  # next append slot
-        kind, idx = _entry_kind(page, base, nrec, na, d, o, tmp)
+            room = ap + APS - ov
+        kind = _entry_kind(page, base, nrec, na, d, o, tmp)
+        idx = kind >> 2
+        kind &= 3
         if kind == 0:
             continue  # removing a card that is not there
         need = OVS if kind == 1 else APS
@@ -264,7 +273,7 @@ def _place(self, d, n, write):
             ov += OVS
         else:
             pack13(d, o, tmp, 0)
-            dev.writeblocks(blk, memoryview(tmp)[:FREC], ap)
+            dev.writeblocks(blk, t13, ap)
             self._mark(blk, ap + FREC, AP_W)
             ap -= APS
     if cur >= 0 and room < LOW_ROOM and not write:
@@ -283,14 +292,14 @@ def _shard_tag_of(self, p):
 
 
 def _entry_kind(page, base, n, na, d, o, tmp):
-    """How the card d[o:] goes into this page (n records from base, na appended entries):
-    (0, 0) nothing to do (removing an absent card), (1, idx) a status override of record idx,
-    (2, 0) an appended record."""
+    """How the card d[o:] goes into this page (n records from base, na appended entries), as one
+    small int (no tuple a card): 0 nothing to do (removing an absent card), 1 | idx << 2 a
+    status override of record idx, 2 an appended record."""
     for k in range(na):
         a = BLOCK - (k + 1) * APS
         m = page[a + FREC]
         if not m & (AP_W | AP_C) and m & 4 and _cmpk(page, a, d, o) == 0:
-            return 2, 0  # the card already has an appended record: append again
+            return 2  # the card already has an appended record: append again
     lo = 0
     hi = n - 1
     while lo <= hi:
@@ -299,29 +308,32 @@ def _entry_kind(page, base, n, na, d, o, tmp):
         if c == 0:
             # a status override when nothing but the status changes (or it is removed)
             if d[o + 8] == 0:
-                return 1, mid
+                return 1 | mid << 2
             pack13(d, o, tmp, 0)
             q = base + mid * FREC
             if tmp[6] & 1 == page[q + 6] & 1:
                 for j in range(7, FREC):
                     if tmp[j] != page[q + j]:
-                        return 2, 0
-                return 1, mid
-            return 2, 0
+                        return 2
+                return 1 | mid << 2
+            return 2
         if c < 0:
             lo = mid + 1
         else:
             hi = mid - 1
-    return (2, 0) if d[o + 8] else (0, 0)
+    return 2 if d[o + 8] else 0
 
 
 def _count_after(self, d):
     # Cards after applying d: +1 per new key, -1 per removal of a present key.
     count = self.count
     tmp = bytearray(REC)
+    k = bytearray(8)  # each key copied in: a memoryview slice a card would be heap
     for i in range(len(d) // REC):
         o = i * REC
-        had = self.lookup(memoryview(d)[o:o + 8], tmp)
+        for j in range(8):
+            k[j] = d[o + j]
+        had = self.lookup(k, tmp)
         if d[o + 8]:
             count += 0 if had else 1
         elif had:
