@@ -13,14 +13,18 @@ PN532 driver on a simulated chip, gate runner, Wi-Fi supervisor, sync engine wit
   1,000-change catch-up (packet buffer, MQTT parse, unseal, inflate, store), one compaction step.
   Every rebuild message carries 128 records whatever the card count, and the per-kind maxima are
   in bench.json so that independence is visible.
-The store has no block device in this port (LittleFS is not in it): it keeps its shard pages as
-files, which costs it a second 4 KB page buffer and a 1,024-page index instead of the 512 pages
-of a 2 MiB partition. Those two differences are taken out of the objects figure (named in the
-notes), so the figure is the ESP32's layout. The same lack puts two steps on the file-store path,
-not the board's: the rebuild's last message (end_snapshot's index build reads every shard file)
-and the catch-up's deltas (a board programs most of them in place). Their figures are reported
-(esp32.step_peak_bytes_32.*_file_store) and left out of the working peak: measuring them on the
-board's path needs LittleFS in the 32-bit port (not done).
+This port has no LittleFS: the store runs on tools/wasm/stubs/flashfs.py, LittleFS's data layout
+(data blocks with their CTZ pointers, blocks erased when allocated, atomic rename) on a RAM block
+device of 512 x 4 KB (the ESP32_GENERIC 2 MiB partition), which the store finds as
+esp32.Partition as on the board: its index is sized by those 512 blocks, it reads pages straight
+from the device and programs small deltas into the pages' erased room (the catch-up; the share
+that went in place is esp32.reader_catchup_in_place_32). A step's figure is the live heap it
+carries beyond its phase's baseline (a rebuild's shard table and open writer), plus what it
+allocated, plus one LittleFS file cache for each file it opens or holds open; the mount's two
+caches and lookahead are added to the objects. Cache and lookahead sizes come from
+firmware/gv/fsmount.py's settings (read from its source: it imports vfs, which CPython lacks).
+What the stand-in itself allocates is reported (esp32.heap32_flashfs_cost.*): an open file's
+object (standing in for LittleFS's own), nothing per read, write or block read.
 """
 from __future__ import annotations
 
@@ -34,7 +38,6 @@ from pathlib import Path
 
 import host_sync  # noqa: F401 - puts the firmware (gv) on the path
 from gv.allowlist import record
-from gv.allowlist.layout import IX
 from gv.sync import protocol as P
 from host_sync import wire
 from tools import wasm32
@@ -48,10 +51,33 @@ SITE, RID = "site-a", "gate-01"
 NONCE = bytes(range(1, 9))
 TARGET = 40_000
 PARTS = 14  # reader_probe.PARTS
-# boot.py remounts the partition with fsmount.py's settings: a 2,048-byte read cache and prog
-# cache (4 x 512) and a lookahead bitmap of 512 blocks, from the GC heap (this port has no LittleFS)
-LFS_MOUNT = 2 * 2048 + 64
 BLOCKS_2MIB = 512  # the ESP32_GENERIC 4 MB layout's LittleFS partition, in 4 KB blocks
+BLOCK = 4096
+IN_PLACE_MIN = 0.8  # the catch-up's deltas programmed in place, at least (else the bench fails)
+
+
+def lfs_settings(path: Path = ROOT / "firmware/gv/fsmount.py") -> dict:
+    """fsmount.py's LittleFS settings and what they cost in the GC heap, read from its source
+    (its module-level int constants and lookahead_bytes(); it imports vfs, absent on CPython).
+    MicroPython's extmod/vfs_lfsx.c: cache_size = min(block, 4 * max(read_size, prog_size));
+    the mount takes a read cache, a prog cache and the lookahead buffer; each open file a cache."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    ns: dict = {}
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, int)):
+            for t in node.targets:
+                if isinstance(t, ast.Name):
+                    ns[t.id] = node.value.value
+        elif isinstance(node, ast.FunctionDef) and node.name == "lookahead_bytes":
+            exec(compile(ast.Module(body=[node], type_ignores=[]), str(path), "exec"), ns)
+    read, prog = ns["READ_SIZE"], ns["PROG_SIZE"]
+    cache = min(BLOCK, 4 * max(read, prog))
+    look = ns["lookahead_bytes"](BLOCKS_2MIB)
+    return {"read_size": read, "prog_size": prog, "cache": cache, "lookahead": look,
+            "mount": 2 * cache + look}
 
 
 def _modules() -> list[str]:
@@ -137,7 +163,7 @@ def _make_data(tmp: Path, secret: bytes) -> tuple[list[str], int, int]:
     return uids, len(snaps), len(deltas)
 
 
-def measure(tmp: Path) -> dict:
+def measure(tmp: Path, cache: int) -> dict:
     """Run the probe; returns its RESULT dict (also used by nothing else: benches only)."""
     secret = bytes(range(32))
     fw = wasm32.compile_firmware(tmp / "fw", {
@@ -145,6 +171,8 @@ def measure(tmp: Path) -> dict:
         "pn532_sim.py": ROOT / "tools/sim/pn532_sim.py",
         "machine.py": ROOT / "tools/wasm/stubs/machine.py",
         "wasm_port.py": ROOT / "tools/wasm/stubs/wasm_port.py",
+        "esp32.py": ROOT / "tools/wasm/stubs/esp32.py",
+        "flashfs.py": ROOT / "tools/wasm/stubs/flashfs.py",
         "socket.py": ROOT / "tools/wasm/stubs/socket.py",
         "ssl.py": ROOT / "tools/wasm/stubs/ssl.py",
         "cryptolib.py": ROOT / "tools/wasm/stubs/cryptolib.py",
@@ -152,16 +180,20 @@ def measure(tmp: Path) -> dict:
     uids, nsnap, ndelta = _make_data(tmp, secret)
     board = json.loads((ROOT / "boards/esp32-devkitc-i2c.json").read_text())
     cfg = _config(secret)
+    msg = "P.message(%r, %r, %r)\nP.scrub()"  # a step, then the stack cleared for the next
     stages = [
         "import gc\nimport reader_probe as P\nP.mark('empty')",
-        "P.prepare(%r, %r)\nP.scrub()" % (board, cfg),
+        "P.prepare(%r, %r, %d)\nP.scrub()" % (board, cfg, cache),
+        "P.fs_costs()\nP.scrub()",
         "P.mark('before_code')",
-        "P.load(%r)\nP.scrub()" % _modules(),
+        "P.load(%r)\nP.count_in_place()\nP.scrub()" % _modules(),
         "P.mark('code')",
         "P.boot()\nP.scrub()",
-        "P.mark('objects_empty_store')\nP.check_modules()\nP.session(%r)" % NONCE.hex(),
-        ("P.message('/msgs/snap', 'rebuild_message')", nsnap - 1),
-        "P.message('/msgs/snap', 'rebuild_switch_file_store')",  # end_snapshot: see the notes
+        "P.mark('objects_empty_store')\nP.check_modules()\nP.session(%r, %d)\nP.arm()\nP.scrub()"
+        % (NONCE.hex(), nsnap),
+        # the first repeat is the dry run that takes the phase's baseline; the last message
+        # (end_snapshot: the switch) is recorded as rebuild_switch
+        (msg % ("/msgs/snap", "rebuild_message", "rebuild_switch"), nsnap + 1),
         "P.store_figures('rebuilt')\nP.drop()\nP.scrub()",
         "P.mark('after_drop')",
         "P.boot()\nP.scrub()",  # a reboot: the 100,000-card store opened from flash
@@ -170,16 +202,18 @@ def measure(tmp: Path) -> dict:
         "P.part_rest()\nP.drop()\nP.scrub()",
         "P.mark('after_all')",  # the Reader gone: code and module state only
         "P.boot()",
-        "P.gate_setup(%r)" % uids,
-        ("P.decide()", DECISIONS),
-        "P.session(%r)\nP.S['msg'] = 0" % NONCE.hex(),
-        ("P.message('/msgs/delta', 'catchup_message_file_store')", ndelta),
-        ("P.compact()", 200),
+        "P.gate_setup(%r)\nP.arm()\nP.scrub()" % uids,
+        ("P.decide()\nP.scrub()", DECISIONS + 1),
+        "P.session(%r, %d)\nP.R['in_place'] = [0, 0]\nP.arm()\nP.scrub()" % (NONCE.hex(), ndelta),
+        (msg % ("/msgs/delta", "catchup_message", None), ndelta + 1),
+        "P.store_figures('caught_up')\nP.arm()\nP.scrub()",
+        ("P.compact()\nP.scrub()", 201),
         "P.store_figures()\nP.mark('end')\nP.report()",
     ]
     proc = wasm32.run(stages, copy=[(fw, "/fw"), (tmp / "msgs", "/msgs")], path=["/fw"],
                       timeout=1800)
     res = wasm32.results(proc)
+    print(proc.stdout[-2000:]) if os.environ.get("GV_BENCH_HEAP32_DEBUG") else None
     if res.get("spoilt"):
         raise RuntimeError("steps saw a collection inside them: %r" % res["spoilt"][:5])
     res["n_snap"], res["n_delta"] = nsnap, ndelta
@@ -190,36 +224,43 @@ def run() -> dict:
     why = wasm32.install()
     if why:
         return {"esp32.reader_heap_32_skipped": metric(0, "skipped", why)}
+    lfs = lfs_settings()
     tmp = Path(tempfile.mkdtemp(prefix="gv-bench-heap32-"))
     try:
-        res = measure(tmp)
+        res = measure(tmp, lfs["cache"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     st = res["store"]
-    ix = IX  # index bytes a page
-    # the file-backed store's extras over the ESP32's block-device store (see the docstring)
-    extra = (st["rbuf"] if st["rbuf_separate"] else 0) + st["ix"] - BLOCKS_2MIB * ix
+    for name in ("rebuilt", "caught_up", "store"):
+        fl = res[name + "_flash"]
+        if not fl["dev_is_store_dev"]:
+            raise RuntimeError("the store did not take the RAM flash as its block device")
+        if fl["nor_violations"]:
+            raise RuntimeError("%s: %d programs set a 0 bit back to 1" % (name, fl["nor_violations"]))
+    if res["rebuilt"]["count"] != N or res["rebuilt"]["health"] != "ok":
+        raise RuntimeError("the rebuild did not land: %r %r" % (res["rebuilt"], res["rebuilt_sync"]))
+    inp, logd = res["in_place"]
+    if res["caught_up"]["version"] != 1 + CHANGES or inp < IN_PLACE_MIN * (inp + logd):
+        raise RuntimeError("the catch-up did not go in place: %d in place, %d through the log, "
+                           "store %r, sync %r" % (inp, logd, res["caught_up"], res["caught_up_sync"]))
     # against the heap once the whole Reader is gone (the 'code' mark right after the imports can
     # hold an import's garbage that a stale pointer kept: it would be counted out of the objects)
-    objects = res["objects"] - res["after_all"] - extra + LFS_MOUNT
+    objects = res["objects"] - res["after_all"] + lfs["mount"]
     steps = res["steps"]
-    # steps whose store work takes the file-store path here, not the block-device path of an
-    # ESP32 (the last rebuild message's index build, deltas that a board programs in place):
-    # reported, not in the working peak
-    faithful = [k for k in steps if not k.endswith("_file_store")]
-    peak_kind = max(faithful, key=lambda k: steps[k][4])
+    peak_kind = max(steps, key=lambda k: steps[k][4])
     peak = steps[peak_kind][4]
     parts = dict(res["parts"])
-    parts["allowlist"] -= extra
     out = {
         "esp32.reader_objects_heap_bytes_32": metric(
             objects, "bytes", "objects + working peak <= %d (32-bit MicroPython 1.27 for wasm; "
-            "100,000-card store, ESP32 layout: %d B of file-store buffers out, %d B of LittleFS "
-            "mount caches in)" % (TARGET, extra, LFS_MOUNT)),
+            "100,000-card store on a 512-block flash, %d B of LittleFS mount caches in)"
+            % (TARGET, lfs["mount"])),
         "esp32.reader_working_peak_bytes_32": metric(
-            peak, "bytes", "worst step: %s, with %d open file(s)' 2 KB LittleFS caches; "
-            "objects + peak = %d (target <= %d); decisions and rebuild chunks" % (
-                peak_kind, steps[peak_kind][5], objects + peak, TARGET)),
+            peak, "bytes", "worst step: %s: %d B carried from earlier steps + %d file(s)' %d-B "
+            "LittleFS caches + what it allocated; objects + peak = %d (target <= %d); decisions, "
+            "rebuild messages and switch, catch-up messages, compaction steps" % (
+                peak_kind, steps[peak_kind][6], steps[peak_kind][5], lfs["cache"],
+                objects + peak, TARGET)),
         "esp32.reader_objects_plus_peak_bytes_32": metric(
             objects + peak, "bytes", "<= %d" % TARGET),
         "esp32.reader_code_mpy_heap_bytes_32": metric(
@@ -227,8 +268,13 @@ def run() -> dict:
             "all %d firmware modules' .mpy bytecode loaded into RAM (frozen firmware keeps it in "
             "flash; not in the figures above)" % len(_modules())),
         "esp32.reader_objects_empty_store_bytes_32": metric(
-            res["objects_empty_store"] - res["after_all"] - extra + LFS_MOUNT, "bytes",
+            res["objects_empty_store"] - res["after_all"] + lfs["mount"], "bytes",
             "the same objects right after a first boot with an empty store"),
+        "esp32.reader_catchup_in_place_32": metric(
+            inp, "deltas", "of %d catch-up deltas programmed in place (the rest through the log: "
+            "a delta file and a manifest); store at version %d, %d cards, %s" % (
+                inp + logd, res["caught_up"]["version"], res["caught_up"]["count"],
+                res["caught_up"]["health"])),
     }
     for name, b in parts.items():
         out["esp32.reader_objects_32.%s" % name] = metric(
@@ -237,14 +283,21 @@ def run() -> dict:
         res["parts_rest"] + res["code"] - res["after_all"], "bytes",
         "the Reader instance, the watchdog, app globals")
     out["esp32.reader_objects_32.littlefs_mount"] = metric(
-        LFS_MOUNT, "bytes", "boot.py's remount: read and prog caches (2 x 2,048) and lookahead")
-    for kind, (n, mx, total, at, e, files) in sorted(steps.items()):
+        lfs["mount"], "bytes", "boot.py's remount with fsmount.py's settings (read %d, prog %d): "
+        "read and prog caches (2 x %d) and lookahead (%d)" % (
+            lfs["read_size"], lfs["prog_size"], lfs["cache"], lfs["lookahead"]))
+    for kind, (n, mx, total, at, e, files, carried, mxc) in sorted(steps.items()):
         out["esp32.step_peak_bytes_32.%s" % kind] = metric(
-            e, "bytes", "max of %d steps with %d file cache(s) (allocated alone: max %d at step "
-            "%d, mean %d)%s" % (n, files, mx, at, total // max(n, 1),
-                                "; file-store path, not in the working peak"
-                                if kind not in faithful else ""))
+            e, "bytes", "max of %d steps (at step %d): %d B carried + %d file cache(s) + %d B "
+            "allocated; allocated alone: max %d, mean %d; carried: max %d" % (
+                n, at, carried, files, e - carried - files * lfs["cache"], mx,
+                total // max(n, 1), mxc))
+    for op, b in sorted(res["fs_costs"].items()):
+        out["esp32.heap32_flashfs_cost.%s" % op] = metric(
+            b, "bytes", "what the LittleFS stand-in allocates for this alone (inside the steps)")
+    fl = res["store_flash"]
     out["esp32.rebuild_store_after_32"] = metric(
-        st["count"], "cards", "store after the rebuild and catch-up (%s); %d decisions, %d granted"
-        % (st["health"], DECISIONS, res["gate"]["grants"]))
+        st["count"], "cards", "store after the rebuild and catch-up (%s); %d decisions, %d granted;"
+        " flash: %d files, %d of %d blocks free" % (st["health"], DECISIONS, res["gate"]["grants"],
+                                                   fl["files"], fl["free_blocks"], BLOCKS_2MIB))
     return out

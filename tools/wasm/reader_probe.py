@@ -3,6 +3,8 @@
 # step per runPython call. This port collects only between calls, so gc.mem_alloc() at the start
 # of a call is the live heap, and what a call leaves allocated at its end is every byte it
 # allocated (garbage included): the heap's high-water mark over that step with no collection.
+# The store runs on flashfs: LittleFS's data layout on a RAM block device (the ESP32's 2 MiB
+# "vfs" partition), found by the store as esp32.Partition, so every step takes the board's path.
 import gc
 import json
 import os
@@ -15,15 +17,30 @@ S = {}  # state across calls
 MODULES = []  # every firmware module (load() is given them): the code baseline holds them all
 
 
-def prepare(board, cfg):
+def prepare(board, cfg, cache):
     """Board file and config on 'flash' (/), the PN532 simulator on the I2C bus (made now, so
-    its own objects are in the baseline, not the reader's)."""
+    its own objects are in the baseline, not the reader's), and the LittleFS stand-in the store
+    lives on: flashfs mounted at /flash over a 512-block RAM device, which esp32.Partition.find
+    gives the store as the board's does (gv.app.AL_PATH is moved onto it at boot). cache: the
+    bytes of one LittleFS file cache with fsmount.py's settings (added per file a step opens)."""
     with open("/board.json", "w") as f:
         json.dump(board, f)
     with open("/config.json", "w") as f:
         json.dump(cfg, f)
     import wasm_port  # noqa: F401 - os.urandom, binascii as on an ESP32
+    import esp32
+    import flashfs
 
+    S["dev"], S["fs"] = flashfs.mount("/flash", "/flash.img", 512)
+    esp32.PARTS.append(S["dev"])
+    S["cache"] = cache
+    # every key a step stores, made now (a new key inside a step would allocate)
+    S["in_step"] = False
+    S["dry"] = False
+    S["base"] = 0
+    S["a0"] = S["o0"] = S["h0"] = 0
+    S["msg"] = S["nmsg"] = 0
+    R["in_place"] = [0, 0]  # deltas programmed in place, deltas through the log (files)
     _count_opens()
     from pn532_sim import PN532Sim
 
@@ -76,9 +93,10 @@ def mark(name):
 
 
 def boot():
-    """main() up to asyncio.run: the config, the board file, Reader()."""
+    """main() up to asyncio.run: the config, the board file, Reader() (its store on /flash)."""
     from gv import app, config as C
 
+    app.AL_PATH = AL_PATH
     board = C.load_board()
     cfg = C.load()
     S["reader"] = app.Reader(board, cfg)
@@ -95,12 +113,18 @@ def check_modules():
     R["unlisted_modules"] = extra
 
 
-# ---- steps: each call is one step; its allocation is recorded under R["steps"][kind] ----
-# An ESP32's LittleFS gives every open file a 2 KB cache from the GC heap (fsmount.py's 512-byte
-# reads: 4 x 512); this port's files have none. So each step counts the files it opened, and
-# whether a snapshot's shard file stays open across it, and the bench adds their caches.
+# ---- steps: each call is one step; its figure is recorded under R["steps"][kind] ----
+# A step's figure: what it allocated (garbage included: nothing is freed inside a call), plus the
+# live heap it started with beyond the phase's baseline (what earlier steps left alive: a
+# rebuild's shard table, its open writer), plus one LittleFS file cache (fsmount.py's settings)
+# for each file it opened and each file held open into it (a board's LittleFS takes each open
+# file's cache from the GC heap and frees it with the file object, at a collection; this port
+# has none). The baseline is taken by a dry run of the same stage code (arm(), then the stage's
+# first repeat only reads the heap where a step would start): so the stage's own compiled code
+# and the probe's set-up are in it, and a step's start heap minus it is what the steps carry.
+AL_PATH = "/flash/al"
 _OPEN = [0]
-LFS_FILE_CACHE = 2048
+_REAL_OPEN = open
 
 
 def _count_opens():
@@ -115,17 +139,23 @@ def _count_opens():
     builtins.open = counting_open
 
 
-def _writer_open():
-    al = S["reader"].allowlist
-    sn = al._snap
-    return 1 if sn is not None and sn.get("w") is not None else 0
+def arm():
+    """The next step call is a dry run that takes the phase's baseline."""
+    S["dry"] = True
 
 
 def _begin():
+    """Start a step; False on a dry run (the baseline taken: the caller does nothing more)."""
+    a0 = gc.mem_alloc()
+    if S["dry"]:
+        S["dry"] = False
+        S["base"] = a0
+        return False
     S["in_step"] = True
-    _OPEN[0] = 0
-    S["w0"] = _writer_open()
-    S["a0"] = gc.mem_alloc()
+    S["o0"] = _OPEN[0]
+    S["h0"] = S["fs"].nopen  # files held open into the step (a rebuild's shard writer)
+    S["a0"] = a0
+    return True
 
 
 def _end(kind):
@@ -133,41 +163,53 @@ def _end(kind):
     S["in_step"] = False
     if d < 0:  # a collection ran inside the step (the heap filled): its figure would be too low
         R.setdefault("spoilt", []).append((kind, d, S["a0"], gc.mem_alloc(), gc.mem_free()))
-    files = (1 if _OPEN[0] else 0) + max(S["w0"], _writer_open())
-    e = d + LFS_FILE_CACHE * files
+    carried = S["a0"] - S["base"]
+    if carried < 0:
+        carried = 0
+    files = _OPEN[0] - S["o0"] + S["h0"]
+    e = carried + d + S["cache"] * files
     st = R["steps"].get(kind)
     if st is None:
-        # steps, max bytes allocated, total bytes, worst step's index, max bytes with the ESP32's
-        # file caches added, that step's open files
-        st = R["steps"][kind] = [0, 0, 0, 0, 0, 0]
+        # steps, max bytes allocated, total bytes, worst step's index, max figure (carried +
+        # allocated + file caches), that step's files, its carried heap, max carried
+        st = R["steps"][kind] = [0, 0, 0, 0, 0, 0, 0, 0]
     if d > st[1]:
         st[1] = d
-        st[3] = st[0]
     if e > st[4]:
         st[4] = e
         st[5] = files
+        st[6] = carried
+        st[3] = st[0]
+    if carried > st[7]:
+        st[7] = carried
     st[0] += 1
     st[2] += d
 
 
-def session(nonce_hex):
+def session(nonce_hex, nmsg=0):
     """A connected session as the sync engine has it after CONNACK (the nonce the host's
-    messages were sealed for)."""
+    messages were sealed for); nmsg: messages in the folder the steps will read."""
     sync = S["reader"].sync
     sync.nonce = bytes.fromhex(nonce_hex)
     sync._ctr = 0
     sync._seen = []
     S["msg"] = 0
+    S["nmsg"] = nmsg
 
 
-def message(folder, kind):
+def message(folder, kind, last_kind=None):
     """One PUBLISH from the broker, as the MQTT client's receive task handles it: the packet
-    body read into a fresh buffer (readexactly), parsed by _incoming, handed to the engine."""
-    _begin()
+    body read into a fresh buffer (readexactly), parsed by _incoming, handed to the engine.
+    The folder's last message is recorded as last_kind when given (a rebuild's end_snapshot).
+    Opening the message's file stands in for the socket: done before the step starts."""
     i = S["msg"]
+    f = _REAL_OPEN("%s/%05d" % (folder, i), "rb")
+    if not _begin():
+        f.close()
+        return
     S["msg"] = i + 1
-    with open("%s/%05d" % (folder, i), "rb") as f:
-        body = f.read()
+    body = f.read()
+    f.close()
     c = S["reader"].sync.client
     coro = c._incoming(0x30, body)  # QoS 0 framing: the PUBACK (4 bytes) is not built here
     try:
@@ -175,7 +217,22 @@ def message(folder, kind):
     except StopIteration:
         pass
     body = coro = None
-    _end(kind)
+    _end(last_kind if last_kind is not None and i == S["nmsg"] - 1 else kind)
+
+
+def count_in_place():
+    """Count the deltas the store programs in place (update._in_place True) and those it sends
+    through the log (None: a delta file and a manifest written)."""
+    from gv.allowlist import update
+
+    real = update._in_place
+
+    def counting(self, d, to_version, count):
+        r = real(self, d, to_version, count)
+        R["in_place"][0 if r else 1] += 1
+        return r
+
+    update._in_place = counting
 
 
 def messages_done(folder):
@@ -229,8 +286,9 @@ def decide():
     g = r.gate
     f = S["field"]
     i = S["dec"]
+    if not _begin():
+        return
     S["dec"] = i + 1
-    _begin()
     seq = r.events.next_seq
     f.card = S["uids"][i % len(S["uids"])]
     now = S["now"]
@@ -254,6 +312,9 @@ def decide():
 def compact():
     """One compaction step of the store (the sync engine's compactor runs them between passes)."""
     al = S["reader"].allowlist
+    if S["dry"]:
+        _begin()
+        return False
     if not al.compaction_due():
         return False
     _begin()
@@ -262,9 +323,70 @@ def compact():
     return True
 
 
+def fs_costs():
+    """What the LittleFS stand-in itself allocates (it runs inside the steps): each figure is
+    one operation alone, measured in this one call (nothing is freed inside it)."""
+    dev = S["dev"]
+    page = bytearray(4096)
+    mv = memoryview(page)[:4088]
+    out = {}
+    a = gc.mem_alloc()
+    f = open("/flash/fs_cost", "wb")
+    out["open"] = gc.mem_alloc() - a
+    a = gc.mem_alloc()
+    f.write(page)
+    out["write_4096_new_block"] = gc.mem_alloc() - a
+    a = gc.mem_alloc()
+    f.write(mv)
+    out["write_4088_new_block"] = gc.mem_alloc() - a
+    s20 = mv[:20]
+    s4080 = mv[:4080]
+    f.write(s20)
+    a = gc.mem_alloc()
+    f.write(s4080)  # the rest of block 2, then block 3
+    out["write_4080_across_blocks"] = gc.mem_alloc() - a
+    a = gc.mem_alloc()
+    f.close()
+    out["close"] = gc.mem_alloc() - a
+    f = open("/flash/fs_cost", "rb")
+    a = gc.mem_alloc()
+    f.seek(4096)
+    f.readinto(mv)
+    out["readinto_4088"] = gc.mem_alloc() - a
+    a = gc.mem_alloc()
+    f.seek(100)
+    f.readinto(page)  # 3,996 bytes of block 0, 100 of block 1
+    out["readinto_4096_across_blocks"] = gc.mem_alloc() - a
+    a = gc.mem_alloc()
+    f.seek(0)
+    r = f.read(4096)
+    out["read_4096"] = gc.mem_alloc() - a
+    r = None
+    f.close()
+    a = gc.mem_alloc()
+    dev.readblocks(3, page, 0)
+    out["readblocks_4096"] = gc.mem_alloc() - a
+    b1 = bytearray(1)
+    b1[0] = 0xFE
+    a = gc.mem_alloc()
+    dev.writeblocks(511, b1, 100)
+    out["program_1"] = gc.mem_alloc() - a
+    a = gc.mem_alloc()
+    os.stat("/flash/fs_cost")
+    out["stat"] = gc.mem_alloc() - a
+    os.remove("/flash/fs_cost")
+    dev.ioctl(6, 511)
+    R["fs_costs"] = out
+
+
 def store_figures(name="store"):
     al = S["reader"].allowlist
     sy = S["reader"].sync
+    dev = S["dev"]
+    R[name + "_flash"] = {"files": S["fs"].files(), "free_blocks": S["fs"].free_blocks(),
+                          "reads": dev.reads, "programs": dev.programs, "erases": dev.erases,
+                          "nor_violations": dev.nor_violations, "open_now": S["fs"].nopen,
+                          "dev_is_store_dev": al._dev is dev}
     R[name + "_sync"] = {"rejected": dict((str(k), v) for k, v in sy.rejected.items()),
                  "last_error": sy.last_error, "client_error": sy.client.last_error,
                  "chunks": sy.chunks, "deltas": sy.deltas}
