@@ -292,6 +292,10 @@ def run() -> dict:
             "allocated; allocated alone: max %d, mean %d; carried: max %d" % (
                 n, at, carried, files, e - carried - files * lfs["cache"], mx,
                 total // max(n, 1), mxc))
+    for call, b in sorted(res["store_alloc"].items()):
+        out["esp32.store_call_alloc_bytes_32.%s" % call] = metric(
+            b, "bytes", "the most one call of the store's %s allocated inside the steps (part of "
+            "their figures)" % call)
     for op, b in sorted(res["fs_costs"].items()):
         out["esp32.heap32_flashfs_cost.%s" % op] = metric(
             b, "bytes", "what the LittleFS stand-in allocates for this alone (inside the steps)")

@@ -222,17 +222,57 @@ def message(folder, kind, last_kind=None):
 
 def count_in_place():
     """Count the deltas the store programs in place (update._in_place True) and those it sends
-    through the log (None: a delta file and a manifest written)."""
+    through the log (None: a delta file and a manifest written), and record the most the store's
+    own calls allocated inside the steps (R["store_alloc"]: apply_delta, its in-place part,
+    end_snapshot), so a step's figure can be split between the store and the rest."""
     from gv.allowlist import update
+    from gv.allowlist.store import Allowlist
 
     real = update._in_place
+    A = R["store_alloc"] = {"apply_delta": 0, "in_place": 0, "end_snapshot": 0,
+                            "snapshot_chunk": 0}
 
     def counting(self, d, to_version, count):
+        a = gc.mem_alloc()
         r = real(self, d, to_version, count)
+        a = gc.mem_alloc() - a
+        if a > A["in_place"]:
+            A["in_place"] = a
         R["in_place"][0 if r else 1] += 1
         return r
 
     update._in_place = counting
+    apply_delta = Allowlist.apply_delta
+    end_snapshot = Allowlist.end_snapshot
+    snapshot_chunk = Allowlist.snapshot_chunk
+
+    def apply_delta_m(self, f, t, records):
+        a = gc.mem_alloc()
+        r = apply_delta(self, f, t, records)
+        a = gc.mem_alloc() - a
+        if a > A["apply_delta"]:
+            A["apply_delta"] = a
+        return r
+
+    def end_snapshot_m(self):
+        a = gc.mem_alloc()
+        r = end_snapshot(self)
+        a = gc.mem_alloc() - a
+        if a > A["end_snapshot"]:
+            A["end_snapshot"] = a
+        return r
+
+    def snapshot_chunk_m(self, b, size=16):
+        a = gc.mem_alloc()
+        r = snapshot_chunk(self, b, size)
+        a = gc.mem_alloc() - a
+        if a > A["snapshot_chunk"]:
+            A["snapshot_chunk"] = a
+        return r
+
+    Allowlist.apply_delta = apply_delta_m
+    Allowlist.end_snapshot = end_snapshot_m
+    Allowlist.snapshot_chunk = snapshot_chunk_m
 
 
 def messages_done(folder):
