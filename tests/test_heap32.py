@@ -8,7 +8,7 @@ import pytest
 from tools import mpy, wasm32
 
 ROOT = mpy.ROOT
-CHECKS = ["small_ints", "aes_stub", "pn532_poll", "lookup", "grant"]
+CHECKS = ["small_ints", "aes_stub", "pn532_poll", "flashfs_layout", "lookup", "grant"]
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +21,7 @@ def outcome(tmp_path_factory):
         "cryptolib.py": ROOT / "tools/wasm/stubs/cryptolib.py",
         "machine.py": ROOT / "tools/wasm/stubs/machine.py",
         "wasm_port.py": ROOT / "tools/wasm/stubs/wasm_port.py",
+        "flashfs.py": ROOT / "tools/wasm/stubs/flashfs.py",
     })
     stages = ["import heap32_checks as H"]
     # each check in its own call, and a failing one does not hide the others

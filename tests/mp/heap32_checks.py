@@ -1,7 +1,8 @@
 # The zero-allocation claims on a 32-bit MicroPython (small ints stop at 2^30 there), run by
 # tests/test_heap32.py in the WebAssembly port: PN532 poll on every bus, allowlist lookups (page,
 # in-place entry, delta log, absent) and a card held until the relay is on, all under
-# micropython.heap_lock(). Not collected by the unix-port plugin (no test_ prefix): each check
+# micropython.heap_lock(). The store lives on flashfs (LittleFS's data layout on a RAM flash, the
+# store's block device as esp32.Partition is on the board). Not collected by the unix-port plugin (no test_ prefix): each check
 # is a function the CPython test calls, one runPython call each.
 import gc
 import os
@@ -67,57 +68,121 @@ def pn532_poll():
     t.test_heap_lock_would_catch_an_allocation()
 
 
-class ImageDev:
-    """A block device holding the store's pages where LittleFS would put them, read without
-    allocating (as esp32.Partition.readblocks is). This port has no LittleFS, so the store runs
-    on plain files; image() then moves its page index onto this device, and every lookup takes
-    the board's path: one block read into the page buffer, no file opened."""
-
-    def __init__(self, path, blocks):
-        self.blocks = blocks
-        self._f = open(path, "w+b")
-        self._f.write(b"\xff" * (4096 * blocks))
-        self._f.flush()
-
-    def readblocks(self, n, buf, off=0):
-        self._f.seek(n * 4096 + off)
-        self._f.readinto(buf)
-
-    def ioctl(self, op, arg):
-        return self.blocks if op == 4 else 0
+_F = {}
 
 
-def image(al, dev):
-    from gv.allowlist.layout import IX, BLOCK, _ptr_bytes
-    from gv.allowlist.store import _file_off
+def _flash():
+    """LittleFS's data layout on a 512-block RAM flash, mounted at /flash (tools/wasm/stubs/
+    flashfs.py: this port has no LittleFS). The store gets its block device as on the board: it
+    finds its pages by their headers, reads them with readblocks (no heap, as
+    esp32.Partition.readblocks) and programs small deltas into them."""
+    if "dev" not in _F:
+        import flashfs
 
-    ix = al._ix
-    for p in range(al._np):
-        i = ix[p * IX + 7] | ix[p * IX + 8] << 8
-        pno = ix[p * IX + 9]
-        o = _ptr_bytes(pno)
-        with open(al._p("s%08x" % al._st.tag(i)), "rb") as f:
-            f.seek(_file_off(pno))
-            data = f.read(BLOCK - o)
-        dev._f.seek(p * BLOCK + o)
-        dev._f.write(data)
-        ix[p * IX + 7] = p & 0xFF
-        ix[p * IX + 8] = p >> 8
-        ix[p * IX + 9] = o
-    dev._f.flush()
-    al._dev = dev
+        _F["dev"], _F["fs"] = flashfs.mount("/flash", "/flash.img", 512)
+        _mkdirs("/flash/h32")
+    return _F["dev"]
 
 
 def _store(n):
     from test_allowlist_fixture import SP, install
     from gv.allowlist.store import Allowlist
 
-    root = ROOT + "/al%d" % n
+    root = "/flash/h32/al%d" % n
     _mkdirs(root)
-    al = Allowlist(root, None, SP).open()
+    al = Allowlist(root, _flash(), SP).open()
     install(al, n, 1)
     mpt.eq(al.health, "ok")
     return al
+
+
+def flashfs_layout():
+    # the LittleFS stand-in the store's checks and the heap bench run on: files where LittleFS
+    # puts them (data block n > 0 after its CTZ pointers), blocks erased when allocated and not
+    # when freed, atomic rename, a full device refused, NOR programs, reads and writes heap-free
+    import flashfs
+    from gv.allowlist.layout import _ptr_bytes
+
+    dev, fs = flashfs.mount("/fl2", "/fl2.img", 16)
+    free0 = os.statvfs("/fl2")[3]
+    mpt.eq(free0, 14)  # the root's metadata pair taken
+    data = bytearray(3 * 4096)
+    for i in range(len(data)):
+        data[i] = (i * 7 + i // 256) & 0xFF
+    with open("/fl2/a.tmp", "wb") as f:
+        f.write(data)
+    os.rename("/fl2/a.tmp", "/fl2/a")
+    mpt.eq(os.stat("/fl2/a")[6], len(data))
+    with open("/fl2/a", "rb") as f:
+        mpt.eq(f.read(), bytes(data))
+    e = fs._find("/a")
+    b0 = fs._first[e]
+    b1 = fs._next[b0]
+    b2 = fs._next[b1]
+    blk = bytearray(4096)
+    dev.readblocks(b1, blk, 0)
+    mpt.eq(bytes(blk[0:4]), bytes([b0, 0, 0, 0]))  # data block 1: one pointer, to block 0
+    o = _ptr_bytes(1)
+    mpt.eq(bytes(blk[o:o + 8]), bytes(data[4096:4104]))
+    dev.readblocks(b2, blk, 0)
+    mpt.eq(bytes(blk[0:8]), bytes([b1, 0, 0, 0, b0, 0, 0, 0]))  # block 2: to blocks 1 and 0
+    off = 4096 + 4096 - _ptr_bytes(1)
+    mpt.eq(bytes(blk[_ptr_bytes(2):_ptr_bytes(2) + 8]), bytes(data[off:off + 8]))
+    mpt.eq(os.statvfs("/fl2")[3], free0 - 4)  # 12,288 bytes and pointers: four blocks
+    # a rename over a file frees its blocks; they keep their bytes until reused
+    with open("/fl2/b", "wb") as f:
+        f.write(b"new")
+    os.rename("/fl2/b", "/fl2/a")
+    mpt.eq(os.statvfs("/fl2")[3], free0 - 1)
+    dev.readblocks(b1, blk, 0)
+    mpt.eq(bytes(blk[o:o + 8]), bytes(data[4096:4104]))
+    with open("/fl2/a", "rb") as f:
+        mpt.eq(f.read(), b"new")
+    mpt.eq(sorted(os.listdir("/fl2")), ["a"])
+    # NOR: a program only clears bits (on an erased block no file holds)
+    nb = 0
+    while fs._used[nb]:
+        nb += 1
+    dev.ioctl(6, nb)
+    one = bytearray(1)
+    one[0] = 0x0F
+    dev.writeblocks(nb, one, 5)
+    one[0] = 0xF3
+    dev.writeblocks(nb, one, 5)
+    dev.readblocks(nb, one, 5)
+    mpt.eq(one[0], 0x03)
+    mpt.eq(dev.nor_violations, 1)
+    # reads, writes and block reads allocate nothing
+    g = open("/fl2/c", "wb")
+    mv = memoryview(blk)[:4092]
+    r = open("/fl2/a", "rb")
+    gc.collect()
+    before = gc.mem_alloc()
+    micropython.heap_lock()
+    try:
+        g.write(blk)
+        g.write(mv)  # block 1 holds 4,088: 4 bytes go on to block 2
+        dev.readblocks(3, blk, 0)
+        r.seek(0)
+        r.readinto(mv)
+    finally:
+        micropython.heap_unlock()
+    mpt.eq(gc.mem_alloc() - before, 0)
+    g.close()
+    r.close()
+    mpt.eq(os.stat("/fl2/c")[6], 4096 + 4092)
+    # a full device: ENOSPC
+    try:
+        with open("/fl2/d", "wb") as f:
+            for _ in range(20):
+                f.write(blk)
+        full = False
+    except OSError as ex:
+        full = ex.args[0] == 28
+    assert full
+    os.remove("/fl2/d")
+    os.remove("/fl2/c")
+    mpt.eq(os.statvfs("/fl2")[3], free0 - 1)
 
 
 def lookup():
@@ -126,18 +191,20 @@ def lookup():
 
     n = 600
     al = _store(n)
-    # deltas: one that fits its page (in place, where the file store can: else the log), one
-    # that adds cards (the RAM delta log)
+    # deltas: one programmed into its pages (status overrides), one that adds cards through the
+    # RAM delta log (in-place writes off for it)
     ch = []
     for i in (5, 77):
         k = key(i)
         ch.append((k, R.pack(k, R.BLOCKED, 0, 0, R.NO_END)))
-    for i in range(n, n + ADD):
-        ch.append((key(i), rec(i, 2)))
-    ch.sort()
+    programs = _flash().programs
     assert al.apply_delta(1, 2, ch)
-    dev = ImageDev(ROOT + "/flash.img", 64)
-    image(al, dev)
+    assert _flash().programs > programs and not al._nlog, "the first delta did not go in place"
+    ch = [(key(i), rec(i, 2)) for i in range(n, n + ADD)]
+    al.in_place = False
+    assert al.apply_delta(2, 3, ch)
+    al.in_place = True
+    mpt.eq(al._nlog, ADD)
     out = bytearray(16)
     cases = [(bytearray(key(300)), True), (bytearray(key(5)), True), (bytearray(key(n + 3)), True),
              (bytearray(key(n + ADD + 9)), False), (bytearray(8), False),
@@ -158,6 +225,7 @@ def lookup():
     mpt.eq(st, R.BLOCKED)
     al.lookup(bytearray(key(300)), out)
     mpt.eq(bytes(out), state(n, 300, 1))
+    mpt.eq(_flash().nor_violations, 0)
 
 
 class _Log:
@@ -200,8 +268,6 @@ def grant():
     keyer.uid_key(A, len(A), k)
     al = _store(400)
     assert al.apply_delta(1, 2, [(bytes(k), R.pack(bytes(k), R.ACTIVE, 0, 0, R.NO_END))])
-    dev = ImageDev(ROOT + "/flash2.img", 64)
-    image(al, dev)
     _mkdirs(ROOT + "/ev")
     ev = EventLog(ROOT + "/ev")
     lk = Lockouts(ROOT + "/lock")
