@@ -6,11 +6,12 @@ PN532 driver on a simulated chip, gate runner, Wi-Fi supervisor, sync engine wit
 - esp32.reader_objects_heap_bytes_32: the live heap after boot with a 100,000-card store, less the
   heap the loaded modules take (their .mpy bytecode in RAM, which frozen firmware keeps in flash:
   reported apart as esp32.reader_code_mpy_heap_bytes_32).
-- esp32.reader_working_peak_bytes_32: the most any one step allocated on top of that, garbage
-  included (this port never collects inside a step, so it is the step's high-water mark with no
-  collection at all): steps are one decision (a card held until the relay is on or it is refused,
-  taken away, the door closed), one received message of a 100,000-card rebuild or of a
-  1,000-change catch-up (packet buffer, MQTT parse, unseal, inflate, store), one compaction step.
+- esp32.reader_working_peak_bytes_32: the largest step figure on top of that (what the step
+  carried in, what it allocated, garbage included: this port never collects inside a step, so it
+  is the step's high-water mark with no collection at all, and its files' caches): steps are one
+  decision (a card held until the relay is on or it is refused,
+  taken away, the door closed), one received message of a 100,000-card rebuild (its last, the
+  switch, apart) or of a 1,000-change catch-up (packet buffer, MQTT parse, unseal, inflate, store), one compaction step.
   Every rebuild message carries 128 records whatever the card count, and the per-kind maxima are
   in bench.json so that independence is visible.
 This port has no LittleFS: the store runs on tools/wasm/stubs/flashfs.py, LittleFS's data layout
