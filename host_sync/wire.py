@@ -155,11 +155,15 @@ def delta_bodies(head: int, from_version: int, changes: Sequence[Change],
     out: list[tuple[int, int, bytes]] = []
     frm = from_version
     cur: dict[bytes, bytes | None] = {}
+
+    def body(frm: int, to: int) -> bytes:
+        # entries sorted by key, as the reader's store keeps them: its sort then moves nothing
+        return P.delta_body(head, frm, to, sorted(cur.items()))
     to = frm
     limit_big = (P.MAX_MSG - P.HDR - P.MAC_LEN - P.DELTA_HDR) // P.REC
     for version, entries in groups:
         if cur and len(cur) + len(entries) > max_entries:
-            out.append((frm, to, P.delta_body(head, frm, to, list(cur.items()))))
+            out.append((frm, to, body(frm, to)))
             frm, cur = to, {}
         if len(entries) > limit_big:
             raise ValueError(f"version {version} has {len(entries)} changes: too many for one "
@@ -169,7 +173,7 @@ def delta_bodies(head: int, from_version: int, changes: Sequence[Change],
             cur[bytes(key)] = rec  # the latest change of a key wins
         to = version
     if cur:
-        out.append((frm, to, P.delta_body(head, frm, to, list(cur.items()))))
+        out.append((frm, to, body(frm, to)))
     return out
 
 
