@@ -15,7 +15,7 @@ import os
 import struct
 from binascii import crc32
 from gv.allowlist.layout import (
-    ENOSPC, FREC, IX, MAGIC_SNAP, MAX_SHARDS, MAX_VERSION, PAGE_HDR, PAGE_RECS, REC, SNAP_HDR, BadData,
+    ENOSPC, FREC, IX, MAGIC_SNAP, MAX_SHARDS, MAX_VERSION, PAGE_HDR, PAGE_RECS, REC, SHARD_N, SNAP_HDR, BadData,
     ShardTable, _cmpk, _rm, trunc_key,
 )
 from gv.allowlist.pages import _ShardWriter
@@ -214,9 +214,8 @@ def begin_snapshot(self, version, count):
             raise
         if prev is not None:
             for i in range(len(prev[3])):
-                t = prev[3].tag(i)
-                if not _names(self._st, t):
-                    _rm(self._p("s%08x" % t))
+                if not _names_entry(self._st, prev[3], i):
+                    _rm(self._p("s%08x" % prev[3].tag(i)))
     self._snap = sn
     return st.total()
 
@@ -224,6 +223,19 @@ def begin_snapshot(self, version, count):
 def _names(st, tag):
     for i in range(len(st)):
         if st.tag(i) == tag:
+            return True
+    return False
+
+
+def _names_entry(st, src, i):
+    # st names the shard of src's entry i: its tag's bytes compared (tag() would make a tuple
+    # and, past 2^30, a heap int for every pair of a table-by-table comparison)
+    a = src.buf
+    o = i * SHARD_N + 8
+    b = st.buf
+    for j in range(len(st)):
+        q = j * SHARD_N + 8
+        if b[q] == a[o] and b[q + 1] == a[o + 1] and b[q + 2] == a[o + 2] and b[q + 3] == a[o + 3]:
             return True
     return False
 
@@ -346,9 +358,8 @@ def end_snapshot(self):
     try:
         _rm(self._p("S"))
         for i in range(len(old_st)):
-            t = old_st.tag(i)
-            if not _names(st, t):
-                _rm(self._p("s%08x" % t))
+            if not _names_entry(st, old_st, i):
+                _rm(self._p("s%08x" % old_st.tag(i)))
         for d in old_d:
             _rm(self._p("d%08x" % d[0]))
     except MemoryError:
@@ -356,7 +367,7 @@ def end_snapshot(self):
     old_st = old_d = None
     # every shard was read back as it was closed (_read_back): the index only has to find the
     # pages' blocks, not read 400 pages again in one step the gate loop would wait 100 ms for
-    bad = self._build_index(verify=False)
+    bad = self._build_index(verify=False, written=True)
     if bad:
         self.health = "corrupt: %d shard(s) after snapshot" % bad
     else:

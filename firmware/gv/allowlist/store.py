@@ -289,12 +289,14 @@ class Allowlist:
             n += 1
         return n
 
-    def _build_index(self, verify, fix=0):
+    def _build_index(self, verify, fix=0, written=False):
         """In-RAM page index, found by reading the first SCAN bytes of every flash block: LittleFS
         keeps a file's data blocks where they are until the file is rewritten. With verify, every
         page is read whole and checked against its crc and its shard's crc (boot, snapshot).
         fix (boot): in-place entries written but not committed are dropped (1) or, when the
-        manifest says their delta committed, committed (2)."""
+        manifest says their delta committed, committed (2). written: every shard file was just
+        written and read back (a rebuild's switch): its size need not be asked of LittleFS (a
+        stat, a path and a tuple a shard, in a step the gate loop waits for)."""
         st = self._st
         ns = len(st)
         base = bytearray(4 * (ns + 1))  # first page index of each shard (u32 LE)
@@ -348,7 +350,8 @@ class Allowlist:
             j0 = _u32(base, 4 * i)
             j1 = _u32(base, 4 * i + 4)
             crc = 0
-            ok = self._shard_file_ok(st.tag(i), st.nrec(i))  # blocks LittleFS freed may still hold its pages
+            # blocks LittleFS freed may still hold its pages: the file must be there, whole
+            ok = written or self._shard_file_ok(st.tag(i), st.nrec(i))
             k0 = k
             for j in range(j0, j1 if ok else j0):
                 p = j - j0
