@@ -104,6 +104,8 @@ def _runq_us():
 # the longest call of each store operation and of the whole message handler (microseconds): what
 # a long gate-loop gap was spent in
 optime = {}
+opreads = {}  # and the most flash blocks each read (the block device's count)
+win = [0, 0, 0]  # since the gate loop's last pass: other timed calls' own us, messages' own us, messages
 
 
 def _timed(obj, name, label=None):
@@ -112,6 +114,7 @@ def _timed(obj, name, label=None):
 
     def w(*a):
         q = _runq_us()
+        r = dev.reads
         t = time.ticks_us()
         try:
             return f(*a)
@@ -119,17 +122,113 @@ def _timed(obj, name, label=None):
             d = time.ticks_diff(time.ticks_us(), t) - (_runq_us() - q)
             if d > optime.get(label, 0):
                 optime[label] = d
+            n = dev.reads - r
+            if n > opreads.get(label, 0):
+                opreads[label] = n
+            if label == "message":
+                win[1] += d
+                win[2] += 1
+            else:
+                win[0] += d
 
     setattr(obj, name, w)
 
+
+# With GV_SYNC_FSCALLS (bench): every LittleFS call the store and the event log make (open, each
+# file method, rename, remove, stat, mkdir, listdir) is timed and its block reads counted, the
+# worst per kind kept in fscalls as [reads, own us]. LittleFS compacts a directory's metadata log
+# inside one such call. The wrappers allocate: for measuring, not for the heap figures.
+fscalls = {}
+
+
+def _fscall(label, fn, *a):
+    q = _runq_us()
+    r = dev.reads
+    t = time.ticks_us()
+    try:
+        return fn(*a)
+    finally:
+        d = time.ticks_diff(time.ticks_us(), t) - (_runq_us() - q)
+        n = dev.reads - r
+        w = fscalls.get(label)
+        if w is None:
+            fscalls[label] = [n, d]
+        else:
+            if n > w[0]:
+                w[0] = n
+            if d > w[1]:
+                w[1] = d
+
+
+class _FsFile:
+    def __init__(self, f):
+        self._f = f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+    def __iter__(self):
+        return iter(self._f)
+
+    def close(self):
+        return _fscall("close", self._f.close)
+
+    def write(self, *a):
+        return _fscall("write", self._f.write, *a)
+
+    def read(self, *a):
+        return _fscall("read", self._f.read, *a)
+
+    def readinto(self, *a):
+        return _fscall("readinto", self._f.readinto, *a)
+
+    def seek(self, *a):
+        return _fscall("seek", self._f.seek, *a)
+
+    def tell(self):
+        return self._f.tell()
+
+    def flush(self):
+        return _fscall("flush", self._f.flush)
+
+
+class _FsOs:
+    def __getattr__(self, name):
+        f = getattr(os, name)
+        if name not in ("rename", "remove", "stat", "mkdir", "ilistdir", "listdir", "rmdir"):
+            return f
+        return lambda *a: _fscall(name, f, *a)
+
+
+def _fs_open(*a):
+    return _FsFile(_fscall("open", open, *a))
+
+
+if os.getenv("GV_SYNC_FSCALLS"):
+    import gv.allowlist.layout
+    import gv.allowlist.pages
+    import gv.events
+    _fsos = _FsOs()
+    for _m in (gv.allowlist.layout, gv.allowlist.pages, gv.allowlist.snapshot,
+               gv.allowlist.store, gv.allowlist.update, gv.events):
+        if hasattr(_m, "os"):
+            _m.os = _fsos
+        _m.open = _fs_open
 
 for _n in ("begin_snapshot", "snapshot_chunk", "end_snapshot", "apply_delta", "compact_step"):
     _timed(al, _n)
 _timed(sync.client, "on_message", "message")
 _timed(sync, "_hello_body")
+_timed(sync, "_health_body")
 _timed(sync, "_seal")
 gc.collect()
 gate["base"] = gc.mem_alloc()  # code, stores and engine, before any network
+_t = time.ticks_us()
+gc.collect()
+gate["gc_us"] = time.ticks_diff(time.ticks_us(), _t)  # what one collection of this heap takes
 KEY = bytearray(8)
 KEY2 = bytearray(8)
 REC = bytearray(16)
@@ -140,6 +239,8 @@ async def gate_loop():
     tu = time.ticks_us()
     w0 = _runq_us()
     gate["maxgap_own"] = 0
+    gate["maxgap_flash"] = 0
+    r0 = dev.reads
     while True:
         await asyncio.sleep_ms(5)
         now = asyncio.ticks()
@@ -152,11 +253,23 @@ async def gate_loop():
         own = (time.ticks_diff(nu, tu) - (w1 - w0)) // 1000
         tu = nu
         w0 = w1
+        r = dev.reads
         if own > gate["maxgap_own"]:
             gate["maxgap_own"] = own
+            # what the worst gap held: flash blocks read, the own time (ms) of the timed calls
+            # (store steps, HELLO and health bodies) and of messages, messages, and the MQTT
+            # client's connects so far (a TLS handshake is CPU work)
+            gate["maxgap_in"] = [r - r0, win[0] // 1000, win[1] // 1000, win[2],
+                                 sync.client.connects]
+        if r != r0 and own > gate["maxgap_flash"]:  # the worst gap that read the flash
+            gate["maxgap_flash"] = own
+            gate["maxgap_flash_in"] = [r - r0, win[0] // 1000, win[1] // 1000, win[2],
+                                       sync.client.connects]
+        win[0] = win[1] = win[2] = 0
         if al.lookup(KEY, REC):
             gate["found"] += 1
         gate["loops"] += 1
+        r0 = dev.reads  # the lookup's own read is not the gap's
 
 
 def stat():
@@ -168,8 +281,11 @@ def stat():
             "commands": commands, "rejected": dict((str(k), v) for k, v in sync.rejected.items()),
             "acked": log.acked, "next_seq": log.next_seq, "events_sent": sync.events_sent,
             "maxgap": gate["maxgap"], "loops": gate["loops"], "head": sync.head,
-            "compact_due": al.compaction_due(), "optime_us": optime,
-            "maxgap_own": gate.get("maxgap_own", 0),
+            "compact_due": al.compaction_due(), "optime_us": optime, "opreads": opreads,
+            "fscalls": fscalls,
+            "maxgap_own": gate.get("maxgap_own", 0), "maxgap_in": gate.get("maxgap_in"),
+            "maxgap_flash": gate.get("maxgap_flash", 0), "maxgap_flash_in": gate.get("maxgap_flash_in"),
+            "gc_us": gate["gc_us"],
             "heap_peak": gate["heap"], "heap_base": gate["base"], "mem_free": gc.mem_free(), "mem_alloc": gc.mem_alloc(),
             "rx_bytes": c.rx_bytes, "tx_bytes": c.tx_bytes,
             "flash_written": dev.bytes_written, "error": c.last_error,
@@ -206,6 +322,7 @@ async def control():
             elif w[0] == "resetgap":
                 gate["maxgap"] = 0
                 gate["maxgap_own"] = 0
+                gate["maxgap_flash"] = 0
             elif w[0] == "compactall":
                 al.want_compaction()  # the engine's compactor rewrites every shard, step by step
             elif w[0] == "resetflash":

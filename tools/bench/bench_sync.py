@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -35,6 +36,11 @@ from tests.broker import Broker
 from tests.sync_support import (MemData, ReaderProc, compile_mpy, make_record, new_secret,
                                 reader_config)
 from tools.bench import metric
+
+# the firmware's LittleFS read size, which the reader mounts its flash with (tools/sim/flashdev.py
+# mounts through gv.fsmount.lfs, as boot.py remounts a board's partition): named in the figures
+READ_SIZE = int(re.search(r"^READ_SIZE = (\d+)", (Path(__file__).resolve().parents[2] /
+                          "firmware/gv/fsmount.py").read_text(), re.M).group(1))
 
 SITE = "site-a"
 N = 100_000
@@ -51,6 +57,20 @@ def _raw_bytes_per_card(records: list[bytes], window: int = 8) -> float:
         chunks += 1
     total += (chunks // window + 1) * (P.HDR + 12 + P.MAC_LEN + topic + 8 + 4)  # SYNCs
     return total / len(records)
+
+
+def _explain(what: str, s: dict) -> None:
+    # what the run's worst gate-loop gaps held, and its longest store steps: time (us of its own)
+    # and flash blocks read
+    print("bench sync: %s: worst gap %d ms holding [reads, timed calls ms, message ms, "
+          "messages, connects] %s; worst gap with flash reads %d ms holding %s" % (
+              what, s["maxgap_own"], s["maxgap_in"], s["maxgap_flash"], s["maxgap_flash_in"]),
+          file=sys.stderr)
+    print("bench sync: %s: longest calls (us) %s, most blocks read %s" % (
+        what, s["optime_us"], s["opreads"]), file=sys.stderr)
+    if s.get("fscalls"):  # GV_SYNC_FSCALLS=1 in the environment: each LittleFS call measured
+        print("bench sync: %s: worst LittleFS calls [blocks read, us]: %s" % (what, s["fscalls"]),
+              file=sys.stderr)
 
 
 def run() -> dict:
@@ -94,7 +114,8 @@ def run() -> dict:
                 assert s["count"] == N, s
                 maxgap_plain = s["maxgap"]
                 maxgap_own = s["maxgap_own"]
-                print("bench sync: rebuild op times (us):", s["optime_us"], file=sys.stderr)
+                rebuild_flash = s["maxgap_flash"]
+                _explain("rebuild", s)
                 # then a compaction of every shard of the 100k store (the engine's compactor task)
                 r.ctl("resetgap")
                 r.ctl("compactall")
@@ -102,7 +123,8 @@ def run() -> dict:
                 s = r.wait(lambda s: not s["compact_due"] and s["optime_us"].get("compact_step"),
                            timeout=900, what="100k compaction")
                 compact_own, compact_wall = s["maxgap_own"], s["maxgap"]
-                print("bench sync: compaction op times (us):", s["optime_us"], file=sys.stderr)
+                compact_flash = s["maxgap_flash"]
+                _explain("compaction", s)
                 r.ctl("quit")
                 r.proc.wait(30)
             finally:
@@ -135,7 +157,8 @@ def run() -> dict:
                 s = r.wait(lambda s: not s["compact_due"], timeout=180, what="compaction")
                 catchup_gap = s["maxgap"]
                 catchup_own = s["maxgap_own"]
-                print("bench sync: catch-up op times (us):", s["optime_us"], file=sys.stderr)
+                catchup_flash = s["maxgap_flash"]
+                _explain("catch-up", s)
             finally:
                 r.close()
             host.stop()
@@ -176,6 +199,14 @@ def run() -> dict:
                 "1,000-change catch-up and the compaction it makes due"),
             "sync.catchup_gate_loop_max_gap_ms_wall": metric(
                 catchup_gap, "ms", "the same in wall time"),
+            "sync.rebuild_100k_gate_loop_max_flash_gap_ms": metric(
+                rebuild_flash, "ms", "the worst of those gaps (less run-queue waits) that read "
+                "the flash: what the store's steps and LittleFS cost the gate (READ_SIZE %d, "
+                "gv/fsmount.py)" % READ_SIZE),
+            "sync.compaction_100k_gate_loop_max_flash_gap_ms": metric(
+                compact_flash, "ms", "the same during the 100k compaction"),
+            "sync.catchup_gate_loop_max_flash_gap_ms": metric(
+                catchup_flash, "ms", "the same through the catch-up and its compaction"),
             "sync.catchup_1000_changes_flash_bytes": metric(
                 catchup_flash, "bytes",
                 "1,000 changes in %d delta messages, 10k-card list" % catchup_deltas),
