@@ -37,6 +37,42 @@ def test_remount_keeps_files_and_cwd():
         umount()
 
 
+def test_what_an_older_firmware_wrote_reads_and_grows_with_ours():
+    # Readers in the field were mounted with 512-byte reads (2 KB caches). LittleFS keeps a file
+    # up to min(cache, block / 8) bytes inline in its directory, so they hold inline files of up
+    # to 512 bytes; after the update the same flash is mounted with these settings, whose cache
+    # may be smaller than such a file.
+    dev = FlashDev(blocks=64)
+    vfs.VfsLfs2.mkfs(dev)
+    vfs.mount(vfs.VfsLfs2(dev, readsize=512, progsize=32, mtime=False), "/flash")
+    sizes = (20, 100, 128, 200, 256, 300, 500, 512, 600, 5000)
+    try:
+        for n in sizes:
+            with open("/flash/f%d" % n, "wb") as f:
+                f.write(bytes((n + i) & 0xFF for i in range(n)))
+        umount()
+        vfs.mount(fsmount.lfs(dev), "/flash")
+        for n in sizes:
+            with open("/flash/f%d" % n, "rb") as f:
+                mpt.eq(f.read(), bytes((n + i) & 0xFF for i in range(n)), n)
+            with open("/flash/f%d" % n, "ab") as f:  # an append (the event log's segments)
+                f.write(b"tail")
+            with open("/flash/f%d" % n, "r+b") as f:  # a write in the middle
+                f.seek(n // 2)
+                f.write(b"M")
+        umount()
+        for mount_fs in (fsmount.lfs, lambda d: vfs.VfsLfs2(d, readsize=512, progsize=32)):
+            vfs.mount(mount_fs(dev), "/flash")  # and back: either firmware reads what the other wrote
+            for n in sizes:
+                want = bytearray((n + i) & 0xFF for i in range(n))
+                want[n // 2] = ord("M")
+                with open("/flash/f%d" % n, "rb") as f:
+                    mpt.eq(f.read(), bytes(want) + b"tail", n)
+            umount()
+    finally:
+        umount()
+
+
 def test_not_littlefs_keeps_the_old_mount():
     dev = FlashDev(blocks=64)
     vfs.VfsLfs2.mkfs(dev)
@@ -89,5 +125,7 @@ def test_directory_compaction_reads_far_less():
     ours = _worst_dir_op(fsmount.lfs)
     print("worst reads in one directory operation: defaults", default, "ours", ours)
     assert default > 1000, default  # the quadratic compaction is there to be cut
-    assert ours * 4 < default, (ours, default)
+    # 128-byte reads: about 5,700 against 15,700 (512-byte reads made it 1,500, at four times
+    # the heap for every cache: gv/fsmount.py)
+    assert ours * 2 < default, (ours, default)
 
