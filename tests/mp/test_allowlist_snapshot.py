@@ -12,7 +12,7 @@ from gv.allowlist.layout import MAX_VERSION, BadData
 from gv.allowlist.store import Allowlist, _file_off
 from test_allowlist_fixture import ROOT, SP, check, count, fresh, install, key, snapshot_chunks
 
-HEAPSIZE = "256k"  # a fresh store per simulated boot, many boots per process (as the power-cut tests)
+HEAPSIZE = "320k"  # a fresh store per simulated boot, many boots per process, modules compiled from source (at 256k, with 512-byte LittleFS caches, a boot of the absurd-headers test found no 4 KB piece)
 TIMEOUT = 300
 N = 700  # SP=2 shards hold 528 cards: two shards a snapshot, one of them finished part-way
 OLD = 2  # the live store's version in the prepared image
