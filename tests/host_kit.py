@@ -122,8 +122,8 @@ class ProtocolReader:
         self.host_counter = 0
         self.window: list[int] = []  # highest host counters accepted in this session
         self.version = 0
-        self.records: dict[bytes, bytes] = {}
-        self.snap: dict[bytes, bytes] = {}
+        self.records: dict[bytes, bytes] = Kept()
+        self.snap: dict[bytes, bytes] = Kept()
         self.received: list[tuple[int, tuple]] = []  # (type, parsed header)
         self.evacks: list[int] = []
         self.rejected = 0
@@ -197,7 +197,7 @@ class ProtocolReader:
                 self.received.append((typ, (flags, head, version, count, offset, n)))
                 raw = unpack_chunk(P, flags, n, data)
                 if offset == 0:
-                    self.snap = {}
+                    self.snap = Kept()
                 for i in range(n):
                     r = raw[i * 16:(i + 1) * 16]
                     self.snap[r[:8]] = r
@@ -268,3 +268,30 @@ def unpack_chunk(P, flags, n, data) -> bytes:
         unpack13(data, i * P.P13, r)
         out[16 * i:16 * i + 16] = r
     return bytes(out)
+
+
+def k52(key: bytes) -> bytes:
+    """A card key as a reader's store knows it: its first 52 bits (the rest zero)."""
+    k = bytes(key)
+    return k[:6] + bytes([k[6] & 0xF0, 0])
+
+
+class Kept(dict):
+    """A fake reader's records, by key as its store keeps them (52 bits): a rebuild's flash
+    records carry no more of a key, so a lookup by a card's full key must find it as a reader's
+    does."""
+
+    def __getitem__(self, k):
+        return super().__getitem__(k52(k))
+
+    def __setitem__(self, k, v):
+        super().__setitem__(k52(k), v)
+
+    def __contains__(self, k):
+        return super().__contains__(k52(k))
+
+    def get(self, k, default=None):
+        return super().get(k52(k), default)
+
+    def pop(self, k, *default):
+        return super().pop(k52(k), *default)
