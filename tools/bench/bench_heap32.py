@@ -244,9 +244,13 @@ def run() -> dict:
     if res["caught_up"]["version"] != 1 + CHANGES or inp < IN_PLACE_MIN * (inp + logd):
         raise RuntimeError("the catch-up did not go in place: %d in place, %d through the log, "
                            "store %r, sync %r" % (inp, logd, res["caught_up"], res["caught_up_sync"]))
-    # against the heap once the whole Reader is gone (the 'code' mark right after the imports can
-    # hold an import's garbage that a stale pointer kept: it would be counted out of the objects)
-    objects = res["objects"] - res["after_all"] + lfs["mount"]
+    # Against the heap with no Reader: the lower of the marks taken right before the reboot
+    # (the first Reader dropped) and once the whole Reader is gone at the end. Any state the
+    # probe or a dropped Reader leaves behind raises a baseline and would be counted out of the
+    # objects, so the lower one is taken (the 'code' mark right after the imports can hold an
+    # import's garbage that a stale pointer kept, and is not used).
+    base = min(res["after_drop"], res["after_all"])
+    objects = res["objects"] - base + lfs["mount"]
     steps = res["steps"]
     peak_kind = max(steps, key=lambda k: steps[k][4])
     peak = steps[peak_kind][4]
@@ -262,6 +266,9 @@ def run() -> dict:
             "rebuild messages and switch, catch-up messages, compaction steps" % (
                 peak_kind, steps[peak_kind][6], steps[peak_kind][5], lfs["cache"],
                 objects + peak, TARGET)),
+        "esp32.reader_heap_baseline_spread_32": metric(
+            res["after_all"] - res["after_drop"], "bytes", "the no-Reader heap at the end minus "
+            "right before the reboot (the lower is the objects' baseline)"),
         "esp32.reader_objects_plus_peak_bytes_32": metric(
             objects + peak, "bytes", "<= %d" % TARGET),
         "esp32.reader_code_mpy_heap_bytes_32": metric(
@@ -269,7 +276,7 @@ def run() -> dict:
             "all %d firmware modules' .mpy bytecode loaded into RAM (frozen firmware keeps it in "
             "flash; not in the figures above)" % len(_modules())),
         "esp32.reader_objects_empty_store_bytes_32": metric(
-            res["objects_empty_store"] - res["after_all"] + lfs["mount"], "bytes",
+            res["objects_empty_store"] - base + lfs["mount"], "bytes",
             "the same objects right after a first boot with an empty store"),
         "esp32.reader_catchup_in_place_32": metric(
             inp, "deltas", "of %d catch-up deltas programmed in place (the rest through the log: "
