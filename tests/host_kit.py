@@ -276,6 +276,13 @@ def k52(key: bytes) -> bytes:
     return k[:6] + bytes([k[6] & 0xF0, 0])
 
 
+def kept(rec: bytes) -> bytes:
+    """What a reader's store keeps of a 16-byte record: as_stored, the key cut to 52 bits."""
+    from gv.allowlist import record
+    r = record.as_stored(rec)
+    return k52(r[:8]) + r[8:]
+
+
 class Kept(dict):
     """A fake reader's records, by key as its store keeps them (52 bits): a rebuild's flash
     records carry no more of a key, so a lookup by a card's full key must find it as a reader's

@@ -11,17 +11,8 @@ from hypothesis import strategies as st
 import host_sync  # noqa: F401
 from gv.sync import protocol as P
 from host_sync import wire
-from gv.allowlist import record as R
-from tests.host_kit import unpack_chunk
+from tests.host_kit import kept, unpack_chunk
 from tests.sync_support import make_record
-
-
-def _kept(rec: bytes) -> bytes:
-    """What a reader's store keeps of a record: as_stored, the key cut to 52 bits."""
-    b = bytearray(R.as_stored(rec))
-    b[6] &= 0xF0
-    b[7] = 0
-    return bytes(b)
 
 SECRET = bytes(range(32))
 
@@ -103,7 +94,7 @@ def test_snap_bodies_cover_every_record_once(count, window):
             offset += n
         if offset >= count:
             break
-    assert got == b"".join(_kept(r) for r in recs)
+    assert got == b"".join(kept(r) for r in recs)
     for body in bodies:
         assert len(body) + P.HDR + P.MAC_LEN <= P.MAX_MSG
 
@@ -124,4 +115,4 @@ def test_snap_chunks_carry_flash_records_and_fill_a_message_at_most():
         assert flags & P.F_P13 and not flags & P.F_ZLIB and n <= P.SNAP_MAX13
         assert o == len(got) // P.REC
         got += unpack_chunk(P, flags, n, data)
-    assert got == b"".join(_kept(r) for r in recs)
+    assert got == b"".join(kept(r) for r in recs)

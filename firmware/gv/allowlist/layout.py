@@ -133,10 +133,26 @@ def trunc_key(buf, o):
     buf[o + 7] = 0
 
 
+def u32le(b, o):
+    # a u32 LE read by hand: a small int for counts and page numbers, where unpack_from would
+    # make a tuple a call (heap on the rebuild's and the index build's paths)
+    return b[o] | b[o + 1] << 8 | b[o + 2] << 16 | b[o + 3] << 24
+
+
+def same4(a, ao, b, bo):
+    # a[ao:ao + 4] == b[bo:bo + 4] without slices (shard tags compared as bytes)
+    return a[ao] == b[bo] and a[ao + 1] == b[bo + 1] and a[ao + 2] == b[bo + 2] and a[ao + 3] == b[bo + 3]
+
+
+def is_page(p, o):
+    # p[o:] starts with MAGIC_PAGE (no slice: the lookup's and the index build's paths)
+    return p[o] == 0x47 and p[o + 1] == 0x56 and p[o + 2] == 0x41 and p[o + 3] == 0x70
+
+
 def page_n(p, o):
     """The record count in the header of the page at p[o:], -1 unless it is one of our pages
     (magic) with a count a page can hold. No heap: the lookup's path."""
-    if p[o] != 0x47 or p[o + 1] != 0x56 or p[o + 2] != 0x41 or p[o + 3] != 0x70:  # MAGIC_PAGE
+    if not is_page(p, o):
         return -1
     n = p[o + 10] | p[o + 11] << 8
     return n if n <= PAGE_RECS else -1
@@ -246,11 +262,8 @@ class ShardTable:
         return struct.unpack_from("<I", self.buf, i * SHARD_N + 8)[0]
 
     def nrec(self, i):
-        # by hand, not unpack_from: a count is a small int, a tuple per call is heap (total()
-        # runs for every rebuild message, over every shard)
-        b = self.buf
-        o = i * SHARD_N + 12
-        return b[o] | b[o + 1] << 8 | b[o + 2] << 16 | b[o + 3] << 24
+        # u32le, not unpack_from: total() runs for every rebuild message, over every shard
+        return u32le(self.buf, i * SHARD_N + 12)
 
     def crc(self, i):
         return struct.unpack_from("<I", self.buf, i * SHARD_N + 16)[0]

@@ -16,7 +16,7 @@ import struct
 from binascii import crc32
 from gv.allowlist.layout import (
     ENOSPC, FREC, IX, MAGIC_SNAP, MAX_SHARDS, MAX_VERSION, PAGE_HDR, PAGE_RECS, REC, SHARD_N, SNAP_HDR, BadData,
-    ShardTable, _cmpk, _rm, trunc_key,
+    ShardTable, _cmpk, _rm, is_page, same4, trunc_key,
 )
 from gv.allowlist.pages import _ShardWriter
 
@@ -230,12 +230,8 @@ def _names(st, tag):
 def _names_entry(st, src, i):
     # st names the shard of src's entry i: its tag's bytes compared (tag() would make a tuple
     # and, past 2^30, a heap int for every pair of a table-by-table comparison)
-    a = src.buf
-    o = i * SHARD_N + 8
-    b = st.buf
     for j in range(len(st)):
-        q = j * SHARD_N + 8
-        if b[q] == a[o] and b[q + 1] == a[o + 1] and b[q + 2] == a[o + 2] and b[q + 3] == a[o + 3]:
+        if same4(st.buf, j * SHARD_N + 8, src.buf, i * SHARD_N + 8):
             return True
     return False
 
@@ -309,14 +305,11 @@ def _read_back(self, sh):
             n = pk[k + 7] | pk[k + 8] << 8
             end = PAGE_HDR + n * FREC
             if (got < end or n > page_cap(p) or buf[10] != pk[k + 7] or buf[11] != pk[k + 8]
-                    or buf[8] != p & 0xFF or buf[9] != p >> 8 or buf[0] != 0x47 or buf[1] != 0x56
-                    or buf[2] != 0x41 or buf[3] != 0x70):  # MAGIC_PAGE
+                    or buf[8] != p & 0xFF or buf[9] != p >> 8 or not is_page(buf, 0)):
                 raise OSError(5)
             struct.pack_into("<I", s8, 4, crc32(mv[PAGE_HDR:end]))
-            for i in range(4):
-                if (buf[4 + i] != s8[i] or buf[12 + i] != pk[k + 9 + i]
-                        or buf[12 + i] != s8[4 + i]):
-                    raise OSError(5)
+            if not (same4(buf, 4, s8, 0) and same4(buf, 12, pk, k + 9) and same4(buf, 12, s8, 4)):
+                raise OSError(5)
     return sh
 
 

@@ -17,7 +17,8 @@ from gv.allowlist.layout import (
     APS, AP_C, AP_D, AP_W, BLOCK, CR, CR_C, CR_D, CR_W, ENOSPC, FORMAT, FREC, MAGIC_DELTA,
     MAGIC_MAN, MAGIC_PAGE, MAGIC_SNAP, OVS, OV_C, OV_D, OV_W, PAGE_HDR, REC, SCAN,
     SHARD_PAGES, DELTA, DELTA_N, DHDR, DHDR_N, MAN_HDR, MAN_HDR_N,
-    SHARD_N, SNAP_HDR, SNAP_HDR_N, ShardTable, _cmpk, _erased, IX, page_n, entry_slots,
+    SHARD_N, SNAP_HDR, SNAP_HDR_N, ShardTable, _cmpk, _erased, IX, page_n, entry_slots, is_page,
+    same4, u32le,
     _exists, _merge_into, _ptr_bytes, LOG_HARD, BIG_PART, SHARD_DIRS, _rfile, _rm, _round, _tag,
     entry_span, page_cap, unpack13,
 )
@@ -331,12 +332,12 @@ class Allowlist:
                 # by hand, byte by byte: a slice, a tuple or a big int here would be heap for
                 # every page of the store (12 KB at 100,000 cards on 32-bit, one step)
                 for o in range(0, SCAN - PAGE_HDR + 1, 4):
-                    if hdr[o] == 0x47 and hdr[o + 1] == 0x56 and hdr[o + 2] == 0x41 and hdr[o + 3] == 0x70:
+                    if is_page(hdr, o):
                         i = _shard_at(tags, sb, ns, hdr, o + 4)
                         pno = hdr[o + 8] | hdr[o + 9] << 8
                         if i >= 0 and _ptr_bytes(pno) == o:
-                            j = _u32(base, 4 * i) + pno
-                            if j < _u32(base, 4 * i + 4):
+                            j = u32le(base, 4 * i) + pno
+                            if j < u32le(base, 4 * i + 4):
                                 ix[j * IX + 7] = b & 0xFF
                                 ix[j * IX + 8] = b >> 8
                         break
@@ -347,8 +348,8 @@ class Allowlist:
         k = 0  # pages kept: a bad shard's pages are dropped, its cards denied until a resend
         bad = 0
         for i in range(ns):
-            j0 = _u32(base, 4 * i)
-            j1 = _u32(base, 4 * i + 4)
+            j0 = u32le(base, 4 * i)
+            j1 = u32le(base, 4 * i + 4)
             crc = 0
             # blocks LittleFS freed may still hold its pages: the file must be there, whole
             ok = written or self._shard_file_ok(st.tag(i), st.nrec(i))
@@ -754,11 +755,6 @@ def _recs(pages):
     return n
 
 
-def _u32(b, o):
-    # a u32 LE that is a small int (page numbers, counts), read without a tuple
-    return b[o] | b[o + 1] << 8 | b[o + 2] << 16 | b[o + 3] << 24
-
-
 def _shard_at(tags, sb, ns, p, o):
     # index of the shard whose tag p[o:o + 4] is (shard table bytes sb), -1 if none
     i = tags.get(p[o] | p[o + 1] << 8 | p[o + 2] << 16, -2)
@@ -767,8 +763,7 @@ def _shard_at(tags, sb, ns, p, o):
     if i == -2:
         return -1
     for i in range(ns):  # two shards share the low 24 bits: by hand
-        e = i * SHARD_N + 8
-        if sb[e] == p[o] and sb[e + 1] == p[o + 1] and sb[e + 2] == p[o + 2] and sb[e + 3] == p[o + 3]:
+        if same4(sb, i * SHARD_N + 8, p, o):
             return i
     return -1
 

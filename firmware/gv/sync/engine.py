@@ -14,7 +14,7 @@ import os
 
 from gv import memory
 from gv.compat import ticks_add, ticks_diff, ticks_ms
-from gv.allowlist.layout import BadData
+from gv.allowlist.layout import FREC, BadData
 from gv.allowlist.snapshot import check_records
 from gv.sync import protocol as P
 from gv.sync.mqtt import MQTTClient, tls_context
@@ -550,7 +550,7 @@ class Sync:
             raise P.ProtoError(P.E_FULL)
         # the records first, checked whole (in the message itself: no copy): a chunk that
         # cannot be neither begins a rebuild nor drops the one in progress
-        size = P.P13 if flags & P.F_P13 else P.REC
+        size = FREC if flags & P.F_P13 else P.REC  # P13 on the wire is the store's FREC
         if n:
             check_records(data, None, size)
         p = self.al.snapshot_progress()

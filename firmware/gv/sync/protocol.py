@@ -57,7 +57,7 @@ F_ZLIB = const(2)
 # status, PIN flag, dates, 20-bit verifier; docs/allowlist-format.md) instead of 16-byte ones:
 # what the reader keeps of a card anyway, 13.5 bytes a card on the wire, nothing to inflate.
 F_P13 = const(4)
-P13 = const(13)
+P13 = const(13)  # bytes a flash record: gv.allowlist.layout.FREC (the store takes these as they are)
 
 # remote commands (T_CMD)
 C_OPEN = const(1)  # open the door once
