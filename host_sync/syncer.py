@@ -75,7 +75,9 @@ class ReaderState:
     hello: dict = field(default_factory=dict)
     rejected: dict = field(default_factory=dict)  # reason -> count reported
     clock_sent: bool = False  # the time was sent since the reader's last HELLO
-    clock_at: float = 0.0  # time.monotonic() when the time was last sent
+    # time.monotonic() when the time was last sent; never is long ago (not 0.0: on a host up
+    # less than CLOCK_EVERY_S that read as "just sent", and a new session waited an hour)
+    clock_at: float = float("-inf")
     health: dict = field(default_factory=dict)  # the latest HEALTH report
     full_refusals: int = 0  # "flash full" refusals since the reader last succeeded
     hold_until: float = 0.0  # monotonic: the host's own hold of a reader that does not back off

@@ -152,3 +152,27 @@ def test_free_flash_from_a_wrapped_count_never_reaches_the_registry_as_4_gb():
     # the reader clamps (tests/mp/test_sync_health.py); the registry shows what it is told
     h = hl.merge({}, P.parse_health(health(need=8192, free=0)), "health", "2026-12-01T00:00:00Z")
     assert hl.summary(h).startswith("NEEDS ATTENTION: flash full: an update needs 8 KB, 0 B free")
+
+
+def test_a_reader_in_session_gets_the_time_at_the_first_look_and_then_hourly(site, monkeypatch):
+    """Housekeeping's clock correction, on a host that booted minutes ago (time.monotonic() is
+    the host's uptime): a reader never given the time gets it at the first look, then not again
+    until the interval has passed."""
+    import host_sync.syncer as syncer
+    _, eng, send = site
+    now = [300.0]
+    monkeypatch.setattr(syncer.time, "monotonic", lambda: now[0])
+    eng._on_message(None, None, Msg("gv/site-a/gate-01/status", b"online", True))
+    # its clock is set (no H_CLOCK): the HELLO gives it no time of its own
+    assert send("hello", P.T_HELLO, P.hello_body(0, 0, 0, 400_000, 60_000, 0, 0, "fw")) == 3
+    before = eng.stats["published"]
+    assert eng.correct_clocks(3600.0) == 1
+    assert eng.stats["published"] == before + 1
+    now[0] += 3599.0
+    assert eng.correct_clocks(3600.0) == 0
+    now[0] += 1.0
+    assert eng.correct_clocks(3600.0) == 1
+    # offline readers are left alone
+    eng._on_message(None, None, Msg("gv/site-a/gate-01/status", b"offline", True))
+    now[0] += 7200.0
+    assert eng.correct_clocks(3600.0) == 0
