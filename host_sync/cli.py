@@ -502,13 +502,8 @@ def cmd_readers_add(ctx: Ctx) -> int:
                 % a.config_out)
     else:
         ctx.say("write its config with: host-sync readers config %s --config-out FILE" % r["id"])
-    done = refresh_site_broker(ctx)
-    if done is None:
-        ctx.say("the broker needs the new account: host-sync broker config --out DIR, then reload "
-                "mosquitto (SIGHUP)")
-    else:
-        ctx.say("the site's broker has its account: " + done)
-    return EXIT_OK
+    return _broker_after_commit(ctx, "the broker needs the new account",
+                                "the site's broker has its account: ")
 
 
 def cmd_readers_config(ctx: Ctx) -> int:
@@ -528,12 +523,24 @@ def cmd_readers_rename(ctx: Ctx) -> int:
             % (a.reader_id, r["id"], r["site_id"]),
             "next: host-sync readers config %s --config-out FILE ..., then deploy it to the board"
             % r["id"])
-    done = refresh_site_broker(ctx)  # the old account goes, the new one comes
+    # the old account goes, the new one comes
+    return _broker_after_commit(ctx, "the broker needs the change",
+                                "the site's broker has the new account (the old one is gone): ")
+
+
+def _broker_after_commit(ctx: Ctx, needs: str, has: str) -> int:
+    """The site's broker told of an account change the registry has committed. Failing here
+    cannot be exit 3 (that says nothing changed): a warning with the way to finish, exit 5."""
+    try:
+        done = refresh_site_broker(ctx)
+    except InvalidInput as e:
+        print("WARNING: the change is made, but %s: %s. Finish it: host-sync broker config, then "
+              "reload mosquitto (SIGHUP)" % (needs, e), file=ctx.err)
+        return EXIT_PENDING
     if done is None:
-        ctx.say("the broker needs the change: host-sync broker config --out DIR, then reload "
-                "mosquitto (SIGHUP)")
+        ctx.say(needs + ": host-sync broker config --out DIR, then reload mosquitto (SIGHUP)")
     else:
-        ctx.say("the site's broker has the new account (the old one is gone): " + done)
+        ctx.say(has + done)
     return EXIT_OK
 
 
@@ -1027,8 +1034,17 @@ def refresh_site_broker(ctx: Ctx) -> str | None:
         siteconf.write_broker(conf, readers, hosts)
     except broker.BrokerConfigError as e:
         raise InvalidInput(str(e))
+    except OSError as e:  # e.g. a plain user beside a broker folder root set up
+        raise InvalidInput("cannot write the broker's files in %s: %s" % (conf.broker_dir, e))
     ctx.reg.audit("broker config written", str(conf.broker_dir), "%d reader account(s)" % len(readers))
-    return siteconf.reload_broker(conf)
+    try:
+        return siteconf.reload_broker(conf)
+    except OSError as e:  # SIGHUP to a broker another user runs
+        raise BrokerNotTold("the files are written but the running broker was not told: %s" % e)
+
+
+class BrokerNotTold(InvalidInput):
+    """The broker's files are rewritten, the broker did not take them: something did change."""
 
 
 def cmd_broker_config(ctx: Ctx) -> int:
@@ -1036,7 +1052,12 @@ def cmd_broker_config(ctx: Ctx) -> int:
     a = ctx.args
     if a.out is None:
         conf = _site_conf(required=True)
-        done = refresh_site_broker(ctx)
+        try:
+            done = refresh_site_broker(ctx)
+        except BrokerNotTold as e:
+            print("WARNING: %s. Reload mosquitto (SIGHUP) as the user it runs as" % e,
+                  file=ctx.err)
+            return EXIT_PENDING
         ctx.say("broker accounts for %d reader(s) written to %s" % (len(ctx.reg.broker_accounts()),
                                                                    conf.broker_dir), "  " + str(done))
         return EXIT_OK

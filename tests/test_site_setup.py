@@ -221,3 +221,25 @@ def test_the_broker_starts_whoever_starts_it():
                 p.wait(10)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_an_account_change_the_broker_could_not_take_is_made_and_says_so(tmp_path):
+    # The registry commits the reader first; a broker folder it then cannot write is a warning
+    # and exit 5 ("done, something left to do"), never exit 3, which says nothing changed.
+    ok(tmp_path, "site", "init", "--address", "10.20.0.5")
+    ok(tmp_path, "sites", "add", "site-a", "--tax-id", "X1")
+    passwd = tmp_path / "etc" / "broker" / "passwd"
+    passwd.unlink()
+    passwd.mkdir()  # unwritable as a file, for root too
+    for args in (("readers", "add", "gate-01", "--site", "site-a"),
+                 ("readers", "rename", "gate-01", "gate-02")):
+        p = host_sync(tmp_path, *args)
+        assert p.returncode == 5, (args, p.returncode, p.stdout, p.stderr)
+        assert "WARNING: the change is made" in p.stderr and "passwd" in p.stderr, p.stderr
+    p = ok(tmp_path, "readers", "list", "--json")
+    assert [r["id"] for r in json.loads(p.stdout)] == ["gate-02"]
+    p = host_sync(tmp_path, "broker", "config")
+    assert p.returncode == 3 and "cannot write the broker's files" in p.stderr, p.stderr
+    passwd.rmdir()
+    p = ok(tmp_path, "broker", "config")
+    assert "user gate-02" in (tmp_path / "etc" / "broker" / "acl").read_text()
