@@ -159,6 +159,54 @@ def test_delta_only_store_overflowing_log_compacts_first():
     umount()
 
 
+def test_a_store_that_leaves_folding_to_its_owner_refuses_an_overflowing_delta_untouched():
+    # fold_inline False (the reader's sync engine): a delta that fits only after a compaction
+    # raises LogFull before anything is written, says compaction is due (though the log is not
+    # half full), and fits once the log is folded step by step; no compaction inside the call.
+    from gv.allowlist.layout import LogFull
+    dev = fresh()
+    # not in place (as on encrypted flash): every delta goes through the log
+    al = Allowlist(ROOT, dev, SP, in_place=False, log_records=64).open()
+    al.fold_inline = False
+    deltas_only(al, 1, 30)  # 30 of 64 in the log: not half full, and 30 + 40 overflows
+    assert not al.compaction_due()
+    files = sorted(os.listdir(ROOT))
+    buf = bytearray(40 * 16)
+    for j in range(40):
+        buf[j * 16:j * 16 + 16] = rec(30 + j, 2)
+    dev.reset_counters()
+    try:
+        al.apply_delta(1, 2, buf)
+        raise AssertionError("an overflowing delta was taken")
+    except LogFull as e:
+        assert "fold" in str(e), e
+    mpt.eq((al.version, al._nlog, dev.writes, dev.erases), (1, 30, 0, 0))
+    mpt.eq(sorted(os.listdir(ROOT)), files, "nothing written")
+    check_deltas_only(al, 1, 30)
+    assert al.compaction_due()
+    steps = 0
+    while al.compact_step():
+        steps += 1
+    assert steps > 1, steps  # bounded steps, each a page write or a manifest switch
+    assert not al.compaction_due()
+    mpt.eq(al._nlog, 0)
+    assert al.apply_delta(1, 2, buf)
+    out = bytearray(16)
+    for i in range(72):
+        found = al.lookup(key(i), out)
+        mpt.eq(found, i < 70, "card %d" % i)
+        if found:
+            mpt.eq(bytes(out), rec(i, 1 if i < 30 else 2), "card %d" % i)
+    mpt.eq(al.count, 70)
+    # the default (tools, a store with no compactor beside it) folds inside the call
+    al.fold_inline = True
+    for j in range(40):
+        buf[j * 16:j * 16 + 16] = rec(70 + j, 3)
+    assert al.apply_delta(2, 3, buf)
+    mpt.eq((al.version, al.count, al._nlog), (3, 110, 40))
+    umount()
+
+
 def test_delta_during_compaction():
     dev = fresh()
     al = Allowlist(ROOT, dev, SP, in_place=False).open()

@@ -200,6 +200,70 @@ def test_replay_window_takes_interleaved_instances_refuses_old():
         flashdev.umount("/flash")
 
 
+class IdleLink(Link):  # a link that never connects: the engine's own tasks run beside it
+    async def run(self):
+        while True:
+            await asyncio.sleep_ms(1000)
+
+
+def test_a_delta_that_needs_the_log_folded_waits_for_the_compactor_not_the_gate():
+    # Not in place (encrypted flash), a small log: a delta that overflows it used to fold the
+    # whole log inside the message handler, the gate waiting for every page write. The running
+    # engine refuses it as busy without a write, folds the log a step at a time in its
+    # compactor, and then asks for it again.
+    dev = flashdev.FlashDev(blocks=128)
+    flashdev.format_and_mount(dev, "/flash")
+    al = Allowlist("/flash/al", dev, in_place=False, log_records=64).open()
+    s = Sync(Config(CFG), al, client=IdleLink())
+    asyncio.run(s._on_connect())
+    h = Host(s)
+
+    def body(frm, to, first, n):
+        return P.delta_body(to, frm, to, [rec(i) for i in range(first, first + n)])
+
+    async def main():
+        task = asyncio.create_task(s.run())
+        await asyncio.sleep_ms(0)
+        eq(al.fold_inline, False)  # the running engine folds the log itself
+        h.send(P.T_DELTA, body(0, 1, 0, 30))
+        eq((al.version, al._nlog), (1, 30))
+        dev.reset_counters()
+        h.send(P.T_DELTA, body(1, 2, 30, 40))  # 30 + 40 > 64
+        eq((al.version, al._nlog, dev.writes, dev.erases), (1, 30, 0, 0), s.last_error)
+        eq((s.rejected.get(P.E_BUSY), s._fold_wait, s._want_sync), (1, True, False))
+        # what follows meanwhile waits too: no SYNC whose answer would only wait again
+        h.send(P.T_DELTA, body(2, 3, 70, 5))
+        eq((al.version, s._want_sync, total_rejected(s)), (1, False, 1))
+        steps = [0]
+        real = al.compact_step
+
+        def counted():
+            steps[0] += 1
+            return real()
+        al.compact_step = counted
+        for _ in range(100):  # the compactor looks every second
+            if s._want_sync:
+                break
+            await asyncio.sleep_ms(100)
+        eq((s._want_sync, s._fold_wait, al._nlog), (True, False, 0))
+        assert steps[0] > 1, steps  # a page write per step, yielding between them
+        # the host's answer to the SYNC: the delta again, now taken
+        h.send(P.T_DELTA, body(1, 2, 30, 40))
+        h.send(P.T_DELTA, body(2, 3, 70, 5))
+        eq((al.version, al.count), (3, 75))
+        task.cancel()
+        await asyncio.sleep_ms(0)
+
+    try:
+        asyncio.run(main())
+        out = bytearray(16)
+        for i in (0, 29, 30, 69, 74):
+            eq(al.lookup(rec(i)[:8], out), True, "card %d" % i)
+        eq(total_rejected(s), 1)
+    finally:
+        flashdev.umount("/flash")
+
+
 def test_wifi_supervisor_is_a_no_op_on_the_unix_port():
     from gv.sync.wifi import WiFi
 

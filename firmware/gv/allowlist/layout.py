@@ -52,6 +52,13 @@ class BadData(ValueError):
     not add up. Raised before anything is allocated, written or deleted: the store, and a
     snapshot in progress, are exactly as before (the sync layer reports it as "malformed")."""
 
+
+class LogFull(Exception):
+    """A delta that fits only once the delta log is folded into the shards, on a store that
+    leaves the folding to its owner (fold_inline False): a page write per step between
+    decisions, not the whole compaction inside one call. Raised before anything is written;
+    compaction_due() says True until the log is folded."""
+
 MAN_HDR = "<4sBBHIIHHI"  # magic, format, 0, 0, version, count, nshards, ndeltas, tag
 MAN_HDR_N = const(24)
 SHARD = "<8sIII"  # first_key, tag, nrec, crc

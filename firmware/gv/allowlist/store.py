@@ -28,6 +28,11 @@ class Allowlist:
     """The reader's allowlist. dev: the block device under the LittleFS that holds root (the
     ESP32's flash partition is found by itself; the unix port passes the FlashDev)."""
 
+    # A delta that overflows the log: True folds the whole log first, inside apply_delta (tools,
+    # tests); the reader's sync engine sets False and runs the compaction itself, a step at a
+    # time, so the gate is never held for a whole compaction (apply_delta raises LogFull).
+    fold_inline = True
+
     def __init__(self, root, dev=None, shard_pages=SHARD_PAGES, in_place=True, log_records=LOG_HARD):
         self.root = root
         self.in_place = in_place  # deltas into the pages' erased room (False: tests of the log path)
@@ -75,6 +80,7 @@ class Allowlist:
         self._crlast = -1
         self._dirty = False  # an in-place write failed and could not be undone: updates wait for a reboot
         self._need = set()  # shard tags with a page nearly out of erased room (compaction due)
+        self._fold = False  # a delta waits for the log to be folded (LogFull): compaction due
         self._b1 = bytearray(1)
         self._s8 = bytearray(8)  # scratch of the rebuild's read-back
         # Page index, IX bytes a page: first key (7), flash block (2, LE), data offset in the
@@ -703,8 +709,9 @@ class Allowlist:
         return update.apply_delta(self, from_version, to_version, records)
 
     def compaction_due(self):
-        """True when the delta log is half full or a page is nearly out of erased room."""
-        return (self._nlog > self._logcap // 2 or bool(self._need)) and not self._dirty
+        """True when the delta log is half full, a page is nearly out of erased room, or a delta
+        waits for the log to be folded (LogFull)."""
+        return (self._nlog > self._logcap // 2 or bool(self._need) or self._fold) and not self._dirty
 
     def want_compaction(self):
         """Rewrite every shard at the next compaction run (folds all in-place entries)."""

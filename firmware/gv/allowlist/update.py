@@ -3,7 +3,8 @@ import struct
 from binascii import crc32
 from gv.allowlist.layout import (
     APS, AP_C, AP_W, BLOCK, CR, CR_C, CR_D, CR_W, FREC, GAP, IX, LOW_ROOM, MAX_DELTA, MAGIC_PAGE, SCAN,
-    MAX_DFILES, MAGIC_DELTA, MAX_VERSION, OVS, OV_W, PAGE_HDR, PK, REC, DHDR, BadData, ShardTable,
+    MAX_DFILES, MAGIC_DELTA, MAX_VERSION, OVS, OV_W, PAGE_HDR, PK, REC, DHDR, BadData, LogFull,
+    ShardTable,
     _cmpk, _merge_into, _ptr_bytes, _rm, _tag, entry_slots, page_n, trunc_key,
 )
 from gv.allowlist.pages import _ShardWriter, _sort_records, pack13, page_records
@@ -103,6 +104,10 @@ def apply_delta(self, from_version, to_version, records):
     if len(d) // REC > self._logcap:
         raise ValueError("delta too large for the log: send a snapshot")
     if self._nlog + len(d) // REC > self._logcap:
+        if not self.fold_inline:
+            # hundreds of page writes on a big store: not here, between two decisions
+            self._fold = True
+            raise LogFull("delta log full: folding it into the shards first")
         while compact_step(self):
             pass
     # merged in place now; if the flash refuses, the log is read back from the delta files
@@ -350,6 +355,7 @@ def compact_step(self):
         return False  # a snapshot in progress replaces everything; its writer owns the page buffer
     if self._cgen is None:
         if self._nlog == 0 and not self._dtags and not self._need:
+            self._fold = False
             return False
         self._cblk = None
         self._cgen = _compact(self)
@@ -361,6 +367,7 @@ def compact_step(self):
         return True
     except StopIteration:
         self._cgen = None
+        self._fold = False
         return False
     except OSError as e:
         # RAM follows the manifest only after each switch, so it still matches the flash

@@ -14,7 +14,7 @@ import os
 
 from gv import memory
 from gv.compat import ticks_add, ticks_diff, ticks_ms
-from gv.allowlist.layout import FREC, BadData
+from gv.allowlist.layout import FREC, BadData, LogFull
 from gv.allowlist.snapshot import check_records
 from gv.sync import protocol as P
 from gv.sync.mqtt import MQTTClient, tls_context
@@ -100,6 +100,8 @@ class Sync:
         self._want_sync = False
         self._asked = None  # ticks of the last HELLO/SYNC or answer progress; None: not waiting
         self._force_rebuild = False
+        # a delta waited for the log to be folded (LogFull): the compactor folds it, then asks
+        self._fold_wait = False
         self._cmdres = []
         self._rej = {}  # reason -> [count, type, counter]
         self._rej_at = {}
@@ -136,6 +138,7 @@ class Sync:
         if self.log is not None:
             tasks.append(asyncio.create_task(self._uploader()))
         if hasattr(self.al, "compact_step"):
+            self.al.fold_inline = False  # _compactor folds the log, a step at a time
             tasks.append(asyncio.create_task(self._compactor()))
         try:
             await asyncio.gather(*tasks)
@@ -346,6 +349,12 @@ class Sync:
                     await asyncio.sleep_ms(20)
             except Exception as e:  # noqa: BLE001 - the store reports it in .health
                 self.last_error = "compact: %s" % e
+            if self._fold_wait:
+                # folded (or the store could not: it says why in .health, the SYNC's answer
+                # meets it): now ask for the delta that waited
+                self._fold_wait = False
+                self._want_sync = True
+                self._work.set()
 
     def _pending(self):
         pc = getattr(self.log, "pending_count", None)
@@ -452,6 +461,13 @@ class Sync:
             self._reject(e.reason, typ, ctr)
             if e.reason == P.E_ORDER and self._asked is None:
                 self._want_sync = True
+        except LogFull:
+            # the delta fits once the log is folded: the compactor does that a page at a time
+            # between decisions and then asks for it; no SYNC before (its answer would wait too)
+            self._reject(P.E_BUSY, typ, ctr)
+            self._fold_wait = True
+            self._want_sync = False
+            self._asked = None
         except MemoryError:
             memory.note_error("sync apply")
             self._reject(P.E_BUSY, typ, ctr)
@@ -501,6 +517,8 @@ class Sync:
         flags, head, frm, to, n = P.parse_delta(body)
         self.head = head
         v = self.al.version
+        if self._fold_wait:
+            return  # the log is being folded: the compactor asks for this, and what follows, after
         if self._progress()[0] or self._rebuild_wanted():
             pass  # a rebuild is under way: it brings this change, or catch-up will
         elif frm == v and to > v:
