@@ -33,7 +33,7 @@ import datetime as dt
 import io
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from host_sync import ids, rules
 from host_sync.ids import InvalidInput
@@ -103,29 +103,35 @@ def _norm(h: str) -> str:
     return h.strip().lower().replace(" ", "_")
 
 
-def parse_mapping(items: list[str] | None) -> dict[str, str]:
-    """`--map FROM=TO` (repeatable, or comma-separated) as {normalised header: column}."""
+def parse_mapping(items: list[str] | None, what: str = "--map") -> dict[str, str]:
+    """`--map FROM=TO` (repeatable, or comma-separated) as {normalised header: column}. what:
+    how the operator gave it, for the error (the web console's field is not --map)."""
     out: dict[str, str] = {}
     for item in items or []:
-        for part in item.split(","):
+        for part in item.replace("\n", ",").split(","):
             if not part.strip():
                 continue
             src, eq, dst = part.partition("=")
             dst = _norm(dst)
             if not eq or not src.strip() or not dst:
-                raise InvalidInput("--map %r: use HEADER=COLUMN, e.g. Kortnummer=card_number "
-                                   "(COLUMN - ignores it)" % part)
+                raise InvalidInput("%s %r: use HEADER=COLUMN, e.g. Kortnummer=card_number "
+                                   "(COLUMN - ignores it)" % (what, part.strip()))
             if dst != IGNORE and dst not in COLUMNS:
-                raise InvalidInput("--map %r: %s is not a column; the columns are %s"
-                                   % (part, dst, ", ".join(COLUMNS)))
+                raise InvalidInput("%s %r: %s is not a column; the columns are %s"
+                                   % (what, part.strip(), dst, ", ".join(COLUMNS)))
             out[_norm(src)] = dst
     return out
 
 
-def decode(raw: bytes, name: str, encoding: str | None = None) -> str:
+# the encodings the web console's import form offers ("": UTF-8, a BOM or not); Excel's "CSV"
+OFFERED_ENCODINGS = {"": "UTF-8", "cp1252": "Windows-1252 (Excel \"CSV\")", "latin-1": "Latin-1"}
+
+
+def decode(raw: bytes, name: str, encoding: str | None = None,
+           other: str = "give --encoding latin-1") -> str:
     """The file's text: UTF-8 (a BOM is fine) unless told otherwise. A file in another encoding
     is refused with where and what to do (a Latin-1 name read as UTF-8 would be stored garbled
-    on every card and ledger entry)."""
+    on every card and ledger entry). other: how to say it is in another encoding, where asked."""
     if encoding:
         try:
             return raw.decode(encoding)
@@ -141,11 +147,23 @@ def decode(raw: bytes, name: str, encoding: str | None = None) -> str:
         end = raw.find(b"\n", e.start)
         shown = raw[start:end if end >= 0 else len(raw)].decode("cp1252", "replace").strip()
         raise InvalidInput("%s is not UTF-8 (line %d: %r looks like Latin-1/Windows-1252, as Excel "
-                           "saves \"CSV\"): save it as \"CSV UTF-8\" and import it again, or give "
-                           "--encoding latin-1" % (name, line, shown[:60]))
+                           "saves \"CSV\"): save it as \"CSV UTF-8\" and import it again, or %s"
+                           % (name, line, shown[:60], other))
 
 
-def read_rows(text: str, mapping: dict[str, str] | None = None) -> tuple[list[str], list[tuple[int, dict]]]:
+class MapWords(NamedTuple):
+    """How the operator gives the column names, for the errors: the CLI's --map or a form's field."""
+    name: str
+    hint: str
+
+
+CLI_MAP = MapWords("--map", "--map HEADER=COLUMN, --map HEADER=- to ignore one")
+WEB_MAP = MapWords("column names", "name them under Column names as HEADER=COLUMN, HEADER=- to "
+                   "leave one out")
+
+
+def read_rows(text: str, mapping: dict[str, str] | None = None,
+              words: MapWords = CLI_MAP) -> tuple[list[str], list[tuple[int, dict]]]:
     """(header, [(line number, row)]). Raises InvalidInput when the header is unusable.
     `mapping`: {normalised header in the file: column} (parse_mapping)."""
     if text.startswith("\ufeff"):
@@ -154,22 +172,24 @@ def read_rows(text: str, mapping: dict[str, str] | None = None) -> tuple[list[st
     delim = ";" if first.count(";") > first.count(",") else ","
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim)
     try:
-        return _read(reader, mapping or {})
+        return _read(reader, mapping or {}, words)
     except csv.Error as e:
         raise InvalidInput("line %d: not readable as CSV: %s" % (reader.line_num or 1, e))
 
 
-def _read(reader: csv.DictReader, mapping: dict[str, str]) -> tuple[list[str], list[tuple[int, dict]]]:
+def _read(reader: csv.DictReader, mapping: dict[str, str],
+          words: MapWords) -> tuple[list[str], list[tuple[int, dict]]]:
     header = [mapping.get(_norm(h), _norm(h)) for h in (reader.fieldnames or [])]
     if not header:
         raise InvalidInput("the file is empty; expected a header row with " + ", ".join(COLUMNS))
     dup = sorted({h for h in header if h != IGNORE and header.count(h) > 1})
     if dup:
-        raise InvalidInput("line 1: column(s) %s given twice (check --map)" % ", ".join(dup))
+        raise InvalidInput("line 1: column(s) %s given twice (check %s)" % (", ".join(dup), words.name))
     unmapped = [src for src in mapping if src not in {_norm(h) for h in reader.fieldnames or []}]
     if unmapped:
-        raise InvalidInput("line 1: --map names header(s) %s that the file does not have; its "
-                           "headers are %s" % (", ".join(unmapped), ", ".join(reader.fieldnames or [])))
+        raise InvalidInput("line 1: %s name header(s) %s that the file does not have; its "
+                           "headers are %s" % (words.name, ", ".join(unmapped),
+                                               ", ".join(reader.fieldnames or [])))
     missing = [c for c in REQUIRED if c not in header]
     unknown = [h for h in header if h not in COLUMNS and h != IGNORE]
     if missing or unknown:
@@ -178,8 +198,7 @@ def _read(reader: csv.DictReader, mapping: dict[str, str]) -> tuple[list[str], l
                                   "unknown column(s) %s" % ", ".join(unknown) if unknown else "")
                       if x),
             ", ".join(COLUMNS),
-            " (an export with other headers: --map HEADER=COLUMN, --map HEADER=- to ignore one)"
-            if unknown else ""))
+            " (an export with other headers: %s)" % words.hint if unknown else ""))
     reader.fieldnames = header
     rows = []
     for row in reader:
@@ -192,8 +211,8 @@ def _read(reader: csv.DictReader, mapping: dict[str, str]) -> tuple[list[str], l
 
 def plan(reg: Registry, text: str, site: str | None = None,
          progress: Callable[[int], None] | None = None,
-         mapping: dict[str, str] | None = None) -> Plan:
-    header, rows = read_rows(text, mapping)
+         mapping: dict[str, str] | None = None, words: MapWords = CLI_MAP) -> Plan:
+    header, rows = read_rows(text, mapping, words)
     known_sites = {s["id"] for s in reg.sites()}
     if site and site not in known_sites:
         raise InvalidInput("no site %r (add it with 'host-sync sites add')" % site)

@@ -39,3 +39,5 @@ def install(env: Any, cfg: Any) -> None:
     from host_sync import health
     env.filters["health"] = health.summary  # the words of `readers list`
     env.globals["tz_name"] = cfg.tz
+    from host_sync import importer
+    env.globals["import_encodings"] = importer.OFFERED_ENCODINGS

@@ -253,23 +253,30 @@ def import_page(p: Page) -> Response:
         if not up or up["user"] != p.user.username:
             return p.render("import.html", sites=sites, plan=None, token="", lines=[],
                             errors=[(0, "this preview has expired; upload the file again")])
-        text, site, name = up["text"], up["site"], up["name"]
+        text, site, name, mapping = up["text"], up["site"], up["name"], up["mapping"]
     else:
         upload = p.form.get("file")
         if not isinstance(upload, tuple) or not upload[1]:
             return p.render("import.html", sites=sites, plan=None, token="", lines=[],
                             errors=[(0, "choose a CSV file")])
         name, raw = upload
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as e:
+        encoding = str(p.form.get("encoding") or "")
+        if encoding not in importer.OFFERED_ENCODINGS:
             return p.render("import.html", sites=sites, plan=None, token="", lines=[],
-                            errors=[(0, "cannot read %s: not UTF-8 (%s)" % (name, e))])
+                            errors=[(0, "unknown encoding %r" % encoding)])
+        try:  # the CLI's own reading of a file and of --map, worded for this form
+            text = importer.decode(raw, name, encoding or None,
+                                   other="choose Windows-1252 under Encoding")
+            mapping = importer.parse_mapping([str(p.form.get("map") or "")],
+                                             what=importer.WEB_MAP.name)
+        except InvalidInput as e:
+            return p.render("import.html", sites=sites, plan=None, token="", lines=[], name=name,
+                            errors=[(0, str(e))])
         site = str(p.form.get("site") or "") or None
     if site:
         p.site_allowed(site)
     try:
-        plan = importer.plan(p.reg, text, site=site)
+        plan = importer.plan(p.reg, text, site=site, mapping=mapping, words=importer.WEB_MAP)
     except importer.BadRows as e:
         return p.render("import.html", sites=sites, plan=None, token="", lines=[], name=name,
                         errors=e.errors[:200], more_errors=max(0, len(e.errors) - 200))
@@ -291,7 +298,7 @@ def import_page(p: Page) -> Response:
     token = secrets.token_urlsafe(16)
     with st.lock:
         st.uploads[token] = {"user": p.user.username, "text": text, "site": site, "name": name,
-                             "expires": time.monotonic() + UPLOAD_TTL_S}
+                             "mapping": mapping, "expires": time.monotonic() + UPLOAD_TTL_S}
     return p.render("import.html", sites=sites, plan=plan, token=token, name=name, errors=[],
                     lines=importer.describe(plan, limit=50))
 
