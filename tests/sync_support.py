@@ -130,7 +130,7 @@ class ReaderProc:
 
     def __init__(self, workdir: Path, config: dict, events: int = 0, heapsize: str = "128k",
                  image: str | None = None, stat_ms: int = 100, blocks: int = 512,
-                 mpy_dir: str | None = None, live_heap: bool = False):
+                 mpy_dir: str | None = None, live_heap: bool = False, in_place: bool = True):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "config.json").write_text(json.dumps(config))
@@ -140,6 +140,8 @@ class ReaderProc:
             env["GV_SYNC_IMAGE"] = image
         if live_heap:
             env["GV_SYNC_LIVE"] = "1"
+        if not in_place:
+            env["GV_SYNC_IN_PLACE"] = "0"
         script = ["tests/mp/sync_reader.py"]
         if mpy_dir:  # precompiled, as a reader runs its firmware
             env["MICROPYPATH"] = os.pathsep.join([".frozen", mpy_dir])

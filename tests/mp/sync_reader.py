@@ -3,7 +3,8 @@
 # stand-in gate loop (an allowlist lookup every 5 ms, as card polling would) whose worst gap
 # between iterations shows whether anything stalled it.
 # env: GV_SYNC_DIR (config.json in it; ctl file for commands), GV_SYNC_EVENTS (events to log
-# at start), GV_SYNC_IMAGE (flash image file, kept across restarts), GV_SYNC_STAT_MS.
+# at start), GV_SYNC_IMAGE (flash image file, kept across restarts), GV_SYNC_STAT_MS,
+# GV_SYNC_IN_PLACE.
 # stdout: "STAT {json}" lines; "CMD name arg" for remote commands; "LOOKUP key rec|-".
 import asyncio
 import gc
@@ -36,7 +37,8 @@ try:
 except OSError:
     flashdev.format_and_mount(dev, "/flash")
 
-al = Allowlist("/flash/al", dev).open()
+# GV_SYNC_IN_PLACE=0: no in-place deltas, as on encrypted flash (every delta through the log)
+al = Allowlist("/flash/al", dev, in_place=os.getenv("GV_SYNC_IN_PLACE") != "0").open()
 log = EventLog("/flash/ev")
 for i in range(int(os.getenv("GV_SYNC_EVENTS") or 0)):
     log.append(K_DECISION, R_GRANT, OK, b"\x04\x01\x02\x03", 4, i)
