@@ -42,6 +42,13 @@ def _mkdir(path):
         pass
 
 
+def _fw():
+    # what HELLO says this reader runs: the version, and on a frozen build its build id, so the
+    # host's `readers list` shows which build each gate runs (12 hex digits say it apart)
+    from gv import profile
+    bid = profile.build_id()
+    return "grindvakt-" + VERSION + ("+" + bid[:12] if bid else "")
+
 class Reader:
     """Everything one reader runs; attributes are there to inspect at the REPL."""
 
@@ -104,7 +111,7 @@ class Reader:
             from gv.sync.rekey import Credentials
 
             self.sync = Sync(cfg, self.allowlist, events=self.events, on_command=self.command,
-                             health=self.health, fw="grindvakt-" + VERSION,
+                             health=self.health, fw=_fw(),
                              boot=BootCount(BOOT_PATH),
                              creds=Credentials(cfg, C.CONFIG_PATH, REKEY_PATH),
                              sitekeys=self.sitekeys, keyer=self.keyer)

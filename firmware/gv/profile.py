@@ -33,18 +33,28 @@ def _no_kbd(c):
 _kbd = {"esp32": micropython.kbd_intr}.get(sys.platform, _no_kbd)
 
 
-def name():
-    """This firmware's profile: gv_build.PROFILE of the frozen build; "development" without one."""
+def _frozen(attr, default):
+    # gv_build's attr from the frozen build only (never a file: "" is first in sys.path)
     old = sys.path[:]
     sys.path[:] = [p for p in old if p in (".frozen", "/rom")]
     try:
         import gv_build
 
-        return getattr(gv_build, "PROFILE", "development")
+        return getattr(gv_build, attr, default)
     except ImportError:
-        return "development"
+        return default
     finally:
         sys.path[:] = old
+
+
+def name():
+    """This firmware's profile: gv_build.PROFILE of the frozen build; "development" without one."""
+    return _frozen("PROFILE", "development")
+
+
+def build_id():
+    """The frozen build's id (tools/firmware.py hashes the sources into it); None on .mpy files."""
+    return _frozen("ID", None)
 
 
 def production():
