@@ -437,7 +437,8 @@ def _reader_config(ctx: Ctx, reader_id: str, site_id: str, secret_hex: str,
     card_key, pin_key = ctx.reg.site_keys(site_id)
     site_conf = _site_conf()  # `site init` said where the broker is and which CA(s) to pin
     ca_path = a.ca or (str(site_conf.trust) if site_conf and not a.no_tls else None)
-    host = a.broker_host or (site_conf.reader_host if site_conf else "")
+    host = (ids.broker_address(a.broker_host, "--broker-host") if a.broker_host
+            else site_conf.reader_host if site_conf else "")
     port = a.broker_port or (site_conf.port if site_conf else 8883)
     ca = ""
     if ca_path:
@@ -1123,9 +1124,19 @@ def cmd_site_services(ctx: Ctx) -> int:
 
 
 
+def _broker_names(a: argparse.Namespace) -> None:
+    """--address/--name checked by the one rule (ids.address_problem), naming the option, before
+    anything is written: a typo like 192.168.10.300 would go into the certificate and every
+    reader's config."""
+    for option, values in (("--address", a.address), ("--name", a.name)):
+        for v in values or []:
+            ids.broker_address(v, option)
+
+
 def cmd_site_init(ctx: Ctx) -> int:
     from host_sync import broker, pki, siteconf
     a = ctx.args
+    _broker_names(a)
     try:
         siteconf.mosquitto_bin()
         old = siteconf.SiteConf.load()
@@ -1193,6 +1204,7 @@ def cmd_site_show(ctx: Ctx) -> int:
 
 def cmd_site_renew_cert(ctx: Ctx) -> int:
     from host_sync import pki, siteconf
+    _broker_names(ctx.args)
     conf = _site_conf(required=True)
     names = list(dict.fromkeys((ctx.args.address or []) + (ctx.args.name or []))) or None
     try:

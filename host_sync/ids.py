@@ -125,3 +125,49 @@ def time_zone(s: str) -> str:
     except Exception:
         raise InvalidInput("unknown time zone %r (e.g. Europe/Stockholm or UTC)" % s)
     return v
+
+
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+def address_problem(s: str) -> str | None:
+    """Why `s` is not an address a reader or the host can reach the broker at, or None.
+
+    A name of digits and dots only is taken for an IPv4 address (resolvers and the readers'
+    socket code do the same), so it must be one: 192.168.10.300 is a typo, not a host name,
+    and would otherwise go into the broker's certificate and every reader's config. Anything
+    else is an IPv6 address or a host name per RFC 1123 (labels of letters, digits and '-',
+    1-63 characters, not starting or ending with '-'; at most 253 in all)."""
+    import ipaddress
+    v = s.strip()
+    if not v:
+        return "empty"
+    if re.fullmatch(r"[0-9.]+", v):
+        try:
+            ipaddress.IPv4Address(v)
+        except ValueError as e:
+            return "not a valid IPv4 address (%s), which a name of digits and dots must be" % e
+        return None
+    if ":" in v:
+        try:
+            ipaddress.IPv6Address(v)
+        except ValueError as e:
+            return "not an IPv6 address (%s)" % e
+        return None
+    if len(v) > 253:
+        return "a host name is at most 253 characters, this has %d" % len(v)
+    bad = [p for p in v.split(".") if not _HOST_LABEL.match(p)]
+    if bad:
+        return ("neither an IP address nor a host name (RFC 1123: labels of letters, digits "
+                "and '-', 1-63 characters, not starting or ending with '-'; %s is not one)"
+                % (repr(bad[0]) if bad[0] else "an empty label"))
+    return None
+
+
+def broker_address(s: str, option: str) -> str:
+    """An address for the broker given by `option` (e.g. --address), stripped; refused by name
+    and reason (address_problem) otherwise."""
+    why = address_problem(s)
+    if why:
+        raise InvalidInput("%s %s: %s" % (option, s.strip() or repr(s), why))
+    return s.strip()

@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from host_sync.ids import address_problem  # the one rule for broker addresses (CLI too)
+
 CA_DAYS = 3650
 SERVER_DAYS = 730
 LOCAL_NAMES = ("localhost", "127.0.0.1")  # the host's own services reach the broker there
@@ -102,15 +104,14 @@ def split_names(names: Sequence[str]) -> list[x509.GeneralName]:
     out: list[x509.GeneralName] = []
     for n in names:
         n = n.strip()
+        why = address_problem(n)
+        if why:
+            raise PkiError("%s: %s" % (n or repr(n), why))
         try:
             out.append(x509.IPAddress(ipaddress.ip_address(n)))
             continue
         except ValueError:
             pass
-        label_ok = all(0 < len(p) <= 63 and p.replace("-", "").isalnum() and not p.startswith("-")
-                       for p in n.split("."))
-        if not n or len(n) > 253 or not label_ok:
-            raise PkiError("%r is neither an IP address nor a host name" % n)
         out.append(x509.DNSName(n.lower()))
     return out
 

@@ -257,7 +257,9 @@ def run(ctx: Any) -> int:
     from host_sync.syncer import HostSync
 
     a = ctx.args
+    from host_sync import ids
     from host_sync.cli import _site_conf
+    a.broker_host = ids.broker_address(a.broker_host, "--broker-host")  # exit 3, not a retry loop
     site = _site_conf()  # `site init` recorded the broker's port and the CA to trust
     if a.broker_port is None:
         # the site's host listener (loopback, ids not bound: instances share the account)

@@ -223,3 +223,9 @@ def test_migrations_are_recorded_once(tmp_path):
     finally:
         a.close()
         b.close()
+
+
+def test_serve_refuses_a_bad_broker_host_before_connecting(op):
+    # the one address rule (ids.address_problem): exit 3, not a loop retrying a typo
+    assert op("serve", "--broker-host", "10.0.0.256") == 3
+    assert "--broker-host 10.0.0.256: not a valid IPv4 address" in op.err, op.err

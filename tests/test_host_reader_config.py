@@ -34,6 +34,9 @@ BAD = [
     (["--broker-port", "99999"], "broker.port: 99999 is outside 1..65535"),
     (["--broker-host", "127.0.0.1"], "broker.host: 127.0.0.1 is the reader itself"),
     (["--broker-host", ""], "broker.host: missing"),
+    # digits and dots are an IPv4 address or a typo, never a host name (ids.address_problem)
+    (["--broker-host", "10.0.0.256"], "--broker-host 10.0.0.256: not a valid IPv4 address"),
+    (["--broker-host", "gate host"], "--broker-host gate host: neither an IP address nor a host"),
     (["--ca", "/nope.pem"], "broker.ca: cannot read the CA certificate /nope.pem"),
     (["--wifi-ssid", ""], "wifi.ssid: missing"),
 ]
@@ -76,6 +79,10 @@ def test_readers_config_refuses_and_keeps_the_old_file(op, tmp_path):
     assert op("readers", "config", "gate-01", "--config-out", str(out), "--ca", str(tmp_path / "ca.pem"),
               "--broker-host", "10.0.0.5", "--wifi-ssid", "gates", "--open-ms", "0") == 3
     assert "gate.open_ms" in op.err and out.read_bytes() == before
+    assert op("readers", "config", "gate-01", "--config-out", str(out), "--ca", str(tmp_path / "ca.pem"),
+              "--broker-host", "192.168.10.300", "--wifi-ssid", "gates") == 3
+    assert "--broker-host 192.168.10.300: not a valid IPv4 address" in op.err
+    assert out.read_bytes() == before
     # a virtual board on this host: loopback broker and no Wi-Fi, said explicitly
     op.ok("readers", "config", "gate-01", "--config-out", str(out), "--no-tls", "--virtual",
           "--broker-host", "127.0.0.1")

@@ -94,6 +94,17 @@ def test_bad_values_are_refused_by_name_and_change_nothing(tmp_path):
     assert p.returncode == 3 and "gate.example" in p.stderr and "not an IP address" in p.stderr
     p = host_sync(tmp_path, "site", "init", "--address", "bad name!")
     assert p.returncode == 3 and "bad name!" in p.stderr
+    # digits and dots must be an IPv4 address: a typo never reaches the certificate or readers
+    for bad in ("192.168.10.300", "10.0.0.256", "10.0.5"):
+        p = host_sync(tmp_path, "site", "init", "--address", bad, "--bind", "127.0.0.1",
+                      "--port", "8883")
+        assert p.returncode == 3, p.stdout + p.stderr
+        assert "--address %s: not a valid IPv4 address" % bad in p.stderr, p.stderr
+    p = host_sync(tmp_path, "site", "init", "--name=-gate.example")
+    assert p.returncode == 3 and "--name -gate.example: neither an IP address nor a host name" \
+        in p.stderr, p.stderr
+    p = host_sync(tmp_path, "site", "init", "--address", "fe80::zz")
+    assert p.returncode == 3 and "--address fe80::zz: not an IPv6 address" in p.stderr
     p = host_sync(tmp_path, "site", "init", "--port", "99999")
     assert p.returncode == 3 and "--port" in p.stderr
     assert not (tmp_path / "etc").exists() and not (tmp_path / "var").exists()
@@ -106,6 +117,10 @@ def test_rerun_keeps_the_ca_renew_reissues_the_server_cert(tmp_path):
     s1 = x509.load_pem_x509_certificate(pki.server_pem.read_bytes())
     ok(tmp_path, "site", "init", "--address", "10.20.0.5")
     assert pki.ca_pem.read_bytes() == ca1  # a second init does not cut off every reader
+    before = pki.server_pem.read_bytes()
+    p = host_sync(tmp_path, "site", "renew-cert", "--address", "10.20.0.256")
+    assert p.returncode == 3 and "--address 10.20.0.256: not a valid IPv4 address" in p.stderr
+    assert pki.server_pem.read_bytes() == before
     p = ok(tmp_path, "site", "renew-cert")
     assert "renewed" in p.stdout
     s2 = x509.load_pem_x509_certificate(pki.server_pem.read_bytes())
