@@ -1677,6 +1677,18 @@ def _user() -> str:
 
 
 _GLOBAL_WITH_VALUE = ("--db", "--data-dir", "--as")
+# every TCP port option of every command (dest: option), checked once in main() before the
+# command runs: out of range, uvicorn and paho fail with a traceback or retry forever
+PORT_OPTIONS = {"port": "--port", "host_port": "--host-port", "plain_port": "--plain-port",
+                "broker_port": "--broker-port", "smtp_port": "--smtp-port",
+                "mqtt_port": "--mqtt-port"}
+
+
+def check_ports(args: argparse.Namespace) -> None:
+    for dest, option in PORT_OPTIONS.items():
+        v = getattr(args, dest, None)
+        if v is not None and not 0 < v < 65536:
+            raise InvalidInput("%s %d is outside 1-65535" % (option, v))
 
 
 def _globals_first(argv: Sequence[str]) -> list[str]:
@@ -1714,6 +1726,7 @@ def main(argv: Sequence[str] | None = None, out: Any = None, err: Any = None) ->
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     ctx = Ctx(args, out, err)
     try:
+        check_ports(args)
         return int(args.fn(ctx))
     except NotFound as e:
         print("not found: %s" % e, file=err)

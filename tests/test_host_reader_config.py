@@ -31,7 +31,7 @@ BAD = [
     (["--hold-ms", "-5"], "gate.hold_ms: -5 is outside 100..10000"),
     (["--open-ms", "0"], "gate.open_ms: 0 is outside 500..60000"),
     (["--open-ms", "999999999"], "gate.open_ms: 999999999 is outside 500..60000"),
-    (["--broker-port", "99999"], "broker.port: 99999 is outside 1..65535"),
+    (["--broker-port", "99999"], "--broker-port 99999 is outside 1-65535"),
     (["--broker-host", "127.0.0.1"], "broker.host: 127.0.0.1 is the reader itself"),
     (["--broker-host", ""], "broker.host: missing"),
     # digits and dots are an IPv4 address or a typo, never a host name (ids.address_problem)

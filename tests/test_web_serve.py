@@ -198,3 +198,30 @@ def test_alarms_watch_alone_sends_a_duress_alarm(tmp_path):
         p.wait(20)
         rx.close()
         db.close()
+
+
+def test_every_port_option_outside_1_65535_is_refused_before_anything_runs(tmp_path,
+                                                                          monkeypatch):
+    """`web --port 99999` was a uvicorn traceback (exit 1); every port option says it as
+    `site init` does, exit 3, and nothing is started or written."""
+    monkeypatch.setenv("GV_CONFIG_DIR", str(tmp_path / "etc"))
+    monkeypatch.setenv("GV_DATA", str(tmp_path / "var"))
+    op = Operator("sqlite:///%s" % (tmp_path / "r.sqlite3"))
+    op.ok("sites", "add", "site-a", "--tax-id", "PL1234-5678")
+    for argv, option, value in (
+            (["web", "--port", "99999"], "--port", "99999"),
+            (["serve", "--broker-port", "70000"], "--broker-port", "70000"),
+            (["broker", "config", "--out", str(tmp_path / "b"), "--port", "65536"], "--port", "65536"),
+            (["broker", "config", "--out", str(tmp_path / "b"), "--plain-port", "-1"],
+             "--plain-port", "-1"),
+            (["site", "init", "--host-port", "99999"], "--host-port", "99999"),
+            (["readers", "add", "gate-01", "--site", "site-a", "--broker-port", "99999"],
+             "--broker-port", "99999"),
+            (["alarms", "sink-add", "smtp", "a@b.c", "--smtp-port", "99999"], "--smtp-port", "99999"),
+            (["alarms", "sink-add", "mqtt", "t", "--mqtt-port", "0"], "--mqtt-port", "0"),
+            (["web", "--port", "0"], "--port", "0")):
+        assert op(*argv) == 3, (argv, op.out, op.err)
+        assert "refused: %s %s is outside 1-65535" % (option, value) in op.err, op.err
+        assert "Traceback" not in op.err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "etc").exists()
+    assert op.ok("readers", "list").count("gate-01") == 0
