@@ -106,10 +106,7 @@ def _local(ts: str | None, tz: dt.tzinfo) -> str:
 def _date_arg(option: str, value: str | None) -> dt.date | None:
     if not value:
         return None
-    try:
-        return dt.date.fromisoformat(value.strip())
-    except ValueError:
-        raise InvalidInput("%s %r is not a date YYYY-MM-DD" % (option, value))
+    return ids.date(value, option)
 
 
 def _ago(ts: str | None) -> str:
@@ -853,11 +850,8 @@ def cmd_status(ctx: Ctx) -> int:
 
 # -- events and ledger ------------------------------------------------------------------------
 def _span(a: argparse.Namespace, tz: dt.tzinfo) -> tuple[dt.datetime, dt.datetime]:
-    try:
-        f = dt.date.fromisoformat(a.from_) if a.from_ else now().date()
-        t = dt.date.fromisoformat(a.to) if a.to else f
-    except ValueError as e:
-        raise InvalidInput("dates are YYYY-MM-DD: %s" % e)
+    f = _date_arg("--from", a.from_) or now().date()
+    t = _date_arg("--to", a.to) or f
     if t < f:
         raise InvalidInput("--to is before --from")
     start = dt.datetime(f.year, f.month, f.day, tzinfo=tz)
@@ -897,10 +891,8 @@ def cmd_ledger_show(ctx: Ctx) -> int:
     a = ctx.args
     tz, tzname = _site_tz(ctx, a.site)
     site = ctx.reg.site(a.site)
-    try:
-        day = dt.date.fromisoformat(a.day) if a.day and a.day != "today" else now().astimezone(tz).date()
-    except ValueError:
-        raise InvalidInput("--day is YYYY-MM-DD")
+    day = (_date_arg("--day", a.day) if a.day and a.day != "today" else None) \
+        or now().astimezone(tz).date()
     start = dt.datetime(day.year, day.month, day.day, tzinfo=tz)
     rows = ledger.shifts(ctx.db, a.site, start, start + dt.timedelta(days=1))
     ctx.reg.audit("ledger shown", a.site, "day %s, %d shift(s)" % (day, len(rows)))
@@ -967,9 +959,8 @@ def cmd_ledger_correct(ctx: Ctx) -> int:
 
 def cmd_ledger_purge(ctx: Ctx) -> int:
     from host_sync import ledger
-    try:
-        before = dt.date.fromisoformat(ctx.args.before)
-    except ValueError:
+    before = _date_arg("--before", ctx.args.before)
+    if before is None:
         raise InvalidInput("--before is YYYY-MM-DD")
     res = ledger.purge(ctx.db, before, ctx.args.actor, ctx.args.apply)
     verb = "purged" if res["applied"] else "would purge"

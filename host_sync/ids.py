@@ -3,6 +3,7 @@ personal identity numbers and organisation numbers. Each check raises InvalidInp
 message an operator can act on."""
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 
@@ -109,6 +110,19 @@ def pin_digits(s: str) -> str:
     if not re.fullmatch(r"\d{4,6}", v):
         raise InvalidInput("a PIN is 4 to 6 digits")
     return v
+
+
+def date(s: str, label: str) -> dt.date:
+    """A day YYYY-MM-DD typed or imported under `label` (--day, valid_from...). A value of the
+    right form that is no day of the calendar (2026-12-32, 2026-02-30) is said to be that, with
+    why, not that its form is wrong."""
+    v = s.strip()
+    try:
+        return dt.date.fromisoformat(v)
+    except ValueError as e:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
+            raise InvalidInput("%s %s is not a date: %s" % (label, v, e)) from None
+        raise InvalidInput("%s %r is not a date YYYY-MM-DD" % (label, s)) from None
 
 
 DEFAULT_TZ = "Europe/Stockholm"

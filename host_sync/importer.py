@@ -90,10 +90,7 @@ def _date(v: str, col: str) -> dt.date | None:
     v = v.strip()
     if not v:
         return None
-    try:
-        return dt.date.fromisoformat(v)
-    except ValueError:
-        raise InvalidInput("%s %r is not a date YYYY-MM-DD" % (col, v))
+    return ids.date(v, col)
 
 
 IGNORE = "-"  # a mapping to this drops the column

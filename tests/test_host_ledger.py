@@ -199,3 +199,20 @@ def test_events_of_a_boot_that_never_got_the_time_keep_their_estimate_and_say_so
     basis = db.scalar("SELECT time_basis FROM events WHERE reader_id = 'gate-02' AND seq = 4")
     assert basis == "received"
     assert ledger.release_stale(db) == 0  # nothing left waiting
+
+
+def test_a_day_of_the_right_form_but_not_in_the_calendar_is_said_to_be_no_date(site):
+    op, _ = site
+    # the form is right: the message says which date is not one and why, not "YYYY-MM-DD"
+    for argv, said in ((["ledger", "show", "--site", "site-a", "--day", "2026-12-32"],
+                        "--day 2026-12-32 is not a date: day is out of range for month"),
+                       (["ledger", "export", "--site", "site-a", "--from", "2026-02-30"],
+                        "--from 2026-02-30 is not a date: day is out of range for month"),
+                       (["events", "export", "--site", "site-a", "--from", "2026-03-01",
+                         "--to", "2026-13-01"], "--to 2026-13-01 is not a date: month must be"),
+                       (["ledger", "purge", "--before", "2026-04-31"],
+                        "--before 2026-04-31 is not a date: day is out of range for month")):
+        assert op(*argv) == 3 and said in op.err, (argv, op.err)
+    # a wrong form is still said to be one
+    assert op("ledger", "show", "--site", "site-a", "--day", "31-12-2026") == 3
+    assert "--day '31-12-2026' is not a date YYYY-MM-DD" in op.err, op.err
