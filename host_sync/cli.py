@@ -1128,6 +1128,12 @@ def cmd_site_init(ctx: Ctx) -> int:
     from host_sync import broker, pki, siteconf
     a = ctx.args
     _broker_names(a)
+    if a.run_as:  # before anything is written (as root it was found missing only after)
+        import pwd
+        try:
+            pwd.getpwnam(a.run_as)
+        except KeyError:
+            raise InvalidInput("--run-as %s: no such user on this host" % a.run_as) from None
     try:
         siteconf.mosquitto_bin()
         old = siteconf.SiteConf.load()
@@ -1141,8 +1147,11 @@ def cmd_site_init(ctx: Ctx) -> int:
             conf.save()
         readers, hosts = _accounts(ctx)
         files = siteconf.write_broker(conf, readers, hosts)
-    except (siteconf.SiteError, pki.PkiError, broker.BrokerConfigError, KeyError) as e:
-        raise InvalidInput(str(e).strip("'\""))
+    except KeyError as e:  # pwd: str() of a KeyError is its message in quotes
+        raise InvalidInput(str(e.args[0]) if e.args else "no such user") from None
+    except (siteconf.SiteError, pki.PkiError, broker.BrokerConfigError) as e:
+        # said as it is: stripping quotes off every message cut the opening one of "'gate host'"
+        raise InvalidInput(str(e)) from None
     ca = conf.pki.info(conf.pki.ca_pem)
     srv = conf.pki.info(conf.pki.server_pem)
     ctx.reg.audit("site set up", str(conf.dir), "names %s, port %d" % (",".join(conf.names), conf.port))

@@ -107,6 +107,14 @@ def test_bad_values_are_refused_by_name_and_change_nothing(tmp_path):
     assert p.returncode == 3 and "--address fe80::zz: not an IPv6 address" in p.stderr
     p = host_sync(tmp_path, "site", "init", "--port", "99999")
     assert p.returncode == 3 and "--port" in p.stderr
+    # the whole name, quotes and all, as the operator typed it
+    p = host_sync(tmp_path, "site", "init", "--address", "gate host")
+    assert p.returncode == 3, p.stdout + p.stderr
+    assert "refused: --address gate host: neither an IP address nor a host name" in p.stderr
+    assert "'gate host' is not one)" in p.stderr, p.stderr
+    p = host_sync(tmp_path, "site", "init", "--address", "10.20.0.5", "--run-as", "no-such-user-x")
+    assert p.returncode == 3, p.stdout + p.stderr
+    assert "refused: --run-as no-such-user-x: no such user on this host\n" in p.stderr, p.stderr
     assert not (tmp_path / "etc").exists() and not (tmp_path / "var").exists()
 
 
