@@ -463,9 +463,31 @@ def _reader_config(ctx: Ctx, reader_id: str, site_id: str, secret_hex: str,
     return cfg
 
 
+# The firmware's checks (gv.configcheck) speak of config.json's fields, for whoever edits the
+# file; here the operator sets them with the CLI's options, so its hints name those.
+_CLI_WORDS = (
+    ('say "open": true for an open network',
+     "set it in the environment variable GV_WIFI_PASSWORD, or give --wifi-open for an open "
+     "network"),
+    ('"open": true for a network without one',
+     "--wifi-ssid, with the password in GV_WIFI_PASSWORD or --wifi-open for a network "
+     "without one"),
+    ("must be empty on an open network (wifi.open is true)",
+     "must be empty with --wifi-open (unset GV_WIFI_PASSWORD)"),
+    ("wifi.ssid: missing or longer than 32 bytes (1..32)",
+     "wifi.ssid: missing or longer than 32 bytes (--wifi-ssid, 1..32)"),
+)
+
+
+def _cli_words(problem: str) -> str:
+    for theirs, ours in _CLI_WORDS:
+        problem = problem.replace(theirs, ours)
+    return problem
+
+
 def _check_reader_config(ctx: Ctx, cfg: dict, only: tuple[str, ...] | None = None) -> None:
     """Refuse (exit 3, before anything is written) a config the reader could not boot with."""
-    errs = _config_tools().problems(cfg)
+    errs = [_cli_words(e) for e in _config_tools().problems(cfg)]
     if only is not None:
         errs = [e for e in errs if e.startswith(only)]
     if errs:

@@ -38,7 +38,7 @@ BAD = [
     (["--broker-host", "10.0.0.256"], "--broker-host 10.0.0.256: not a valid IPv4 address"),
     (["--broker-host", "gate host"], "--broker-host gate host: neither an IP address nor a host"),
     (["--ca", "/nope.pem"], "broker.ca: cannot read the CA certificate /nope.pem"),
-    (["--wifi-ssid", ""], "wifi.ssid: missing"),
+    (["--wifi-ssid", ""], "wifi.ssid: missing or longer than 32 bytes (--wifi-ssid, 1..32)"),
 ]
 
 
@@ -60,6 +60,14 @@ def test_missing_ca_and_empty_wifi_password_are_refused_unless_said(op, tmp_path
     monkeypatch.setenv("GV_WIFI_PASSWORD", "")
     assert op(*base, "--ca", str(tmp_path / "ca.pem")) == 3
     assert "wifi.password: missing (8..63 characters" in op.err
+    # the CLI's own ways, not config.json's field ("open": true) the operator never edits
+    assert ("set it in the environment variable GV_WIFI_PASSWORD, or give --wifi-open for an "
+            "open network") in op.err, op.err
+    assert '"open"' not in op.err
+    monkeypatch.setenv("GV_WIFI_PASSWORD", "site-a-wifi-pass")
+    assert op(*base, "--ca", str(tmp_path / "ca.pem"), "--wifi-open") == 3
+    assert "wifi.password: must be empty with --wifi-open (unset GV_WIFI_PASSWORD)" in op.err
+    monkeypatch.setenv("GV_WIFI_PASSWORD", "")
     op.ok(*base, "--ca", str(tmp_path / "ca.pem"), "--wifi-open")
     cfg = json.loads((tmp_path / "gate-01.json").read_text())
     assert cfg["wifi"] == {"ssid": "gates", "password": "", "open": True}
