@@ -31,7 +31,9 @@ def explain(exc: BaseException | None, host: str, port: int, ca_file: str | None
         return ("TLS handshake with %s failed (%s): is that port the broker's TLS listener?"
                 % (where, exc.reason or exc))
     if isinstance(exc, ConnectionRefusedError):
-        return "nothing listens at %s (is the broker running? systemctl status grindvakt-mosquitto)" % where
+        from host_sync import units  # the unit (system or user) or the command by hand
+        return "nothing listens at %s (is the broker running? %s)" % (
+            where, units.start_hint(units.BROKER_UNIT))
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return "no answer from %s (wrong address or a firewall)" % where
     if isinstance(exc, socket.gaierror):

@@ -817,10 +817,11 @@ def cmd_service_status(ctx: Ctx) -> int:
         if not rows:
             ctx.say("sync service: NEVER RAN on this registry (start it: host-sync site services, "
                     "or host-sync serve)")
+        from host_sync import units
         for r in rows:
             if not r.get("running") or r["age_s"] >= STALE_S:
-                ctx.say("sync service %s: NOT RUNNING (last heard %s)" % (
-                    r["instance"], _ago(r["heartbeat"])))
+                ctx.say("sync service %s: NOT RUNNING (last heard %s; %s)" % (
+                    r["instance"], _ago(r["heartbeat"]), units.start_hint(units.SERVE_UNIT)))
             elif r["connected"]:
                 ctx.say("sync service %s: running, connected to the broker %s since %s%s" % (
                     r["instance"], r["broker"], r["since"], ", pushing" if r.get("leader") else ""))

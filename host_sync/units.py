@@ -116,6 +116,31 @@ def systemctl(*args: str) -> list[str]:
     return ["systemctl"] + ([] if paths.is_root() else ["--user"]) + list(args)
 
 
+def start_hint(unit: str) -> str:
+    """How to look at and start the broker (BROKER_UNIT) or the sync service (SERVE_UNIT) on
+    this host, for a message saying it does not run: its unit where systemd runs (a system unit
+    as root, a user unit otherwise: `systemctl --user`, as `site services` wrote it), else the
+    command that starts it by hand. Never raises: it is part of an error message."""
+    from host_sync import siteconf
+    if siteconf.systemd_running():
+        return "%s; start it: %s" % (" ".join(systemctl("status", unit)),
+                                     " ".join(systemctl("start", unit)))
+    try:
+        conf = SiteConf.load()
+    except (siteconf.SiteError, OSError):
+        conf = None
+    if unit == SERVE_UNIT:
+        cmd = serve_shell(conf) if conf is not None else _q(serve_command())
+    elif conf is None:
+        return "no site set up here: host-sync site init, then host-sync site services"
+    else:
+        try:
+            cmd = _q(broker_command(conf))
+        except siteconf.SiteError as e:  # mosquitto not installed
+            return str(e)
+    return "systemd does not run here; start it by hand: %s" % cmd
+
+
 def enable(start: bool = True) -> list[tuple[list[str], int, str]]:
     """daemon-reload and enable (--now) both units; [(command, exit code, output)]."""
     done = []
@@ -148,4 +173,5 @@ def parse(text: str) -> dict[str, dict[str, list[str]]]:
     return out
 
 
-__all__ = ["SERVE_UNIT", "BROKER_UNIT", "units", "write", "enable", "parse", "systemd_running"]
+__all__ = ["SERVE_UNIT", "BROKER_UNIT", "units", "write", "enable", "parse", "systemd_running",
+           "start_hint"]

@@ -205,3 +205,56 @@ def test_where_systemd_runs_the_units_are_enabled_and_started(host, tmp_path, mo
         " ".join(user + ["enable", "--now", "grindvakt-mosquitto.service", "grindvakt-serve.service"])]
     assert (tmp_path / "system" / "grindvakt-serve.service").exists()
     assert "both services run now and at every boot" in out.getvalue()
+
+
+@pytest.mark.parametrize("root", [False, True], ids=["plain-user", "root"])
+def test_a_broker_or_service_down_is_told_how_to_start_it_on_this_host(host, tmp_path,
+                                                                       monkeypatch, root):
+    """The hint names the unit as `site services` wrote it (a user unit for a plain user), and
+    where systemd does not run, the command that starts it by hand."""
+    import io
+    import json as _json
+
+    from host_sync import brokerlink, serve, siteconf
+    from host_sync.cli import main
+    from host_sync.db import Db
+    host.ok("site", "init", "--address", "127.0.0.1", "--port", "18883")
+    monkeypatch.setenv("GV_CONFIG_DIR", str(tmp_path / "etc"))
+    monkeypatch.setenv("GV_DATA", str(tmp_path / "var"))
+    monkeypatch.setattr(paths, "is_root", lambda: root)
+    ctl = "systemctl" if root else "systemctl --user"
+    url = "sqlite:///%s" % (tmp_path / "var" / "grindvakt.sqlite3")
+    import datetime as dt
+    heard = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    db = Db(url)  # a serve instance that said it stopped 3 min ago (what status reads)
+    db.execute("INSERT INTO settings (name, value) VALUES (?, ?)", (
+        serve.STATUS_PREFIX + "gate-host-1", _json.dumps({
+            "instance": "gate-host-1", "running": False, "heartbeat": heard,
+            "connected": False, "broker": "127.0.0.1:18884", "since": "2026-01-01T00:00:00Z",
+            "failures": 0, "error": None})))
+    db.close()
+
+    def status() -> str:
+        out = io.StringIO()
+        assert main(["--db", url, "status"], out=out, err=io.StringIO()) == 5
+        return out.getvalue()
+
+    refused = ConnectionRefusedError(111, "Connection refused")
+    monkeypatch.setattr(siteconf, "systemd_running", lambda: True)
+    why = brokerlink.explain(refused, "127.0.0.1", 18884, None)
+    assert ("nothing listens at 127.0.0.1:18884 (is the broker running? %s status "
+            "grindvakt-mosquitto.service; start it: %s start grindvakt-mosquitto.service)"
+            % (ctl, ctl)) == why
+    import re
+    assert re.search(r"sync service gate-host-1: NOT RUNNING \(last heard [^;]+ ago; %s status "
+                     r"grindvakt-serve\.service; start it: %s start grindvakt-serve\.service\)"
+                     % (ctl, ctl), status()), status()
+    # no systemd: the commands by hand, with this site's config
+    monkeypatch.setattr(siteconf, "systemd_running", lambda: False)
+    conf = siteconf.SiteConf.load()
+    why = brokerlink.explain(refused, "127.0.0.1", 18884, None)
+    assert why == ("nothing listens at 127.0.0.1:18884 (is the broker running? systemd does not "
+                   "run here; start it by hand: %s)" % shlex.join(siteconf.broker_command(conf)))
+    st = status()
+    assert "systemd does not run here; start it by hand: GV_CONFIG_DIR=" in st, st
+    assert "-m host_sync serve)" in st and "systemctl" not in st
