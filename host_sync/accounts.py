@@ -79,9 +79,7 @@ def add_user(db: Db, username: str, password: str, role: str, sites: tuple[str, 
              actor: str = "admin") -> User:
     name = _check(username, password, role, sites)
     with db.tx():
-        for s in sites:
-            if not db.scalar("SELECT 1 FROM sites WHERE id = ?", (s,)):
-                raise InvalidInput("no site %r" % s)
+        _known_sites(db, sites)
         if db.scalar("SELECT 1 FROM users WHERE username = ?", (name,)):
             raise InvalidInput("user %s already exists" % name)
         uid = db.scalar("INSERT INTO users (username, pw_hash, role, sites, created_at)"
@@ -104,9 +102,18 @@ def set_password(db: Db, username: str, password: str, actor: str) -> None:
         _audit(db, actor, "password changed", name, "every session of the user ended")
 
 
+def _known_sites(db: Db, sites: tuple[str, ...]) -> None:
+    """An unknown site is not found (CLI exit 4, as every command's unknown site)."""
+    from host_sync.registry import NotFound
+    for s in sites:
+        if not db.scalar("SELECT 1 FROM sites WHERE id = ?", (s,)):
+            raise NotFound("no site %r (see 'host-sync sites list')" % s)
+
+
 def set_role(db: Db, username: str, role: str, sites: tuple[str, ...], actor: str) -> None:
     name = _check(username, None, role, sites)
     with db.tx():
+        _known_sites(db, sites)  # a role for a site that is not there was set
         cur = db.execute("UPDATE users SET role = ?, sites = ? WHERE username = ?",
                          (role, ",".join(sites), name))
         if cur.rowcount != 1:

@@ -37,7 +37,7 @@ from typing import Any, Callable, NamedTuple
 
 from host_sync import ids, rules
 from host_sync.ids import InvalidInput
-from host_sync.registry import CardInput, Registry
+from host_sync.registry import CardInput, NotFound, Registry
 from host_sync.timeutil import add_years, now, now_iso
 
 COLUMNS = ("card_number", "uid", "card_type", "holder_name", "personal_identity_number",
@@ -211,8 +211,8 @@ def plan(reg: Registry, text: str, site: str | None = None,
          mapping: dict[str, str] | None = None, words: MapWords = CLI_MAP) -> Plan:
     header, rows = read_rows(text, mapping, words)
     known_sites = {s["id"] for s in reg.sites()}
-    if site and site not in known_sites:
-        raise InvalidInput("no site %r (add it with 'host-sync sites add')" % site)
+    if site and site not in known_sites:  # exit 4 as every command's unknown --site
+        raise NotFound("no site %r (add it with 'host-sync sites add')" % site)
     existing = {c["card_no"]: c for c in reg.cards()}
     links = {(c, s) for c, s in reg.db.all("SELECT card_no, site_id FROM card_sites")}
     uids = {c["uid"]: c["card_no"] for c in existing.values()}

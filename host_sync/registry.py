@@ -456,6 +456,8 @@ class Registry:
             card = self.card(card_no)
             if card["status"] == rules.TERMINATED:
                 raise rules.RuleRefused("card %s is terminated" % card_no)
+            if site:
+                self.site(site)  # an unknown site is not found (4), not "card not on it" (3)
             targets = [site] if site else card["sites"]
             if not targets:
                 raise InvalidInput("card %s is on no site; add it to a site first" % card_no)

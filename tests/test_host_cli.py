@@ -107,6 +107,9 @@ def test_expired_card_cannot_be_activated(op):
 def test_pin_only_its_verifier_is_kept(op, tmp_path):
     op.ok("cards", "add", CARD, "--uid", UID, "--site", "site-a", "--pin-required")
     assert op("cards", "set-pin", CARD, "--pin-stdin", stdin="12a4\n") == 3
+    # an unknown site is not found (4) as everywhere, not "the card is not on it" (3)
+    assert op("cards", "set-pin", CARD, "--site", "site-zz", "--pin-stdin", stdin="482913\n") == 4
+    assert "not found: no site 'site-zz'" in op.err, op.err
     op.ok("cards", "set-pin", CARD, "--pin-stdin", stdin="482913\n")
     rec = _record(op.url, "site-a", UID)
     db = Db(op.url)

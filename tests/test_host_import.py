@@ -107,6 +107,10 @@ def test_bad_rows_are_reported_by_line_and_nothing_is_applied(op, tmp_path):
     c = json.loads(op.ok("cards", "show", "BB-2403-000001", "--json"))
     assert c["uid"] == "04000000000001" and c["holder"] == "Åsa Öberg" and c["sites"] == ["site-b"]
     assert op("cards", "import", str(tmp_path / "missing.csv")) == 3
+    # an unknown --site is not found (4) as in every other command; nothing changed
+    assert op("cards", "import", str(f), "--site", "site-zz", "--apply") == 4
+    assert "not found: no site 'site-zz'" in op.err, op.err
+    assert json.loads(op.ok("cards", "show", "BB-2403-000001", "--json"))["sites"] == ["site-b"]
 
 
 @settings(max_examples=200, deadline=None)

@@ -446,3 +446,30 @@ def test_import_reads_excels_csv_and_other_headers_as_the_cli_does(console):
     assert "applied" in r.text
     assert db.scalar("SELECT holder FROM cards WHERE card_no = 'AB-2405-000301'") == "Åsa Öberg"
     assert 'id="encoding"' in c.get("/import").text
+
+
+def test_an_import_for_a_site_that_is_not_there_is_said_on_the_form(console):
+    # importer.plan says "not found" (CLI exit 4) for an unknown site: the form shows it, no 404
+    o, db, app = console
+    c = client(app)
+    sign_in(c, "olle")
+    csv_ = "card_number,uid,status\nAB-2405-000401,04aa0000000401,active\n"
+    r = c.post("/import", data={"csrf": csrf_of(c, "/import"), "site": "site-zz"},
+               files={"file": ("cards.csv", csv_.encode(), "text/csv")})
+    assert r.status_code == 200, r.text
+    err = r.text.split('id="import-errors"')[1].split("</div>")[0]
+    assert "no site &#39;site-zz&#39;" in err or "no site 'site-zz'" in err, err
+    assert 'name="token"' not in r.text
+    assert db.scalar("SELECT COUNT(*) FROM cards WHERE card_no = 'AB-2405-000401'") == 0
+
+
+def test_accounts_for_a_site_that_is_not_there_are_not_found_and_not_made(console):
+    o, db, app = console
+    assert o("users", "add", "nils", "--role", "viewer", "--sites", "site-zz",
+             "--password-stdin", stdin=PW + "\n") == 4
+    assert "not found: no site 'site-zz'" in o.err, o.err
+    assert db.scalar("SELECT COUNT(*) FROM users WHERE username = 'nils'") == 0
+    # a role limited to a site that is not there was set (exit 0)
+    assert o("users", "role", "amir", "--role", "operator", "--sites", "site-zz") == 4
+    assert "not found: no site 'site-zz'" in o.err, o.err
+    assert db.scalar("SELECT sites FROM users WHERE username = 'amir'") == "site-a"

@@ -280,7 +280,7 @@ def import_page(p: Page) -> Response:
     except importer.BadRows as e:
         return p.render("import.html", sites=sites, plan=None, token="", lines=[], name=name,
                         errors=e.errors[:200], more_errors=max(0, len(e.errors) - 200))
-    except InvalidInput as e:
+    except (InvalidInput, NotFound) as e:  # an unknown site too: said on the form, not a 404
         return p.render("import.html", sites=sites, plan=None, token="", lines=[], name=name,
                         errors=[(0, str(e))])
     touched = {s for c in plan.new for s in c.sites} | {s for _, s in plan.new_links}
