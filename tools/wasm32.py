@@ -76,13 +76,14 @@ def compile_firmware(dest: Path, extra: dict[str, Path] | None = None) -> Path:
 
 def run(stages: list, copy: list[tuple[Path, str]], path: list[str], timeout: float = 600,
         workdir: Path | None = None) -> subprocess.CompletedProcess:
-    """Run stages ([code] or [(code, repeat)]) in a fresh 32-bit MicroPython. copy: host folders
+    """Run stages ([code], [(code, repeat)] or [(code, repeat, name)]: at most repeat times, fewer
+    once the global name is true after a call) in a fresh 32-bit MicroPython. copy: host folders
     copied into its filesystem; path: its sys.path. Raises RuntimeError on a failed stage."""
     why = unavailable()
     if why:
         raise RuntimeError(why)
-    st = [{"code": s, "repeat": 1} if isinstance(s, str) else {"code": s[0], "repeat": s[1]}
-          for s in stages]
+    st = [{"code": s, "repeat": 1} if isinstance(s, str) else
+          {"code": s[0], "repeat": s[1], "until": s[2] if len(s) > 2 else None} for s in stages]
     plan = {"copy": [[str(a), b] for a, b in copy], "path": path, "stages": st}
     tmp = Path(tempfile.mkdtemp(prefix="gv-wasm32-", dir=workdir))
     try:

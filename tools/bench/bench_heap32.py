@@ -11,7 +11,9 @@ PN532 driver on a simulated chip, gate runner, Wi-Fi supervisor, sync engine wit
   is the step's high-water mark with no collection at all, and its files' caches): steps are one
   decision (a card held until the relay is on or it is refused,
   taken away, the door closed), one received message of a 100,000-card rebuild (its last, the
-  switch, apart) or of a 1,000-change catch-up (packet buffer, MQTT parse, unseal, inflate, store), one compaction step.
+  switch, apart) or of a 1,000-change catch-up (packet buffer, MQTT parse, unseal, inflate, store), one compaction step,
+  and a second catch-up with nothing in place, as on encrypted flash: its messages through the
+  delta log and the fold steps when the log fills (esp32.reader_catchup_through_log_32).
   Every rebuild message carries 128 records whatever the card count, and the per-kind maxima are
   in bench.json so that independence is visible.
 This port has no LittleFS: the store runs on tools/wasm/stubs/flashfs.py, LittleFS's data layout
@@ -55,6 +57,9 @@ PARTS = 14  # reader_probe.PARTS
 BLOCKS_2MIB = 512  # the ESP32_GENERIC 4 MB layout's LittleFS partition, in 4 KB blocks
 BLOCK = 4096
 IN_PLACE_MIN = 0.8  # the catch-up's deltas programmed in place, at least (else the bench fails)
+LOG_STEPS = 20_000  # calls of the catch-up through the log at most: its messages and fold steps
+LOG_CHANGES = 500  # its changes: the 256-record log folded once or twice (at 100,000 cards a fold
+# rewrites nearly every page, ~2,000 steps: every shard holds some of 256 random keys)
 
 
 def lfs_settings(path: Path = ROOT / "firmware/gv/fsmount.py") -> dict:
@@ -116,7 +121,7 @@ def _write_msgs(folder: Path, msgs: list[bytes]) -> None:
         (folder / ("%05d" % i)).write_bytes(m)
 
 
-def _make_data(tmp: Path, secret: bytes) -> tuple[list[str], int, int]:
+def _make_data(tmp: Path, secret: bytes) -> tuple[list[str], int, int, int]:
     rng = random.Random(14)
     key = P.Key(secret, RID)
     keyer = record.Keyer(bytes(16), bytes([0x11]) * 16)
@@ -161,7 +166,20 @@ def _make_data(tmp: Path, secret: bytes) -> tuple[list[str], int, int]:
     head = 1 + CHANGES
     deltas = [seal(P.T_DELTA, body) for _, _, body in wire.delta_bodies(head, 1, changes)]
     _write_msgs(tmp / "msgs" / "delta", deltas)
-    return uids, len(snaps), len(deltas)
+    # LOG_CHANGES more for the catch-up through the log (as on encrypted flash): status changes and
+    # new cards (no removals: a key removed above is not removed twice)
+    more = []
+    for v in range(head + 1, head + 1 + LOG_CHANGES):
+        if v % 3 == 0:
+            k = rng.randbytes(8)
+            more.append((v, k, record.pack(k, record.ACTIVE, 0, 0, record.NO_END)))
+        else:
+            k = keys[rng.randrange(DECISIONS, N)]
+            more.append((v, k, record.pack(k, record.BLOCKED, 0, 0, record.NO_END)))
+    logd = [seal(P.T_DELTA, body)
+            for _, _, body in wire.delta_bodies(head + LOG_CHANGES, head, more)]
+    _write_msgs(tmp / "msgs" / "delta_log", logd)
+    return uids, len(snaps), len(deltas), len(logd)
 
 
 def measure(tmp: Path, cache: int) -> dict:
@@ -178,7 +196,7 @@ def measure(tmp: Path, cache: int) -> dict:
         "ssl.py": ROOT / "tools/wasm/stubs/ssl.py",
         "cryptolib.py": ROOT / "tools/wasm/stubs/cryptolib.py",
     })
-    uids, nsnap, ndelta = _make_data(tmp, secret)
+    uids, nsnap, ndelta, nlogd = _make_data(tmp, secret)
     board = json.loads((ROOT / "boards/esp32-devkitc-i2c.json").read_text())
     cfg = _config(secret)
     msg = "P.message(%r, %r, %r)\nP.scrub()"  # a step, then the stack cleared for the next
@@ -209,7 +227,12 @@ def measure(tmp: Path, cache: int) -> dict:
         (msg % ("/msgs/delta", "catchup_message", None), ndelta + 1),
         "P.store_figures('caught_up')\nP.arm()\nP.scrub()",
         ("P.compact()\nP.scrub()", 201),
-        "P.store_figures()\nP.mark('end')\nP.report()",
+        "P.store_figures()",
+        # the second catch-up through the log, as a board with encrypted flash takes every delta
+        # (LogFull, the log folded a step at a time, the refused delta sent again)
+        "P.through_log()\nP.session(%r, %d)\nP.arm()\nP.scrub()" % (NONCE.hex(), nlogd),
+        ("P.log_step('/msgs/delta_log')\nP.scrub()", LOG_STEPS, "LOG_DONE"),
+        "P.store_figures('through_log')\nP.mark('end')\nP.report()",
     ]
     proc = wasm32.run(stages, copy=[(fw, "/fw"), (tmp / "msgs", "/msgs")], path=["/fw"],
                       timeout=1800)
@@ -217,7 +240,7 @@ def measure(tmp: Path, cache: int) -> dict:
     print(proc.stdout[-2000:]) if os.environ.get("GV_BENCH_HEAP32_DEBUG") else None
     if res.get("spoilt"):
         raise RuntimeError("steps saw a collection inside them: %r" % res["spoilt"][:5])
-    res["n_snap"], res["n_delta"] = nsnap, ndelta
+    res["n_snap"], res["n_delta"], res["n_delta_log"] = nsnap, ndelta, nlogd
     return res
 
 
@@ -240,10 +263,14 @@ def run() -> dict:
             raise RuntimeError("%s: %d programs set a 0 bit back to 1" % (name, fl["nor_violations"]))
     if res["rebuilt"]["count"] != N or res["rebuilt"]["health"] != "ok":
         raise RuntimeError("the rebuild did not land: %r %r" % (res["rebuilt"], res["rebuilt_sync"]))
-    inp, logd = res["in_place"]
+    inp, logd = res["in_place_catchup"]
     if res["caught_up"]["version"] != 1 + CHANGES or inp < IN_PLACE_MIN * (inp + logd):
         raise RuntimeError("the catch-up did not go in place: %d in place, %d through the log, "
                            "store %r, sync %r" % (inp, logd, res["caught_up"], res["caught_up_sync"]))
+    tl, lg = res["through_log"], res["log_run"]
+    if tl["version"] != 1 + CHANGES + LOG_CHANGES or tl["health"] != "ok" or not lg["folds"] or lg["left"]:
+        raise RuntimeError("the catch-up through the log did not land (or never folded): store %r, "
+                           "run %r, sync %r" % (tl, lg, res["through_log_sync"]))
     # Against the heap with no Reader: the lower of the marks taken right before the reboot
     # (the first Reader dropped) and once the whole Reader is gone at the end. Any state the
     # probe or a dropped Reader leaves behind raises a baseline and would be counted out of the
@@ -263,7 +290,8 @@ def run() -> dict:
         "esp32.reader_working_peak_bytes_32": metric(
             peak, "bytes", "worst step: %s: %d B carried from earlier steps + %d file(s)' %d-B "
             "LittleFS caches + what it allocated; objects + peak = %d (target <= %d); decisions, "
-            "rebuild messages and switch, catch-up messages, compaction steps" % (
+            "rebuild messages and switch, catch-up messages (in place and through the log), "
+            "compaction and fold steps" % (
                 peak_kind, steps[peak_kind][6], steps[peak_kind][5], lfs["cache"],
                 objects + peak, TARGET)),
         "esp32.reader_heap_baseline_spread_32": metric(
@@ -278,6 +306,12 @@ def run() -> dict:
         "esp32.reader_objects_empty_store_bytes_32": metric(
             res["objects_empty_store"] - base + lfs["mount"], "bytes",
             "the same objects right after a first boot with an empty store"),
+        "esp32.reader_catchup_through_log_32": metric(
+            lg["folds"], "folds", "a second catch-up (%d changes) with nothing in place (encrypted "
+            "flash): %d messages handled (%d refused busy until the log was folded a step at a "
+            "time, %d fold steps), store at version %d, %d cards, %s" % (
+                LOG_CHANGES, lg["messages"], lg["folds"], lg["fold_steps"], tl["version"], tl["count"],
+                tl["health"])),
         "esp32.reader_catchup_in_place_32": metric(
             inp, "deltas", "of %d catch-up deltas programmed in place (the rest through the log: "
             "a delta file and a manifest); store at version %d, %d cards, %s" % (

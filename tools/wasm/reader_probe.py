@@ -349,6 +349,54 @@ def decide():
     _end("decision")
 
 
+def through_log():
+    """The store as a board with encrypted flash has it: nothing programmed in place (encrypted
+    writes are whole 16-byte units), the log folded by the engine's compactor (Sync.run sets
+    fold_inline False)."""
+    al = S["reader"].allowlist
+    al.in_place = False
+    al.fold_inline = False
+    R["in_place_catchup"] = list(R["in_place"])  # the first catch-up's, before this one counts
+    R["log_run"] = {"messages": 0, "folds": 0, "fold_steps": 0, "left": 0}
+
+
+def log_step(folder):
+    """One step of the catch-up through the log: the next message, or while a delta waits for
+    the log to be folded one compaction step (fold_step); once folded, what the compactor and
+    the host do: the reader SYNCs, the host sends the refused delta again (its counter is new to
+    the window). Calls past the end do nothing."""
+    sy = S["reader"].sync
+    al = S["reader"].allowlist
+    run = R["log_run"]
+    if S["dry"]:
+        _begin()
+        return
+    if sy._fold_wait:
+        if al.compaction_due():
+            _begin()
+            more = al.compact_step()
+            _end("fold_step")
+            run["fold_steps"] += 1
+            if more:
+                return
+        sy._fold_wait = False
+        sy._want_sync = False
+        S["msg"] -= 1
+        sy._seen = []
+        return
+    if messages_done(folder):
+        return
+    busy = sy.rejected.get(9, 0)  # protocol.E_BUSY
+    message(folder, "catchup_log_message")
+    run["messages"] += 1
+    if sy.rejected.get(9, 0) != busy:
+        run["folds"] += 1
+    run["left"] = 0 if messages_done(folder) and not sy._fold_wait else 1
+    if not run["left"]:
+        import __main__
+        __main__.LOG_DONE = True  # the stage stops repeating (tools/wasm/run.mjs "until")
+
+
 def compact():
     """One compaction step of the store (the sync engine's compactor runs them between passes)."""
     al = S["reader"].allowlist

@@ -1,6 +1,8 @@
 // Runs a plan in the 32-bit MicroPython for WebAssembly (tools/wasm32.py writes the plan).
 //   node run.mjs plan.json
-// plan: {"copy": [[host_dir, mp_dir], ...], "path": [...], "stages": [{"code": "...", "repeat": n}]}
+// plan: {"copy": [[host_dir, mp_dir], ...], "path": [...],
+//        "stages": [{"code": "...", "repeat": n, "until": null or a global's name}]}
+// A stage with "until" stops repeating as soon as that global is true after a call.
 // Host folders are copied into the port's in-memory filesystem; each stage (and each repeat of
 // it) is its own runPython call: this port's gc.collect() only takes effect when control is
 // back in JavaScript, so a stage boundary is where the heap is really collected, and nothing
@@ -49,6 +51,7 @@ for (const st of plan.stages) {
       process.stdout.write(`WASM32 FAIL stage ${i} (repeat ${k}): ${e.message || e}\n`);
       process.exit(1);
     }
+    if (st.until && mp.globals.get(st.until)) break;
   }
   i++;
 }
