@@ -56,6 +56,24 @@ def test_console_tap_reads_what_the_board_prints():
     assert list(tap.lines) == ["boot", "wifi: joined 'x' as 10.0.0.2"]
 
 
+def test_console_tap_drops_the_raw_repls_ok_before_the_boards_first_line():
+    import serial
+
+    master, slave = os.openpty()
+    port = serial.Serial(os.ttyname(slave), 115200, timeout=5)
+    tap = ConsoleTap(port, skip=b"OK").start()
+    os.write(master, b"O")  # the OK split across reads, then the board booting
+    time.sleep(0.3)
+    os.write(master, b"Kets Jun  8 2016\r\nmqtt: 10.1.2.3:8883: OSError: [Errno 111] ECONNREFUSED\r\n")
+    deadline = time.monotonic() + 5
+    while len(tap.lines) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    tap.stop()
+    os.close(master)
+    os.close(slave)
+    assert list(tap.lines) == ["ets Jun  8 2016", "mqtt: 10.1.2.3:8883: OSError: [Errno 111] ECONNREFUSED"]
+
+
 def test_no_registry_is_said_not_created(tmp_path):
     with pytest.raises(NoHelloError, match="no registry at"):
         RegistryHelloWaiter({"reader_id": "gate-01"}, "sqlite:///%s" % (tmp_path / "none.sqlite3"))
@@ -120,3 +138,26 @@ def test_the_registry_waiter_takes_only_a_live_hello_after_it_started(tmp_path):
     got = w.wait(5)
     w.stop()
     assert got["fw"] == "grindvakt-x" and got["al_version"] == 4
+
+
+def test_a_deploy_names_the_broker_failure_the_reader_printed_once_right_after_the_reset(tmp_path):
+    """The reader says "mqtt: HOST:PORT: ... ECONNREFUSED" on its first try and then only every
+    10th failure: the deploy must have read the console from the reset on to name the step (the
+    reset's own read used to swallow the first seconds: "the reader printed nothing")."""
+    from tests.test_install_hello import BOARD as STOCK_BOARD, config_for
+    from tools import deploy
+
+    with Broker(readers=[("gate-01", "site-a")]) as b, \
+            VirtualBoard(STOCK_BOARD, tmp_path / "flash.img") as vb:
+        vb.wait_for(lambda e: e.get("event") == "wdt-start", 30)
+        cfg = config_for(b)
+        cfg["broker"] = dict(cfg["broker"], port=free_port())  # nobody listens there
+        with pytest.raises(deploy.NoHello) as e:
+            deploy.deploy(vb.pty, STOCK_BOARD, config=cfg, hello_timeout=15,
+                          mqtt="127.0.0.1:%d" % b.port, mqtt_user=b.host_user,
+                          mqtt_password=b.host_password, progress=deploy.Progress(quiet=True),
+                          build_root=tmp_path / "build")
+        refused = [ln for ln in vb.logs() if "ECONNREFUSED" in ln]
+    assert len(refused) == 1, refused  # printed once, right after the reset
+    assert step_of(str(e.value)) == "broker address", str(e.value)
+    assert refused[0] in str(e.value)

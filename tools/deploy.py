@@ -328,10 +328,18 @@ class Device:
 
     def reset(self, timeout: float = 15) -> None:
         """machine.reset() from the raw REPL, within `timeout` s (the board may be gone before it
-        answers, or reset into a loop that prints a traceback every few seconds)."""
+        answers, or reset into a loop that prints a traceback every few seconds).
+        Nothing is read once the command is sent: what the board prints from then on (the raw
+        REPL's "OK", then the reader booting) stays on the port for the ConsoleTap, which says
+        why a hello is missing. mpremote's exec_raw_no_follow() sends it in raw-paste mode and
+        then reads until an end-of-data ack that a board resetting on the spot never sends: that
+        read took (and dropped) the reader's first ~10 s of output, where it says
+        "mqtt: HOST:PORT: ... ECONNREFUSED" once (then only every 10th failure)."""
         try:
             with self.deadline(timeout):
-                self.t.exec_raw_no_follow("import machine\nmachine.reset()")
+                prompt = self.t.read_until(1, b">", timeout=1, timeout_overall=max(0.1, timeout - 1))
+                if prompt.endswith(b">"):  # at the raw REPL: the plain (not raw-paste) way in
+                    self.t.serial.write(b"import machine\nmachine.reset()\x04")
         except (TransportError, OSError, TypeError, AttributeError):
             pass
 
@@ -671,7 +679,7 @@ def deploy(port: str, board_path: str | Path, reader: str | None = None, *, conf
             p.say("resetting the board")
             dev.reset()
             if waiter is not None:  # what the reader prints on its way up says why, if it fails
-                tap = hello.ConsoleTap(dev.t.serial).start()
+                tap = hello.ConsoleTap(dev.t.serial, skip=b"OK").start()
     except (OSError, TransportError) as e:  # serial errors: the cable, the board's power
         raise ConnectionLost(f"{type(e).__name__}: {e}") from None
     finally:

@@ -26,8 +26,9 @@ class NoHelloError(Exception):
 class ConsoleTap:
     """Reads the board's console (a pyserial port already open) in a thread, line by line."""
 
-    def __init__(self, serial: Any):
+    def __init__(self, serial: Any, skip: bytes = b""):
         self.serial = serial
+        self._skip = skip  # what the stream starts with and is not the board's (the raw REPL's OK)
         try:
             serial.timeout = 0.2  # stop() is then never more than a read away
         except Exception:  # noqa: BLE001 - not a pyserial port (tests): keep its own
@@ -50,6 +51,12 @@ class ConsoleTap:
             if not chunk:
                 continue
             self._buf += chunk
+            if self._skip:
+                if len(self._buf) < len(self._skip) and self._skip.startswith(self._buf):
+                    continue
+                if self._buf.startswith(self._skip):
+                    self._buf = self._buf[len(self._skip):]
+                self._skip = b""
             while b"\n" in self._buf:
                 line, self._buf = self._buf.split(b"\n", 1)
                 text = line.decode("utf-8", "replace").strip()
