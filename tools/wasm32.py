@@ -24,6 +24,7 @@ from tools import mpy
 ROOT = Path(__file__).resolve().parent.parent
 WASM = ROOT / "tools" / "wasm"
 PKG = WASM / "node_modules" / "@micropython" / "micropython-webassembly-pyscript"
+NPM_FAILED = ROOT / ".venv" / "wasm-npm-failed"  # tools/setup.sh: npm ci failed, not retried until make wasm
 MIN_NODE = 18
 
 
@@ -44,6 +45,10 @@ def unavailable() -> str | None:
     if major < MIN_NODE:
         return "Node %s is too old (need >= %d)" % (v.strip(), MIN_NODE)
     if not (PKG / "micropython.mjs").exists():
+        if NPM_FAILED.exists():
+            return ("the npm package is not installed: npm ci failed at make setup (its output: "
+                    "%s); retry with `make wasm` once npm can reach its registry"
+                    % NPM_FAILED.relative_to(ROOT))
         return ("the npm package is not installed: run `make setup` (npm ci --prefix tools/wasm)")
     return None
 
@@ -52,10 +57,12 @@ def install() -> str | None:
     """npm ci into tools/wasm when Node is there and the package is missing; None or why not."""
     if node_bin() is None or shutil.which("npm") is None:
         return "Node.js/npm not installed"
-    if not (PKG / "micropython.mjs").exists():
+    if not (PKG / "micropython.mjs").exists() and not NPM_FAILED.exists():
         r = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--prefix", str(WASM)],
                            capture_output=True, text=True, timeout=600)
         if r.returncode:
+            if NPM_FAILED.parent.is_dir():  # as tools/setup.sh: not tried again until make wasm
+                NPM_FAILED.write_text(r.stdout + r.stderr)
             return "npm ci failed: " + (r.stderr or r.stdout).strip()[-400:]
     return unavailable()
 
