@@ -2,7 +2,31 @@
 the real firmware, mosquitto, the host service) and every outcome it narrates is the expected one."""
 import re
 
+import pytest
+
 from tools import demo
+
+
+class _Interrupted(demo.VirtualSite):
+    """The site as Ctrl-C finds it while it is being set up."""
+
+    def provision(self):
+        raise KeyboardInterrupt
+
+    def stop(self):
+        self.stopped = True
+
+
+@pytest.mark.parametrize("keep, said", [(True, "Ctrl-C here stops everything"),
+                                        (False, "runs to its end by itself")])
+def test_the_demo_says_first_how_it_ends(tmp_path, capsys, monkeypatch, keep, said):
+    monkeypatch.setattr(demo, "VirtualSite", _Interrupted)
+    argv = ["--dir", str(tmp_path / "site")] + (["--keep"] if keep else [])
+    assert demo.main(argv) == 130
+    out = capsys.readouterr().out
+    first = out.strip().splitlines()[0]
+    assert said in first and "Ctrl-C" in first, out
+    assert "demo stopped by Ctrl-C; the site is stopped" in out and "Traceback" not in out
 
 
 def test_the_demo_gate_day(tmp_path, capsys):

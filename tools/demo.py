@@ -65,6 +65,12 @@ WEB_USER, WEB_PASSWORD = "demo", "demo-console-password"
 
 
 def run(workdir: Path, keep: bool, web_port: int | None = None) -> int:
+    # said first: the day takes minutes, and whoever started it should know how it ends
+    if keep:
+        say("--keep: after the gate day the site keeps running to explore by hand; "
+            "Ctrl-C here stops everything, at any time")
+    else:
+        say("the gate day runs to its end by itself, then stops the site (Ctrl-C stops it sooner)")
     if workdir.exists():
         shutil.rmtree(workdir)
     site = VirtualSite(workdir,
@@ -224,7 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="leave the site running afterwards")
     ap.add_argument("--web-port", type=int, help="the web console's port (default: a free one)")
     args = ap.parse_args(argv)
-    return run(Path(args.dir), args.keep, args.web_port)
+    try:
+        return run(Path(args.dir), args.keep, args.web_port)
+    except KeyboardInterrupt:  # run() has stopped the site on its way out: no traceback for it
+        print(flush=True)
+        say("demo stopped by Ctrl-C; the site is stopped")
+        return 130
 
 
 if __name__ == "__main__":
