@@ -227,8 +227,12 @@ def add_parsers(top: argparse._SubParsersAction) -> None:
                        "the configured sinks (host-sync alarms sink-add).")
     x.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     x.add_argument("--port", type=int, default=8080)
-    x.add_argument("--certfile", help="HTTPS: the server certificate (PEM), e.g. the site's")
-    x.add_argument("--keyfile", help="HTTPS: its private key (PEM)")
+    x.add_argument("--certfile", help="HTTPS: the server certificate (PEM), e.g. the site's that "
+                                      "site init made: CONFIG/broker/server.pem (CONFIG: "
+                                      "/etc/grindvakt as root, ~/.config/grindvakt)")
+    x.add_argument("--keyfile", help="HTTPS: its private key (PEM), e.g. CONFIG/broker/server.key "
+                                     "(as root: root:mosquitto 0640, for another user systemd's "
+                                     "LoadCredential=, docs/web.md)")
     x.add_argument("--behind-proxy", action="store_true",
                    help="an HTTPS reverse proxy is in front: secure cookies, trust its "
                         "X-Forwarded-For/Proto")
