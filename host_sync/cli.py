@@ -346,6 +346,8 @@ def cmd_cards_list(ctx: Ctx) -> int:
     a = ctx.args
     if a.status and a.status not in rules.STATUSES:
         raise InvalidInput("status must be one of %s" % ", ".join(rules.STATUSES))
+    if a.site:
+        ctx.reg.site(a.site)  # an unknown site is not found (exit 4), not an empty list
     rows = ctx.reg.cards(site=a.site, status=a.status, search=a.search)
     if a.json:
         ctx.say(json.dumps(rows, indent=1, default=str))
@@ -645,6 +647,8 @@ def reader_rows(reg: Registry, site: str | None, lag_limit_s: float) -> list[dic
 
 def cmd_readers_list(ctx: Ctx) -> int:
     a = ctx.args
+    if a.site:
+        ctx.reg.site(a.site)  # an unknown site is not found (exit 4), not an empty list
     rows = reader_rows(ctx.reg, a.site, a.lag_limit)
     if a.json:
         ctx.say(json.dumps(rows, indent=1, default=str))

@@ -232,3 +232,12 @@ def test_serve_refuses_a_bad_broker_host_before_connecting(op):
     # the one address rule (ids.address_problem): exit 3, not a loop retrying a typo
     assert op("serve", "--broker-host", "10.0.0.256") == 3
     assert "--broker-host 10.0.0.256: not a valid IPv4 address" in op.err, op.err
+
+
+def test_lists_of_an_unknown_site_are_not_found_not_empty(tmp_path):
+    op = Operator("sqlite:///%s" % (tmp_path / "reg.db"))
+    op.ok("sites", "add", "site-a", "--name", "A", "--tax-id", "X1")
+    for what in ("cards", "readers"):
+        assert op(what, "list", "--site", "site-zz") == 4, (what, op.out, op.err)
+        assert "no site 'site-zz'" in op.err, op.err
+        assert op(what, "list", "--site", "site-a") == 0, op.err

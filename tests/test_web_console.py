@@ -473,3 +473,15 @@ def test_accounts_for_a_site_that_is_not_there_are_not_found_and_not_made(consol
     assert o("users", "role", "amir", "--role", "operator", "--sites", "site-zz") == 4
     assert "not found: no site 'site-zz'" in o.err, o.err
     assert db.scalar("SELECT sites FROM users WHERE username = 'amir'") == "site-a"
+
+
+def test_a_ledger_day_that_is_no_day_is_refused_not_shown_as_today(console):
+    o, db, app = console
+    c = client(app)
+    sign_in(c, "vera")
+    for bad, why in (("2026-12-32", "day is out of range for month"), ("yesterday", "YYYY-MM-DD")):
+        for path in ("/ledger", "/ledger/export.csv"):
+            r = c.get(path, params={"site": "site-a", "day": bad})
+            assert r.status_code == 400, (path, bad, r.status_code)
+            assert "refused: day" in r.text and why in r.text, r.text
+    assert c.get("/ledger", params={"site": "site-a", "day": "2026-11-30"}).status_code == 200

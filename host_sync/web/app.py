@@ -141,6 +141,9 @@ def page(path: str, role: str = "viewer", methods: tuple[str, ...] = ("GET",)) -
                 return await run_in_threadpool(
                     lambda: p.render("error.html", code=404, title="Not found",
                                      message="not found: %s" % e))
+            except InvalidInput as e:  # a bad value in the address or a form no page handled
+                return await run_in_threadpool(
+                    lambda: p.render("error.html", code=400, title="Refused", message=refused(e)))
         ROUTES.append(Route(path, endpoint, methods=list(methods)))
         return fn
     return deco

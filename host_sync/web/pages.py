@@ -371,10 +371,8 @@ def _ledger_day(p: Page) -> tuple[dict, dt.date, list[dict], dt.tzinfo]:
     p.site_allowed(site_id)
     site = p.reg.site(site_id)
     tz = _tz(p, site.get("tz"))
-    try:
-        day = dt.date.fromisoformat(p.q.get("day")) if p.q.get("day") else now().astimezone(tz).date()
-    except ValueError:
-        day = now().astimezone(tz).date()
+    # a day that is none is refused with why (it showed today: a ledger export of the wrong day)
+    day = ids.date(p.q["day"], "day") if p.q.get("day") else now().astimezone(tz).date()
     start = dt.datetime(day.year, day.month, day.day, tzinfo=tz)
     rows = ledger.shifts(p.db, site_id, start, start + dt.timedelta(days=1))
     return site, day, rows, tz
