@@ -264,6 +264,61 @@ def test_a_delta_that_needs_the_log_folded_waits_for_the_compactor_not_the_gate(
         flashdev.umount("/flash")
 
 
+def test_a_fold_the_flash_has_no_room_for_backs_off_as_flash_full():
+    # The fold rewrites shards before it drops the old ones: on a flash too full for that, the
+    # reader does not loop (busy, fold, fail, SYNC, busy...): it backs off and says flash full,
+    # as for any update refused for room, and asks again once there is room.
+    dev = flashdev.FlashDev(blocks=64)
+    flashdev.format_and_mount(dev, "/flash")
+    al = Allowlist("/flash/al", dev, in_place=False, log_records=64).open()
+    s = Sync(Config(CFG), al, client=IdleLink())
+    asyncio.run(s._on_connect())
+    s.retry_ms = (200, 400)
+    h = Host(s)
+    recs = [rec(i) for i in range(400)]
+    for o in range(0, 400, 100):
+        h.send(P.T_SNAP, P.snap_body(1, 1, 400, o, 100, b"".join(recs[o:o + 100])))
+    h.send(P.T_DELTA, P.delta_body(2, 1, 2, [rec(i, 3) for i in range(0, 300, 10)]))
+    eq((al.version, al._nlog), (2, 30))
+    # the flash filled with files of a block each, until one is refused (a file cut off by
+    # ENOSPC is not kept, and LittleFS's free count is an estimate: fill until it refuses)
+    n = 0
+    try:
+        while True:
+            with open("/flash/fill%d" % n, "wb") as f:
+                f.write(bytearray(4096))
+            n += 1
+    except OSError:
+        pass
+    assert n > 0
+
+    async def main():
+        task = asyncio.create_task(s.run())
+        await asyncio.sleep_ms(0)
+        h.send(P.T_DELTA, P.delta_body(3, 2, 3, [rec(i, 4) for i in range(5, 405, 10)]))
+        eq((al.version, s._fold_wait), (2, True), s.last_error)
+        for _ in range(60):
+            if s._retry_at is not None:
+                break
+            await asyncio.sleep_ms(100)
+        # backing off, flash full said, no SYNC that would fold and fail again
+        eq((s._retry_at is not None, s._want_sync, s._fold_wait), (True, False, False),
+           (al.health, s.last_error))
+        eq(s.rejected.get(P.E_FULL), 1)
+        assert al.health.startswith("full"), al.health
+        eq(al.version, 2)
+        out = bytearray(16)
+        eq(al.lookup(rec(10)[:8], out), True)  # the gate still decides on version 2
+        eq(out[8], rec(10, 3)[8])
+        task.cancel()
+        await asyncio.sleep_ms(0)
+
+    try:
+        asyncio.run(main())
+    finally:
+        flashdev.umount("/flash")
+
+
 def test_wifi_supervisor_is_a_no_op_on_the_unix_port():
     from gv.sync.wifi import WiFi
 

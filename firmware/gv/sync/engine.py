@@ -350,10 +350,16 @@ class Sync:
             except Exception as e:  # noqa: BLE001 - the store reports it in .health
                 self.last_error = "compact: %s" % e
             if self._fold_wait:
-                # folded (or the store could not: it says why in .health, the SYNC's answer
-                # meets it): now ask for the delta that waited
                 self._fold_wait = False
-                self._want_sync = True
+                if al.compaction_due() and str(getattr(al, "health", "")).startswith("full"):
+                    # the fold needs more flash than is free: back off as for any update the
+                    # flash refused for room (asking again now would only fold and fail again)
+                    self._refused(0)
+                    self._reject(P.E_FULL, P.T_DELTA, 0)
+                else:
+                    # folded (or failed otherwise: .health says why, the SYNC's answer meets
+                    # it): now ask for the delta that waited
+                    self._want_sync = True
                 self._work.set()
 
     def _pending(self):
