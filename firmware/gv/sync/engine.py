@@ -524,7 +524,10 @@ class Sync:
         self.head = head
         v = self.al.version
         if self._fold_wait:
-            return  # the log is being folded: the compactor asks for this, and what follows, after
+            # the log is being folded: the compactor asks for this, and what follows, after; an
+            # answer set aside is no reason to ask again with a HELLO every _ANSWER_MS meanwhile
+            self._asked = None
+            return
         if self._progress()[0] or self._rebuild_wanted():
             pass  # a rebuild is under way: it brings this change, or catch-up will
         elif frm == v and to > v:
