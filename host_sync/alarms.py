@@ -10,6 +10,9 @@
              missed keep-alive; a reboot is not an alarm)
   memory     a reader's health shows low memory or a full flash (host_sync.health's thresholds,
              the ones `readers list` warns by)
+  takeover   a reader's session was replaced by another on its account TAKEOVER_N times within
+             TAKEOVER_WINDOW_S (raised by serve as it sees the wills: RegistryData.reader_status):
+             two clients hold its credentials
 
 A condition alarm (lagging, offline, memory) is raised once while the condition lasts and
 cleared when it ends; an event alarm (duress, lockouts) is cleared at once. Either stays on every

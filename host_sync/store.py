@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections import deque
 from typing import Any
 
 from gv import events as evc
@@ -27,6 +29,15 @@ class RegistryData:
         self.db = db
         self.reg = Registry(db, actor=actor)
         self._site_of: dict[str, str] = {}
+        self._offline_at: dict[str, deque[float]] = {}  # monotonic times of "offline", a reader
+
+    # A reader's session ends in "offline" (its will) when the broker replaces it with another
+    # on the same account (use_username_as_clientid): TAKEOVER_N of those within
+    # TAKEOVER_WINDOW_S is two clients fighting over one reader's credentials, not a bad link
+    # (a flapping link reconnects every few seconds at most: the reader's back-off). An alarm,
+    # at most one a minute.
+    TAKEOVER_N = 5
+    TAKEOVER_WINDOW_S = 60.0
 
     # -- allowlist --------------------------------------------------------------------------
     def current_version(self, site: str) -> int:
@@ -169,6 +180,22 @@ class RegistryData:
                         (1 if online else 0, now_iso(), reader_id))
         if not online:
             log.warning("reader %s went offline", reader_id)
+            self._count_takeover(reader_id)
+
+    def _count_takeover(self, reader_id: str) -> None:
+        t = time.monotonic()
+        q = self._offline_at.setdefault(reader_id, deque(maxlen=self.TAKEOVER_N))
+        q.append(t)
+        if len(q) < self.TAKEOVER_N or t - q[0] > self.TAKEOVER_WINDOW_S:
+            return
+        q.clear()  # the next alarm needs TAKEOVER_N more
+        from host_sync import alarms
+        site = self.db.scalar("SELECT site_id FROM readers WHERE id = ?", (reader_id,)) or ""
+        alarms.raise_alarm(
+            self.db, "takeover", "takeover:%s:%d" % (reader_id, int(time.time() // 60)),
+            "reader %s's connection was taken over %d times within %d s: two clients use its "
+            "credentials (a copy of its config may be in use: docs/security.md, readers revoke)"
+            % (reader_id, self.TAKEOVER_N, self.TAKEOVER_WINDOW_S), site, reader_id)
 
     def reader_unprovisioned(self, reader_id: str, why: str) -> None:
         """The reader refused the config on its flash and sits unprovisioned (door shut): said

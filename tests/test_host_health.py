@@ -176,3 +176,32 @@ def test_a_reader_in_session_gets_the_time_at_the_first_look_and_then_hourly(sit
     eng._on_message(None, None, Msg("gv/site-a/gate-01/status", b"offline", True))
     now[0] += 7200.0
     assert eng.correct_clocks(3600.0) == 0
+
+
+def test_a_reader_whose_connection_is_taken_over_again_and_again_raises_an_alarm(site, monkeypatch):
+    """Two clients on one reader's account replace each other's session: each time the old
+    one's will says offline. Five within a minute is an alarm naming the reader; a link that
+    drops now and then is not."""
+    import host_sync.store as store
+    op, eng, _ = site
+    t = [1000.0]
+    monkeypatch.setattr(store.time, "monotonic", lambda: t[0])
+
+    def flip(n, every):
+        for _ in range(n):
+            eng._on_message(None, None, Msg("gv/site-a/gate-01/status", b"online"))
+            eng._on_message(None, None, Msg("gv/site-a/gate-01/status", b"offline"))
+            t[0] += every
+
+    def takeovers():
+        return eng.data.db.all("SELECT reader_id, site_id, message FROM alarms"
+                               " WHERE kind = 'takeover'")
+    flip(4, 2.0)
+    t[0] += 120.0
+    flip(4, 20.0)  # 8 drops, never 5 within a minute
+    assert takeovers() == []
+    flip(5, 2.0)
+    (rid, site_id, msg), = takeovers()
+    assert (rid, site_id) == ("gate-01", "site-a") and "taken over 5 times" in msg, msg
+    assert "readers revoke" in msg
+    assert "alarm raised" in op.ok("audit", "--subject", "gate-01")
