@@ -8,7 +8,10 @@ registry turns that into one audit row).
     rl.flush()                                # what is due (serve calls it every tick)
 
 The first refusal of a key is reported at once (an operator sees an attack start), the rest
-of that interval together when it ends.
+of that interval together when it ends. A reason that names numbers from the message (a boot
+number) is added as a constant `reason` plus its `detail`: the constant is what is counted and
+throttled (an attacker varying the numbers still costs one report per interval), the latest
+detail is what the report says.
 """
 from __future__ import annotations
 
@@ -32,11 +35,13 @@ class RejectLog:
         self.max_keys = max_keys  # bounded memory whatever names a flood uses
         self.pending: dict[Key, int] = {}
         self.last: dict[Key, float] = {}  # when each key was last reported
+        self.detail: dict[Key, str] = {}  # the latest detail of a pending key
         self.total = 0
         self.reported = 0  # log lines / reports made
         self._lock = threading.Lock()
 
-    def add(self, reader: str, who: str, reason: str, count: int = 1) -> None:
+    def add(self, reader: str, who: str, reason: str, count: int = 1,
+            detail: str | None = None) -> None:
         key = (reader, who, reason)
         now = self.clock()
         with self._lock:
@@ -44,6 +49,8 @@ class RejectLog:
             if key not in self.last and key not in self.pending and len(self.last) >= self.max_keys:
                 key = ("?", who, reason)  # too many distinct names: fold them together
             self.pending[key] = self.pending.get(key, 0) + count
+            if detail is not None:
+                self.detail[key] = detail
             due = now - self.last.get(key, -1e18) >= self.interval_s
         if due:
             self.flush(key)
@@ -59,7 +66,7 @@ class RejectLog:
                     continue
                 del self.pending[key]
                 self.last[key] = now
-                out.append((key, n))
+                out.append((key[:2] + (self.detail.pop(key, key[2]),), n))
             if len(self.last) > self.max_keys:  # forget the quiet ones
                 for k in [k for k, t in self.last.items() if now - t > self.interval_s][:256]:
                     del self.last[k]

@@ -243,9 +243,9 @@ class HostSync:
         if rec is not None:
             rec(reader, reason, count)
 
-    def _refuse(self, reader: str, reason: str) -> None:
+    def _refuse(self, reader: str, reason: str, detail: str | None = None) -> None:
         self.stats["rejected_in"] += 1
-        self.rejects.add(reader, "host", reason)
+        self.rejects.add(reader, "host", reason, detail=detail)
 
     def _site_readers(self, site: str) -> list[ReaderState]:
         # a reader held for a full flash gets no live deltas: it catches up when it asks again
@@ -299,6 +299,10 @@ class HostSync:
                     return  # a cleared retained message
                 try:
                     typ, counter, body = st.session.open(msg.payload)
+                except wire.BootRefused as e:
+                    # no "say HELLO again" either: it would be sealed for the copy's session
+                    self._refuse(reader_id, e.kind, str(e))
+                    return
                 except ProtoError as e:
                     if msg.retain and leaf == "hello" and e.reason == P.E_REPLAY:
                         return  # the retained HELLO again, after our own reconnect
@@ -324,8 +328,15 @@ class HostSync:
         now = time.monotonic()
         if now - self._hello_asked.get(rid, -1e9) < HELLO_AGAIN_S:
             return
-        self._hello_asked[rid] = now
         boot = (ses.floor >> 32) + 1 if leaf == "hello" else 0
+        if boot > wire.BOOT_LAST:
+            # the floor's boot number is the last a u32 holds: no HELLO can rise above it, so
+            # there is nothing to ask for (open() refuses the jumps that could get it there)
+            self._refuse(rid, "no boot number above the highest seen",
+                         "no boot number above %d to ask for: a copy of this reader's secret "
+                         "may be in use; see docs/security.md, readers revoke" % (boot - 1))
+            return
+        self._hello_asked[rid] = now
         self._publish(st, ses.seal_for(nonce, P.T_CMD, P.cmd_body(P.C_HELLO, boot)))
 
     def _give_clock(self, st: ReaderState) -> None:

@@ -74,6 +74,46 @@ class Counter:
             self._floor = max(self._floor, stored - COUNTER_LEAD)
 
 
+# A reader's boot number (the top half of its counters) persists on its flash and rises by one
+# per boot, so a counter whose boot number is far above the highest this host has seen is not
+# a reader that rebooted: it is a copy of the reader's secret, and taking it as the floor would
+# refuse every later real HELLO as stale (a lockout until revoke). 2**16 boots since the last
+# message seen is more than a reader rebooting every 10 s for a week (a boot loop while the host
+# was down) and still leaves 65,535 such jumps before a boot number runs out.
+BOOT_JUMP_MAX = 1 << 16
+# With no counter seen yet (a host that just started: the floor is in memory only) there is
+# nothing to compare with: a boot number in the top half would leave the real reader little or
+# no room above it (the host lifts a reader to floor boot + 1, at most 2**32 - 1), and no
+# reader boots two billion times.
+BOOT_FIRST_MAX = (1 << 31) - 1
+BOOT_LAST = 0xFFFFFFFF  # a u32 (CMD 6's arg): there is no boot number above this one
+
+
+class BootRefused(ProtoError):
+    """An authentic message whose boot number cannot be a reboot of the real reader: refused
+    (counted and reported like every refusal) and the floor does not move. `reason` is a
+    short constant (what refusals are throttled by), str() names the numbers."""
+
+    def __init__(self, text: str):
+        super().__init__(P.E_SESSION)
+        self.args = (text,)
+        self.kind = "boot number jumped"
+
+
+def boot_refusal(floor: int, counter: int) -> str | None:
+    """Why `counter` may not raise a reader's floor (its boot number is implausible), or None."""
+    boot = counter >> 32
+    hint = ": a copy of this reader's secret may be in use; see docs/security.md, readers revoke"
+    if floor == 0:
+        if boot > BOOT_FIRST_MAX:
+            return "boot number %d in a first message is implausibly high%s" % (boot, hint)
+        return None
+    have = floor >> 32
+    if boot - have > BOOT_JUMP_MAX:
+        return "boot number jumped from %d to %d%s" % (have, boot, hint)
+    return None
+
+
 @dataclass
 class ReaderSession:
     """What the host knows about one reader's link: its key and its current session."""
@@ -122,8 +162,14 @@ class ReaderSession:
         """Verify a reader->host message; (type, counter, body). A valid HELLO above every
         counter seen from this reader starts a new session; anything else must belong to the
         current one with a higher counter. A replayed HELLO raises E_REPLAY (this session's
-        own, e.g. the retained one again) or E_SESSION (an older session's: see .stale)."""
+        own, e.g. the retained one again) or E_SESSION (an older session's: see .stale). A
+        counter whose boot number is implausible (boot_refusal) raises BootRefused and changes
+        nothing."""
         typ, nonce, counter, body = P.unseal(self.key, P.DIR_READER, msg)
+        if counter > self.floor:  # only a counter that would raise the floor is judged
+            why = boot_refusal(self.floor, counter)
+            if why is not None:
+                raise BootRefused(why)
         if typ == P.T_HELLO:
             if nonce == self.nonce and counter <= self.rx_counter:
                 raise ProtoError(P.E_REPLAY)
