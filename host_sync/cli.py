@@ -30,6 +30,7 @@ from host_sync.db import Db, DbError, open_db, redact, resolve_url
 from host_sync.ids import InvalidInput
 from host_sync.registry import VERSION_MAX_RECORDS, CardInput, NotFound, Registry
 from host_sync.timeutil import UTC, now, parse_iso
+from host_sync.untrusted import clean
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REFUSED, EXIT_NOT_FOUND, EXIT_PENDING, EXIT_DB, EXIT_PARTIAL = range(8)
 DEFAULT_TZ = "Europe/Stockholm"
@@ -654,13 +655,16 @@ def cmd_readers_list(ctx: Ctx) -> int:
         ctx.say(json.dumps(rows, indent=1, default=str))
     else:
         from host_sync.health import summary as health  # problems first, then the figures
+        # firmware is the reader's own text: rows stored before serve cleaned it may hold raw
+        # newlines and terminal escapes, so the table shows it cleaned too
         ctx.say(*_table([(r["id"], r["site_id"], "REVOKED" if r["revoked"] else
                           ("online" if r["online"] else "OFFLINE")
                           + (" (re-key pending)" if r["rekey_pending"] else ""),
                           "%d/%d" % (r["applied_version"], r["head"]),
                           ("%d" % r["lag"]) + (" LAGGING A BLOCK since %s" % r["block_pending_since"]
                                                if r["lagging_block"] else ""),
-                          _ago(r["last_seen"]), r["firmware"] or "-", health(r["health"]))
+                          _ago(r["last_seen"]), clean(r["firmware"]) or "-",
+                          health(r["health"]))
                          for r in rows],
                         ("READER", "SITE", "ONLINE", "APPLIED", "LAG", "LAST-SEEN", "FIRMWARE",
                          "HEALTH")))
@@ -682,9 +686,10 @@ def cmd_readers_show(ctx: Ctx) -> int:
         ctx.say(json.dumps(dict(r, problems=hl.problems(h)), indent=1, default=str))
         return EXIT_OK
     at = h.get("at") or {}
+    # firmware: the reader's own text, cleaned for the terminal (old rows may hold it raw)
     ctx.say("reader %s at site %s: %s, applied %d of %d, last seen %s, firmware %s"
             % (r["id"], r["site_id"], "online" if r["online"] else "OFFLINE", r["applied_version"],
-               r["head"], _ago(r["last_seen"]), r["firmware"] or "-"))
+               r["head"], _ago(r["last_seen"]), clean(r["firmware"]) or "-"))
     probs = hl.problems(h)
     ctx.say("problems: " + ("; ".join(probs) if probs else "none"))
     figs = [(k, h[k]) for k in ("free_flash", "flash_size", "need_flash", "free_heap",
@@ -999,7 +1004,10 @@ def cmd_ledger_purge(ctx: Ctx) -> int:
 
 def cmd_audit(ctx: Ctx) -> int:
     rows = ctx.reg.audit_log(subject=ctx.args.subject, limit=ctx.args.limit)
-    ctx.say(*_table([(r["at"], r["actor"], r["action"], r["subject"], r["detail"]) for r in rows],
+    # a detail may quote a reader (an "unprovisioned" reason stored raw before serve cleaned
+    # it): shown without its control characters
+    ctx.say(*_table([(r["at"], r["actor"], r["action"], r["subject"], clean(r["detail"], 500))
+                     for r in rows],
                     ("WHEN", "WHO", "WHAT", "SUBJECT", "DETAIL")))
     return EXIT_OK
 

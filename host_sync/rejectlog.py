@@ -20,6 +20,8 @@ import threading
 import time
 from typing import Callable
 
+from host_sync.untrusted import clean
+
 log = logging.getLogger("host_sync.rejects")
 
 Key = tuple[str, str, str]  # (reader or "?", who refused it: "host"/"reader", reason)
@@ -71,6 +73,8 @@ class RejectLog:
                 for k in [k for k, t in self.last.items() if now - t > self.interval_s][:256]:
                     del self.last[k]
         for (reader, who, reason), n in out:
+            # a reader id from a topic, a reason naming a message's numbers: reader-supplied
+            reader, reason = clean(reader, 64), clean(reason)
             self.reported += 1
             if who == "host":
                 log.warning("rejected message from %s: %d x %s", reader, n, reason)

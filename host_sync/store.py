@@ -15,6 +15,7 @@ from host_sync import commands, health as hl, ledger
 from host_sync.db import Db
 from host_sync.registry import Registry
 from host_sync.timeutil import now_iso
+from host_sync.untrusted import clean
 
 log = logging.getLogger("host_sync.store")
 
@@ -143,16 +144,15 @@ class RegistryData:
             return {}
 
     def reader_hello(self, reader_id: str, info: dict[str, Any]) -> None:
-        fw = info.get("fw") or info.get("firmware") or ""
-        if isinstance(fw, bytes):
-            fw = fw.decode("utf-8", "replace")
+        # the reader's own text: escaped and capped before the registry (and a terminal) has it
+        fw = clean(info.get("fw") or info.get("firmware") or "", 64)
         # The applied version comes from ACKs only: a HELLO may be the retained one from the
         # reader's last connect (stale), seen again when this host subscribes.
         with self.db.tx():
             old = self._health(reader_id)
             health = hl.merge(old, info, "hello", now_iso())
             self.db.execute("UPDATE readers SET firmware = ?, health = ?, last_seen = ?, online = 1"
-                            " WHERE id = ?", (str(fw)[:64], json.dumps(health, sort_keys=True),
+                            " WHERE id = ?", (fw, json.dumps(health, sort_keys=True),
                                               now_iso(), reader_id))
         self._say_problems(reader_id, old, health)
 
@@ -199,7 +199,9 @@ class RegistryData:
 
     def reader_unprovisioned(self, reader_id: str, why: str) -> None:
         """The reader refused the config on its flash and sits unprovisioned (door shut): said
-        loudly, and kept in the audit log once per distinct reason."""
+        loudly, and kept in the audit log once per distinct reason. `why` is the reader's
+        own text: escaped and capped here, before a log line or the audit has it."""
+        why = clean(why)
         log.error("reader %s is NOT RUNNING: it refused its config: %s (write a good config with "
                   "host-sync readers config and deploy it)", reader_id, why)
         last = self.db.scalar("SELECT detail FROM audit WHERE subject = ? AND action = ?"

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import logging
 import ssl
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -30,12 +31,20 @@ from gv.sync import protocol as P
 from gv.sync.protocol import ProtoError
 from host_sync import wire
 from host_sync.rejectlog import RejectLog
+from host_sync.untrusted import clean
 
 log = logging.getLogger("host_sync.syncer")
 
 COMMANDS = {v: k for k, v in P.COMMANDS.items()}  # "open" -> C_OPEN ...
 STATUS = {b"online": True, b"offline": False}  # the only status payloads believed
 HELLO_AGAIN_S = 5.0  # at most one "say HELLO again" per reader this often
+# what a malformed body is reported as (the refusal's reason names the type)
+TYPE_NAMES = {P.T_HELLO: "HELLO", P.T_SYNC: "SYNC", P.T_ACK: "ACK", P.T_EVENTS: "EVENTS",
+              P.T_REJECT: "REJECT", P.T_CMDRES: "CMDRES", P.T_HEALTH: "HEALTH"}
+
+
+class _Malformed(Exception):
+    """An authentic message whose body does not parse: a refusal, not a bug (no traceback)."""
 
 
 class SyncData(Protocol):
@@ -110,6 +119,8 @@ class HostSync:
         self.counter = wire.Counter(store=data if hasattr(data, "counter_reserve") else None)
         self.rejects = RejectLog(self._report_rejects, reject_interval_s)
         self._hello_asked: dict[str, float] = {}  # reader -> when it was last asked
+        # reader -> (when its "unprovisioned" reason was last passed on, a newer one held back)
+        self._unprov: dict[str, tuple[float, str | None]] = {}
         self._sync_at = 0.0
         self.pushed: dict[str, int] = {}  # site -> version last pushed live
         self._snaps: dict[str, tuple[int, list[bytes]]] = {}  # site -> cached snapshot
@@ -234,6 +245,10 @@ class HostSync:
         the counter high-water mark shared with other instances."""
         self.rejects.flush()
         now = time.monotonic()
+        with self._lock:
+            for rid, (_, why) in list(self._unprov.items()):
+                if why is not None:
+                    self._note_unprovisioned(rid, why, now)
         if now >= self._sync_at:
             self._sync_at = now + 1.0
             self.counter.sync()
@@ -242,6 +257,22 @@ class HostSync:
         rec = getattr(self.data, "host_rejected", None)
         if rec is not None:
             rec(reader, reason, count)
+
+    def _note_unprovisioned(self, rid: str, why: str, now: float | None = None) -> None:
+        """Pass a reader's "unprovisioned: why" to the registry (an ERROR line, an audit row
+        when the reason changed) at most once per reject interval: a copy of its broker
+        account publishing a new reason per message costs a dict entry, not a log line each.
+        The latest reason held back is passed on when the interval ends (housekeeping)."""
+        note = getattr(self.data, "reader_unprovisioned", None)
+        if note is None:
+            return
+        now = time.monotonic() if now is None else now
+        last, _ = self._unprov.get(rid, (float("-inf"), None))
+        if now - last < self.rejects.interval_s:
+            self._unprov[rid] = (last, why)
+            return
+        self._unprov[rid] = (now, None)
+        note(rid, why)
 
     def _refuse(self, reader: str, reason: str, detail: str | None = None) -> None:
         self.stats["rejected_in"] += 1
@@ -291,9 +322,10 @@ class HostSync:
                     st.online = online
                     self.data.reader_status(reader_id, st.online)
                     if unprov:
-                        note = getattr(self.data, "reader_unprovisioned", None)
-                        if note is not None:
-                            note(reader_id, msg.payload[14:500].decode("utf-8", "replace").strip())
+                        # the reader's own words: the registry cleans them (no forged log
+                        # lines, no terminal escapes); said at most once per interval
+                        why = bytes(msg.payload[14:500]).decode("utf-8", "replace").strip()
+                        self._note_unprovisioned(reader_id, why)
                     return
                 if not msg.payload:
                     return  # a cleared retained message
@@ -310,9 +342,13 @@ class HostSync:
                     if e.reason == P.E_SESSION:
                         self._hello_again(st, msg.payload, leaf)
                     return
-                self._dispatch(st, leaf, typ, counter, body, bool(msg.retain))
+                try:
+                    self._dispatch(st, leaf, typ, counter, body, bool(msg.retain))
+                except _Malformed as e:
+                    # authentic but unparseable: counted and reported like every refusal
+                    self._refuse(reader_id, str(e))
         except Exception:  # noqa: BLE001 - one bad message never stops the service
-            log.exception("handling %s", msg.topic)
+            log.exception("handling %s", clean(msg.topic))  # a topic is the sender's text
 
     def _hello_again(self, st: ReaderState, msg: bytes, leaf: str) -> None:
         """An authentic message from a session this host does not hold. A HELLO at or below the
@@ -365,7 +401,7 @@ class HostSync:
                   retained: bool = False) -> None:
         rid = st.session.reader_id
         if leaf == "hello" and typ == P.T_HELLO:
-            info = P.parse_hello(body)
+            info = _parse(P.parse_hello, typ, body)
             st.hello = info
             st.clock_sent = False
             st.health = dict(st.health, health=info["health"])  # the same bits: does it back off
@@ -393,19 +429,19 @@ class HostSync:
                 # a reader that does not back off itself, asking again within the host's hold
                 self.stats["held"] += 1
                 return
-            self._answer(st, *P.parse_sync(body))
+            self._answer(st, *_parse(P.parse_sync, typ, body))
             # a HELLO this host only saw retained (it subscribed after the reader said it) was
             # not answered with the time: the reader's first SYNC is
             self._give_clock(st)
         elif typ == P.T_ACK:
-            v, sv, _ = P.parse_ack(body)
+            v, sv, _ = _parse(P.parse_ack, typ, body)
             st.full_refusals = 0
             st.release()
             if not sv:
                 st.applied = v
                 self.data.reader_applied(rid, v)
         elif typ == P.T_EVENTS:
-            evs = [e for e in P.parse_events(body) if gv_events.valid(e)]
+            evs = [e for e in _parse(P.parse_events, typ, body) if gv_events.valid(e)]
             if evs:
                 stored = self.data.record_events(rid, evs)
                 self.stats["events_stored"] += stored
@@ -413,7 +449,7 @@ class HostSync:
                 upto = max(gv_events.unpack(e)["seq"] for e in evs)
                 self._send(st, P.T_EVACK, P.evack_body(upto))
         elif typ == P.T_REJECT:
-            reason, rtyp, count, _ = P.parse_reject(body)
+            reason, rtyp, count, _ = _parse(P.parse_reject, typ, body)
             st.rejected[reason] = st.rejected.get(reason, 0) + count
             # the reader reports a reason's count at most once a minute; the registry logs it
             if reason in (P.E_FULL, P.E_STORE) and not st.backing_off():
@@ -422,7 +458,7 @@ class HostSync:
                 self._hold(st)
             self.data.reader_rejected(rid, reason, count)
         elif typ == P.T_HEALTH:
-            info = P.parse_health(body)
+            info = _parse(P.parse_health, typ, body)
             was = st.backing_off()
             st.health = info
             if st.backing_off():
@@ -436,7 +472,7 @@ class HostSync:
             if rh is not None:
                 rh(rid, info)
         elif typ == P.T_CMDRES:
-            ctr, cmd, res = P.parse_cmdres(body)
+            ctr, cmd, res = _parse(P.parse_cmdres, typ, body)
             if cmd == P.C_SITEKEY:
                 done = getattr(self.data, "reader_sitekeyed", None)
                 if done is not None:
@@ -538,6 +574,15 @@ class HostSync:
     def _publish(self, st: ReaderState, msg: bytes) -> None:
         self.client.publish(P.topic(st.session.site, st.session.reader_id, "in"), msg, qos=1)
         self.stats["published"] += 1
+
+
+def _parse(fn: Callable[[Any], Any], typ: int, body: Any) -> Any:
+    """fn(body), or _Malformed naming the type: what a parser raises on a bad body is the
+    reader's fault (or a copy of its secret's), never this host's."""
+    try:
+        return fn(body)
+    except (ProtoError, ValueError, struct.error) as e:
+        raise _Malformed("malformed %s body" % TYPE_NAMES.get(typ, "type 0x%02x" % typ)) from e
 
 
 def _now_2020() -> int:

@@ -103,3 +103,71 @@ def test_no_traceback_when_no_boot_number_is_left_to_ask_for(site, caplog):
     assert any(d.startswith("1 x no boot number above 4294967295 to ask for") for d in
                _refusals(eng)), _refusals(eng)
     assert _tracebacks(caplog) == []
+
+
+# ---- reader-supplied text and malformed bodies ----------------------------------------------
+FORGED = b"unprovisioned: \x1b[31mFAKE\n2026-12-01 ERROR host_sync forged line"
+
+
+def _raw(caplog) -> list[str]:
+    """Log lines (as the handler gets them) that hold a newline or a control character."""
+    return [m for m in (r.getMessage() for r in caplog.records)
+            if any(ord(c) < 32 or c == "\x7f" for c in m)]
+
+
+def test_a_status_reason_reaches_log_and_audit_escaped_and_throttled(site, caplog):
+    op, eng, _ = site
+    caplog.set_level(logging.INFO)
+    eng._on_message(None, None, Msg(TOPIC + "status", FORGED, True))
+    assert _raw(caplog) == []
+    said = [r.getMessage() for r in caplog.records if "NOT RUNNING" in r.getMessage()]
+    assert len(said) == 1 and "\\x1b[31mFAKE\\n2026-12-01 ERROR" in said[0], said
+    audit = [a["detail"] for a in eng.data.reg.audit_log("gate-01")
+             if a["action"] == "reader unprovisioned"]
+    assert audit == ["\\x1b[31mFAKE\\n2026-12-01 ERROR host_sync forged line"]
+    # a copy of its account varies the reason per message: one line and row per interval
+    for i in range(50):
+        eng._on_message(None, None, Msg(TOPIC + "status", b"unprovisioned: %d" % i))
+    assert len([r for r in caplog.records if "NOT RUNNING" in r.getMessage()]) == 1
+    eng.rejects.interval_s = 0  # the interval ends: the latest reason is said
+    eng.housekeeping()
+    said = [r.getMessage() for r in caplog.records if "NOT RUNNING" in r.getMessage()]
+    assert len(said) == 2 and ": 49 (" in said[1], said
+    assert _tracebacks(caplog) == []
+
+
+def test_a_firmware_string_of_terminal_escapes_is_listed_harmless(site):
+    op, eng, send = site
+    send("hello", P.T_HELLO, P.hello_body(0, 0, 0, 8192, 60_000, 0, 0, "\x1b[2J\n" * 50))
+    for out in (op.ok("readers", "list"), op.ok("readers", "show", "gate-01")):
+        assert "\x1b" not in out and "\\x1b[2J\\n" in out, out
+    stored = eng.data.db.scalar("SELECT firmware FROM readers WHERE id = 'gate-01'")
+    assert "\x1b" not in stored and "\n" not in stored and len(stored) <= 64 + 20, stored
+    # a row stored raw before (an older serve): the listings clean it as they show it
+    eng.data.db.execute("UPDATE readers SET firmware = ? WHERE id = 'gate-01'", ("\x1b[2J\n" * 9,))
+    for out in (op.ok("readers", "list"), op.ok("readers", "show", "gate-01")):
+        assert "\x1b" not in out and "\\x1b[2J\\n" in out, out
+
+
+@pytest.mark.parametrize("typ, name", [(P.T_SYNC, "SYNC"), (P.T_ACK, "ACK"),
+                                       (P.T_EVENTS, "EVENTS"), (P.T_REJECT, "REJECT"),
+                                       (P.T_CMDRES, "CMDRES"), (P.T_HEALTH, "HEALTH")])
+def test_an_authentic_malformed_body_is_a_counted_refusal_not_a_traceback(site, caplog, typ,
+                                                                          name):
+    op, eng, send = site
+    assert send("hello", P.T_HELLO, HELLO) > 0
+    for i in range(45):
+        assert send("out", typ, bytes([0xEE]) * (3 + i % 5)) == 0
+    assert _tracebacks(caplog) == []
+    assert eng.stats["rejected_in"] == 45
+    assert _refusals(eng) == ["1 x malformed %s body" % name]  # the rest: when 10 s are up
+    assert eng.rejects.pending[("gate-01", "host", "malformed %s body" % name)] == 44
+    # the reader is still served
+    assert send("out", P.T_SYNC, P.sync_body(0)) > 0
+
+
+def test_a_malformed_hello_is_a_counted_refusal(site, caplog):
+    op, eng, send = site
+    assert send("hello", P.T_HELLO, HELLO[:-1]) == 0  # fw_len says 2, one byte follows
+    assert _tracebacks(caplog) == []
+    assert _refusals(eng) == ["1 x malformed HELLO body"]
