@@ -13,6 +13,8 @@
   takeover   a reader's session was replaced by another on its account TAKEOVER_N times within
              TAKEOVER_WINDOW_S (raised by serve as it sees the wills: RegistryData.reader_status):
              two clients hold its credentials
+  ledger     raised by the ingest (host_sync.ledger), not the scan: a grant the registry would
+             not have given, an event time that can be none, a refused "clock set"
 
 A condition alarm (lagging, offline, memory) is raised once while the condition lasts and
 cleared when it ends; an event alarm (duress, lockouts) is cleared at once. Either stays on every
@@ -54,7 +56,7 @@ from host_sync.timeutil import iso, now, now_iso, parse_iso
 
 log = logging.getLogger("host_sync.alarms")
 
-KINDS = ("duress", "lockouts", "lagging", "offline", "memory")
+KINDS = ("duress", "lockouts", "lagging", "offline", "memory", "ledger")
 SINK_KINDS = ("webhook", "smtp", "mqtt")
 LOCKOUTS_N = 3
 LOCKOUTS_WINDOW_S = 600.0

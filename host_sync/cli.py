@@ -936,9 +936,15 @@ def cmd_ledger_show(ctx: Ctx) -> int:
             return t
         return t[11:16] if t[:10] == day.isoformat() else t[5:16]
     ctx.say(*_table([[r[3], r[4], r[1], r[2], hm(r[6]), hm(r[7]), r[8],
-                      "corrected" if r[9] else ""] for r in table],
-                    ("NAME", "PERSONAL-ID", "CONTRACTOR", "ORG-NO", "START", "END", "READERS", "")))
-    ctx.say("%d shift(s); %d person(s) on site now" % (len(rows), sum(1 for r in rows if r["end"] is None)))
+                      "corrected" if r[9] else "", ("FLAGGED: " + r[10]) if r[10] else ""]
+                     for r in table],
+                    ("NAME", "PERSONAL-ID", "CONTRACTOR", "ORG-NO", "START", "END", "READERS", "",
+                     "")))
+    flagged = sum(1 for r in rows if r["flags"])
+    ctx.say("%d shift(s); %d person(s) on site now%s" % (
+        len(rows), sum(1 for r in rows if r["end"] is None),
+        "; %d flagged: see the alarms (a reader's word the registry does not back)" % flagged
+        if flagged else ""))
     return EXIT_OK
 
 

@@ -8,6 +8,13 @@ refuses an UPDATE); a correction is a new entry. A work shift is the entries sha
 a passage opens a shift ("in"), the next passage within MAX_SHIFT closes it ("out"), and a
 later one opens the next shift. Passages within DEBOUNCE of the previous entry (the same person
 presenting the card again) are kept as events but add no entry.
+
+A reader's word is checked against the registry (a copy of its secret can forge any event): a
+grant the registry would not have given at that site at that time (the allowlist history says
+the card was not active, not valid or not on the site) is still entered, since a genuine reader
+with a stale allowlist did let the person in, but flagged, audit-logged and alarmed. An event
+time in the future or before the reader was added is never a shift time: the passage is entered
+as a flagged entry at its reception time, outside every shift (docs/ledger.md).
 """
 from __future__ import annotations
 
@@ -20,15 +27,25 @@ from typing import Any, Iterable, Sequence
 
 from gv import events as evc
 
+from gv.allowlist import record as rec_codec
+
+from host_sync import alarms
 from host_sync.db import Db
 from host_sync.ids import InvalidInput
-from host_sync.timeutil import UTC, from_reader_seconds, iso, now, now_iso, parse_iso
+from host_sync.timeutil import UTC, days_since_2020, from_reader_seconds, iso, now, now_iso, parse_iso
 
 MAX_SHIFT = dt.timedelta(hours=16)
 DEBOUNCE = dt.timedelta(seconds=60)
 RETENTION_YEARS = 2  # kept at least two years after the end of the calendar year
+# A reader's clock set by the host runs within seconds of it; more than this ahead of reception
+# (or before the reader was added) is no time a passage can have had.
+CLOCK_SLACK = dt.timedelta(minutes=5)
+REGISTRY_SLACK = dt.timedelta(seconds=60)
 LEDGER_COLS = ("id", "shift_id", "kind", "site_id", "tax_site_id", "employer", "employer_org",
-               "person_name", "pnr", "card_no", "at", "reader_id", "entered_at", "note")
+               "person_name", "pnr", "card_no", "at", "reader_id", "entered_at", "note", "flag")
+_STATUS_NAMES = {rec_codec.ACTIVE: "active", rec_codec.INACTIVE: "inactive",
+                 rec_codec.BLOCKED: "blocked", rec_codec.TERMINATED: "terminated",
+                 rec_codec.SUSPENDED: "suspended"}
 
 
 def ingest(db: Db, reader_id: str, site_id: str, batch: Iterable[tuple[int, bytes]]) -> dict:
@@ -41,12 +58,15 @@ def ingest(db: Db, reader_id: str, site_id: str, batch: Iterable[tuple[int, byte
     waits: the boot's "clock set" event, when it comes, dates every event of that boot exactly
     and their entries are made then; a new boot (or a gap in the numbers, where a boot could
     hide) makes the waiting entries with the estimate and a note saying so."""
-    out = {"stored": 0, "duplicate": 0, "rejected": 0, "ledger": 0, "rejected_seqs": []}
+    out = {"stored": 0, "duplicate": 0, "rejected": 0, "ledger": 0, "flagged": 0,
+           "rejected_seqs": []}
     received = now()
     ctx = _Ctx(db, reader_id, site_id)
     with db.tx():
         site = db.one("SELECT tax_site_id FROM sites WHERE id = ?", (site_id,))
         ctx.tax = site[0] if site else ""
+        added = db.scalar("SELECT created_at FROM readers WHERE id = ?", (reader_id,))
+        ctx.added = parse_iso(added) if added else None
         for seq, raw in sorted(batch, key=lambda x: x[0]):
             try:
                 d = evc.unpack(raw)
@@ -66,27 +86,50 @@ def ingest(db: Db, reader_id: str, site_id: str, batch: Iterable[tuple[int, byte
                 at, basis = received, "received"
             uid = d["uid"].hex()
             card = ctx.card(uid)
-            passage = bool(card and site and d["result"] == evc.R_GRANT
-                           and d["kind"] in (evc.K_DECISION, evc.K_ALARM))
-            held = passage and basis != "reader"
+            grant = d["result"] == evc.R_GRANT and d["kind"] in (evc.K_DECISION, evc.K_ALARM)
+            passage = bool(card and site and grant)
+            time_flag = ctx.time_flag(at, basis, received)
+            clock_flag = ""
+            if d["kind"] == evc.K_CLOCK and d["clock_set"]:
+                clock_flag = time_flag or _clock_refusal(ctx, seq, d)
+            held = passage and basis != "reader" and not time_flag
+            if time_flag:
+                flag = time_flag
+            elif passage and not held:
+                flag = ctx.refusal(uid, at)
+            elif grant and not card and uid:
+                flag = "granted a card the registry does not know"
+            else:
+                flag = clock_flag
             cur = db.execute(
                 "INSERT INTO events (reader_id, seq, site_id, at, received_at, kind, result, reason,"
-                " uid, card_no, aux, clock_set, raw, time_basis, held)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                " uid, card_no, aux, clock_set, raw, time_basis, held, flag)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT (reader_id, seq) DO NOTHING",
                 (reader_id, seq, site_id, iso(at), iso(received), d["kind"], d["result"],
                  d["reason"], uid, card[0] if card else None, d["aux"],
-                 1 if d["clock_set"] else 0, raw.hex(), basis, 1 if held else 0))
+                 1 if d["clock_set"] else 0, raw.hex(), basis, 1 if held else 0, flag))
             if cur.rowcount == 0:
                 out["duplicate"] += 1
                 continue
             out["stored"] += 1
+            if flag:
+                out["flagged"] += 1
+                ctx.alarm(seq, flag, card[0] if card else ("UID " + uid if uid else ""), at)
             if d["kind"] == evc.K_BOOT:
                 out["ledger"] += _release(ctx, seq)  # earlier boots can no longer be dated
             elif d["kind"] == evc.K_CLOCK and d["clock_set"]:
-                out["ledger"] += _date_boot(ctx, seq, d["t"] - d["aux"])
-            if passage and not held:
-                out["ledger"] += _passage(db, site_id, ctx.tax, card, at, reader_id)
+                if clock_flag:  # refused for dating: this boot's events keep their estimates
+                    out["ledger"] += _release(ctx, seq)
+                else:
+                    out["ledger"] += _date_boot(ctx, seq, d["t"] - d["aux"])
+            if passage and time_flag:
+                # no shift time: an entry at reception, outside every shift, says what came
+                _entry(db, uuid.uuid4().hex[:12], "flagged", site_id, ctx.tax, card[1:], card[0],
+                       received, reader_id, "the reader said %s UTC" % iso(at)[:19], flag)
+                out["ledger"] += 1
+            elif passage and not held:
+                out["ledger"] += _passage(db, site_id, ctx.tax, card, at, reader_id, flag=flag)
     return out
 
 
@@ -96,7 +139,71 @@ class _Ctx:
     def __init__(self, db: Db, reader_id: str, site_id: str):
         self.db, self.reader_id, self.site_id = db, reader_id, site_id
         self.tax = ""
+        self.added: dt.datetime | None = None  # when the registry added the reader
         self._cards: dict[str, tuple | None] = {}  # uid -> (card_no, holder, pnr, employer, org)
+        self._keys: dict[str, str] = {}  # uid -> the card's key at this site (hex)
+
+    def time_flag(self, at: dt.datetime, basis: str, received: dt.datetime) -> str:
+        """Why `at` can be no event's time ("" when it can): later than its reception, or
+        before the reader was added (a reader has no events before it is provisioned)."""
+        if basis == "received":
+            return ""
+        if at > received + CLOCK_SLACK:
+            return "time in the future: %s UTC, received %s UTC" % (iso(at)[:19], iso(received)[:19])
+        if self.added is not None and at < self.added - CLOCK_SLACK:
+            return "time before the reader was added: %s UTC, added %s UTC" % (
+                iso(at)[:19], iso(self.added)[:19])
+        return ""
+
+    def refusal(self, uid: str, at: dt.datetime) -> str:
+        """Why the registry would not have let this card in at this site at `at` ("" when it
+        would): the card's record in the site's allowlist as it stood then (the newest change
+        made by then), its status and validity dates as a reader checks them. A record that
+        allowed it within REGISTRY_SLACK either side counts (the reader's clock and the
+        host's differ by seconds; a change reaches a connected reader within seconds)."""
+        why = self._refusal(uid, at)
+        if why and not (self._refusal(uid, at + REGISTRY_SLACK) == ""
+                        or self._refusal(uid, at - REGISTRY_SLACK) == ""):
+            return why
+        return ""
+
+    def _refusal(self, uid: str, at: dt.datetime) -> str:
+        from host_sync.registry import Registry
+        key = self._keys.get(uid)
+        if key is None:
+            try:
+                key = self._keys[uid] = Registry(self.db).key8(self.site_id, uid).hex()
+            except (LookupError, ValueError):
+                return "not on site %s" % self.site_id
+        row = self.db.one("SELECT r.rec FROM change_records r JOIN changes c ON c.site_id ="
+                          " r.site_id AND c.version = r.version WHERE r.site_id = ? AND r.key8 = ?"
+                          " AND c.at <= ? ORDER BY r.version DESC LIMIT 1",
+                          (self.site_id, key, iso(at)))
+        if row is None or row[0] is None:
+            return "not on site %s at that time" % self.site_id
+        _, status, _, vf, vu, _ = rec_codec.unpack(bytes.fromhex(row[0]))
+        if status != rec_codec.ACTIVE:
+            return "card %s at that time" % _STATUS_NAMES.get(status, "status %d" % status)
+        day = days_since_2020(at.date())
+        # a day's slack either side: the reader counts days in its own time zone
+        if day + 1 < vf:
+            return "card not yet valid at that time"
+        if day - 1 > vu:
+            return "card expired at that time"
+        return ""
+
+    def alarm(self, seq: int, flag: str, who: str, at: dt.datetime) -> None:
+        """A flagged event: a log line, an audit row and an alarm (which logs and audits too)."""
+        self.db.execute("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?,?,?,?,?)",
+                        (now_iso(), "host-sync", "event flagged", self.reader_id,
+                         "event #%d%s at %s UTC: %s" % (seq, (" card " + who) if who else "",
+                                                        iso(at)[:19], flag)))
+        alarms.raise_alarm(self.db, "ledger", "ledger:%s:%d" % (self.reader_id, seq),
+                           "%s (site %s), event #%d%s: %s; a copy of the reader's secret may be"
+                           " in use, or the reader's allowlist or clock is wrong"
+                           % (self.reader_id, self.site_id, seq,
+                              (", card " + who) if who else "", flag),
+                           self.site_id, self.reader_id)
 
     def card(self, uid: str) -> tuple | None:
         if not uid:
@@ -132,8 +239,43 @@ def _date_boot(ctx: _Ctx, clock_seq: int, offset: int) -> int:
                    " AND seq = ?", (iso(at), ctx.reader_id, seq))
         card = ctx.card(d["uid"].hex())
         if held and card:
-            n += _passage(db, ctx.site_id, ctx.tax, card, at, ctx.reader_id)
+            n += _flagged_passage(ctx, seq, card, d["uid"].hex(), at)
     return n
+
+
+def _clock_refusal(ctx: _Ctx, clock_seq: int, d: dict) -> str:
+    """Why a "clock set" event may not date its boot's events ("" when it may): its aux (what
+    the clock read just before) is below the uptime of an event of the boot already stored, or
+    it would move events made on the reader's lower bound back before that bound (the bound is
+    a time that had passed: the real time is at least it)."""
+    db = ctx.db
+    boot = db.scalar("SELECT MAX(seq) FROM events WHERE reader_id = ? AND kind = ? AND seq < ?",
+                     (ctx.reader_id, evc.K_BOOT, clock_seq))
+    start = int(boot) if boot is not None else 1
+    offset = d["t"] - d["aux"]
+    for seq, raw in db.all("SELECT seq, raw FROM events WHERE reader_id = ? AND seq >= ? AND"
+                           " seq < ? AND clock_set = 0 ORDER BY seq",
+                           (ctx.reader_id, start, clock_seq)):
+        e = evc.unpack(bytes.fromhex(raw))
+        if e["t"] > d["aux"]:
+            return ("clock set refused: it says the clock read %d before, below event #%d's %d"
+                    % (d["aux"], seq, e["t"]))
+        if e["floor"] and offset < -CLOCK_SLACK.total_seconds():
+            return ("clock set refused: it would move event #%d %d s before the reader's lower"
+                    " bound" % (seq, -offset))
+    return ""
+
+
+def _flagged_passage(ctx: _Ctx, seq: int, card: Sequence[str], uid: str, at: dt.datetime,
+                     note: str = "") -> int:
+    """A passage whose time is now known: checked against the registry as at that time (a
+    flag, its audit row and alarm when the registry would not have let the card in)."""
+    flag = ctx.refusal(uid, at)
+    if flag:
+        ctx.db.execute("UPDATE events SET flag = ? WHERE reader_id = ? AND seq = ?",
+                       (flag, ctx.reader_id, seq))
+        ctx.alarm(seq, flag, card[0], at)
+    return _passage(ctx.db, ctx.site_id, ctx.tax, card, at, ctx.reader_id, note, flag)
 
 
 def _release(ctx: _Ctx, before_seq: int) -> int:
@@ -150,7 +292,7 @@ def _release(ctx: _Ctx, before_seq: int) -> int:
             note = ("time estimated: the reader's clock was not set (at least this late)"
                     if basis == "estimated" else
                     "time estimated: the reader's clock was not set (time received)")
-            n += _passage(ctx.db, ctx.site_id, ctx.tax, card, parse_iso(at), ctx.reader_id, note)
+            n += _flagged_passage(ctx, seq, card, uid, parse_iso(at), note)
     return n
 
 
@@ -180,7 +322,7 @@ def events_lost(db: Db, reader_id: str) -> int:
 
 
 def _passage(db: Db, site_id: str, tax_site_id: str, card: Sequence[str], at: dt.datetime,
-             reader_id: str, note: str = "") -> int:
+             reader_id: str, note: str = "", flag: str = "") -> int:
     card_no = card[0]
     last = db.one("SELECT shift_id, kind, at FROM ledger WHERE card_no = ? AND site_id = ?"
                   " AND kind IN ('in', 'out') AND at <= ? ORDER BY at DESC, id DESC LIMIT 1",
@@ -191,18 +333,19 @@ def _passage(db: Db, site_id: str, tax_site_id: str, card: Sequence[str], at: dt
         shift_id, kind = last[0], "out"
     else:
         shift_id, kind = uuid.uuid4().hex[:12], "in"
-    _entry(db, shift_id, kind, site_id, tax_site_id, card[1:], card_no, at, reader_id, note)
+    _entry(db, shift_id, kind, site_id, tax_site_id, card[1:], card_no, at, reader_id, note, flag)
     return 1
 
 
 def _entry(db: Db, shift_id: str, kind: str, site_id: str, tax_site_id: str,
-           card: Sequence[str], card_no: str, at: dt.datetime, reader_id: str, note: str) -> None:
+           card: Sequence[str], card_no: str, at: dt.datetime, reader_id: str, note: str,
+           flag: str = "") -> None:
     holder, pnr, employer, employer_org = card
     db.execute("INSERT INTO ledger (shift_id, kind, site_id, tax_site_id, employer, employer_org,"
-               " person_name, pnr, card_no, at, reader_id, entered_at, note)"
-               " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+               " person_name, pnr, card_no, at, reader_id, entered_at, note, flag)"
+               " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                (shift_id, kind, site_id, tax_site_id, employer, employer_org, holder, pnr,
-                card_no, iso(at), reader_id, now_iso(), note))
+                card_no, iso(at), reader_id, now_iso(), note, flag))
 
 
 def correct(db: Db, shift_id: str, start: dt.datetime | None, end: dt.datetime | None,
@@ -259,10 +402,21 @@ def shifts(db: Db, site_id: str, t_from: dt.datetime, t_to: dt.datetime) -> list
 def _shift(entries: list[dict]) -> dict | None:
     first = next((e for e in entries if e["kind"] == "in"), None)
     if first is None:
-        return None
+        first = next((e for e in entries if e["kind"] == "flagged"), None)
+        if first is None:
+            return None
+        # a passage whose time was no time: a row of its own at reception, never on site
+        t = parse_iso(first["at"])
+        return {"shift": first["shift_id"], "site_id": first["site_id"],
+                "tax_site_id": first["tax_site_id"], "employer": first["employer"],
+                "employer_org": first["employer_org"], "person_name": first["person_name"],
+                "pnr": first["pnr"], "card_no": first["card_no"], "start": t, "end": t,
+                "readers": [first["reader_id"]], "corrected": False, "notes": "",
+                "flags": "time not used (%s; %s)" % (first["flag"], first["note"])}
     start = parse_iso(first["at"])
     outs = [parse_iso(e["at"]) for e in entries if e["kind"] == "out"]
     end = max(outs) if outs else None
+    flags = list(dict.fromkeys(e["flag"] for e in entries if e.get("flag")))
     corrections = [e for e in entries if e["kind"].startswith("correct-")]
     for e in corrections:  # in entry order: the latest correction wins
         if e["kind"] == "correct-start":
@@ -275,12 +429,12 @@ def _shift(entries: list[dict]) -> dict | None:
             "employer_org": first["employer_org"], "person_name": first["person_name"],
             "pnr": first["pnr"], "card_no": first["card_no"], "start": start, "end": end,
             "readers": readers, "corrected": bool(corrections),
-            "notes": "; ".join(e["note"] for e in corrections)}
+            "notes": "; ".join(e["note"] for e in corrections), "flags": "; ".join(flags)}
 
 
 SHIFT_HEADER = ("site_id_number", "contractor", "contractor_org_no", "name",
                 "personal_identity_number", "card_number", "shift_start", "shift_end", "readers",
-                "corrected", "shift")
+                "corrected", "flagged", "shift")
 
 
 def _fmt_t(t: dt.datetime | None, tz: dt.tzinfo) -> str:
@@ -290,7 +444,8 @@ def _fmt_t(t: dt.datetime | None, tz: dt.tzinfo) -> str:
 def shift_rows(rows: list[dict], tz: dt.tzinfo) -> list[list[str]]:
     return [[s["tax_site_id"], s["employer"], s["employer_org"], s["person_name"], s["pnr"],
              s["card_no"], _fmt_t(s["start"], tz), _fmt_t(s["end"], tz) or "(on site)",
-             " ".join(s["readers"]), ("yes: " + s["notes"]) if s["corrected"] else "", s["shift"]]
+             " ".join(s["readers"]), ("yes: " + s["notes"]) if s["corrected"] else "",
+             s["flags"], s["shift"]]
             for s in rows]
 
 
@@ -362,16 +517,17 @@ def purge(db: Db, before: dt.date, actor: str, apply: bool) -> dict:
 
 
 EVENT_HEADER = ("at", "reader", "seq", "kind", "result", "reason", "card_number", "holder",
-                "uid", "aux", "clock_set", "time_basis", "received_at")
+                "uid", "aux", "clock_set", "time_basis", "received_at", "flag")
 
 
 def event_rows(db: Db, site_id: str, t_from: dt.datetime, t_to: dt.datetime,
                tz: dt.tzinfo) -> list[list[Any]]:
     rows = db.all("SELECT e.at, e.reader_id, e.seq, e.kind, e.result, e.reason, e.card_no,"
-                  " c.holder, e.uid, e.aux, e.clock_set, e.time_basis, e.received_at FROM events e"
+                  " c.holder, e.uid, e.aux, e.clock_set, e.time_basis, e.received_at, e.flag FROM events e"
                   " LEFT JOIN cards c ON c.card_no = e.card_no"
                   " WHERE e.site_id = ? AND e.at >= ? AND e.at < ? ORDER BY e.at, e.reader_id, e.seq",
                   (site_id, iso(t_from), iso(t_to)))
     return [[_fmt_t(parse_iso(r[0]), tz), r[1], r[2], evc.KINDS.get(r[3], r[3]),
              evc.RESULTS.get(r[4], r[4]), evc.REASONS.get(r[5], r[5]), r[6] or "", r[7] or "",
-             r[8], r[9], "yes" if r[10] else "no", r[11], _fmt_t(parse_iso(r[12]), tz)] for r in rows]
+             r[8], r[9], "yes" if r[10] else "no", r[11], _fmt_t(parse_iso(r[12]), tz), r[13]]
+            for r in rows]

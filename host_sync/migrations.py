@@ -282,6 +282,16 @@ _V9 = [
     "CREATE INDEX events_at ON events (at)",
 ]
 
+# Passages the registry would not have let in, or with a time that cannot be the shift's (in the
+# future, before the reader was added, dated by an implausible "clock set"): the event and its
+# ledger entry carry a short reason (docs/ledger.md). The ingest asks the site's allowlist history
+# what a card's record was at an event's time: change_records by card key, newest version first.
+_V10 = [
+    "ALTER TABLE events ADD COLUMN flag TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE ledger ADD COLUMN flag TEXT NOT NULL DEFAULT ''",
+    "CREATE INDEX change_records_key ON change_records (site_id, key8, version)",
+]
+
 MIGRATIONS = [
     (1, "registry, allowlist versions, events, staff ledger", _V1),
     (2, "live pushes claimed by one serve instance", _V2),
@@ -292,4 +302,5 @@ MIGRATIONS = [
     (7, "the console's card search by name words", _V7),
     (8, "site time zones, replacement cards", _V8),
     (9, "events by time alone (the console's events page)", _V9),
+    (10, "flagged events and ledger entries, allowlist history by card key", _V10),
 ]

@@ -302,3 +302,13 @@ class Kept(dict):
 
     def pop(self, k, *default):
         return super().pop(k52(k), *default)
+
+
+def backdate(db, when: str = "2026-01-01T00:00:00.000000Z") -> None:
+    """Tests replay passages of a past day (a fixed date, never the wall clock): make the
+    registry as old as that, readers added and cards' allowlist changes made on `when`, so the
+    ingest's checks (host_sync/ledger.py: no event before its reader was added, a grant the
+    allowlist history backs) see the history a real site would have had."""
+    with db.tx():
+        db.execute("UPDATE readers SET created_at = ?", (when,))
+        db.execute("UPDATE changes SET at = ?", (when,))

@@ -12,7 +12,7 @@ import host_sync  # noqa: F401
 from gv import events as E
 from host_sync import ledger
 from host_sync.db import Db
-from tests.host_kit import Operator, database, org_for, pnr_for
+from tests.host_kit import Operator, backdate, database, org_for, pnr_for
 
 UID1, UID2 = bytes.fromhex("04a1b2c3d4e5f6"), bytes.fromhex("0badcafe")
 T0 = dt.datetime(2026, 3, 2, 6, 55, tzinfo=dt.timezone.utc)  # 07:55 in Stockholm
@@ -34,13 +34,16 @@ def site(request, tmp_path):
         o.ok("sites", "add", "site-a", "--name", "Kv. Hammaren", "--tax-id", "PL1234-5678")
         o.ok("cards", "add", "BB-2401-000001", "--uid", UID1.hex(), "--holder", "Anna Svensson",
              "--pnr", pnr_for(1), "--employer", "Bygg AB", "--org-no", org_for(1),
-             "--site", "site-a")
+             "--site", "site-a", "--valid-from", "2026-01-01")
         o.ok("cards", "add", "BB-2401-000002", "--uid", UID2.hex(), "--holder", "Bo Ek",
              "--pnr", pnr_for(2), "--employer", "El & Rör HB", "--org-no", org_for(2),
-             "--site", "site-a")
+             "--site", "site-a", "--valid-from", "2026-01-01")
         for r in ("gate-01", "gate-02"):
             o.ok("readers", "add", r, "--site", "site-a")
+        for c in ("BB-2401-000001", "BB-2401-000002"):
+            o.ok("cards", "activate", c)
         db = Db(url)
+        backdate(db)
         try:
             yield o, db
         finally:
@@ -115,6 +118,7 @@ def test_purge_keeps_two_years_after_the_calendar_year(site):
     today = dt.date.today()
     old = dt.datetime(today.year - 3, 6, 1, 7, tzinfo=dt.timezone.utc)
     kept = dt.datetime(today.year - 2, 12, 31, 7, tzinfo=dt.timezone.utc)
+    backdate(db, ledger.iso(old - dt.timedelta(days=1)))  # a site three years old
     ledger.ingest(db, "gate-01", "site-a", [(1, ev(1, old, UID1)), (2, ev(2, kept, UID1))])
     assert db.scalar("SELECT COUNT(*) FROM ledger") == 2
     limit = dt.date(today.year - 2, 1, 1)
@@ -216,3 +220,93 @@ def test_a_day_of_the_right_form_but_not_in_the_calendar_is_said_to_be_no_date(s
     # a wrong form is still said to be one
     assert op("ledger", "show", "--site", "site-a", "--day", "31-12-2026") == 3
     assert "--day '31-12-2026' is not a date YYYY-MM-DD" in op.err, op.err
+
+
+UID3, UID4, UID5, UID6 = (bytes.fromhex(h) for h in ("04000003", "04000004", "04000005", "04000006"))
+
+
+def _flags(db: Db) -> dict[str, tuple[str, str]]:
+    return {r[0]: (r[1], r[2]) for r in db.all("SELECT card_no, kind, flag FROM ledger ORDER BY id")}
+
+
+def test_grants_the_registry_would_not_have_given_are_entered_flagged_and_alarmed(site):
+    # A stolen reader secret seals "grant" events for cards the registry never let in at that
+    # time and site. The people may really have passed (a reader with a stale allowlist), so
+    # each is entered, but flagged with why, audit-logged and alarmed.
+    op, db = site
+    op.ok("sites", "add", "site-b", "--name", "Kv. Städet", "--tax-id", "PL9999-0000")
+    for n, uid, where in ((3, UID3, "site-a"), (4, UID4, "site-a"), (5, UID5, "site-b"),
+                          (6, UID6, "site-a")):
+        op.ok("cards", "add", "BB-2401-00000%d" % n, "--uid", uid.hex(), "--holder", "P%d" % n,
+              "--pnr", pnr_for(n), "--employer", "Bygg AB", "--org-no", org_for(1), "--site", where,
+              "--valid-from", "2026-01-01")
+    for c, cmds in (("BB-2401-000003", ("activate", "terminate")), ("BB-2401-000005", ("activate",)),
+                    ("BB-2401-000006", ("activate", "suspend"))):
+        for cmd in cmds:
+            op.ok("cards", cmd, c)
+    backdate(db)  # all of it was so before the day replayed
+    op.ok("cards", "block", "BB-2401-000001")  # blocked after the day: that grant was right
+    m = dt.timedelta(minutes=1)
+    duress = E.pack(5, E.K_ALARM, E.R_GRANT, E.DURESS, UID6, len(UID6), t(T0 + 4 * m), E.F_CLOCK_SET)
+    evs = [ev(1, T0, UID3), ev(2, T0 + m, UID4), ev(3, T0 + 2 * m, UID5), duress,
+           ev(6, T0 + 5 * m, UID1)]
+    r = ledger.ingest(db, "gate-01", "site-a", [(E.unpack(e)["seq"], e) for e in evs])
+    assert r["stored"] == 5 and r["ledger"] == 5 and r["flagged"] == 4
+    f = _flags(db)
+    assert f["BB-2401-000003"] == ("in", "card terminated at that time")
+    assert f["BB-2401-000004"] == ("in", "card inactive at that time")
+    assert f["BB-2401-000005"] == ("in", "not on site site-a at that time")
+    assert f["BB-2401-000006"] == ("in", "card suspended at that time")
+    assert f["BB-2401-000001"] == ("in", "")  # active then: no flag
+    assert db.scalar("SELECT COUNT(*) FROM alarms WHERE kind = 'ledger'") == 4
+    assert db.scalar("SELECT COUNT(*) FROM audit WHERE action = 'event flagged'") == 4
+    assert db.scalar("SELECT COUNT(*) FROM events WHERE flag <> ''") == 4
+    op.ok("ledger", "show", "--site", "site-a", "--day", "2026-03-02")
+    assert op.out.count("FLAGGED") == 4 and "card terminated at that time" in op.out
+    assert "4 flagged" in op.out
+    op.ok("ledger", "export", "--site", "site-a", "--from", "2026-03-02")
+    rows = {r["card_number"]: r for r in csv.DictReader(io.StringIO(op.out))}
+    assert rows["BB-2401-000005"]["flagged"] == "not on site site-a at that time"
+    assert rows["BB-2401-000001"]["flagged"] == ""
+    op.ok("events", "export", "--site", "site-a", "--from", "2026-03-02", "--to", "2026-03-03")
+    assert {e["seq"]: e["flag"] for e in csv.DictReader(io.StringIO(op.out))}["1"] \
+        == "card terminated at that time"
+
+
+def test_event_times_that_can_be_none_are_no_shift_times_and_a_bad_clock_set_dates_nothing(site):
+    op, db = site
+    old = dt.datetime(2020, 1, 2, 8, tzinfo=dt.timezone.utc)  # before gate-01 was added
+    future = dt.datetime(2039, 6, 1, 8, tzinfo=dt.timezone.utc)
+    r = ledger.ingest(db, "gate-01", "site-a", [(1, ev(1, old, UID1)), (2, ev(2, future, UID2))])
+    assert r["flagged"] == 2
+    # no shift at either time: a flagged entry at reception, outside every shift
+    assert db.scalar("SELECT COUNT(*) FROM ledger WHERE kind IN ('in', 'out')") == 0
+    kinds = db.all("SELECT kind, flag, note FROM ledger ORDER BY id")
+    assert [k for k, _, _ in kinds] == ["flagged", "flagged"]
+    assert "before the reader was added" in kinds[0][1] and "2020-01-02T08:00:00" in kinds[0][2]
+    assert "in the future" in kinds[1][1]
+    got = dict(db.all("SELECT seq, flag FROM events WHERE reader_id = 'gate-01'"))
+    assert "before the reader was added" in got[1] and "in the future" in got[2]
+    assert db.scalar("SELECT COUNT(*) FROM alarms WHERE kind = 'ledger'") == 2
+    op.ok("ledger", "show", "--site", "site-a", "--day", "2039-06-01", "--tz", "UTC")
+    assert "0 shift(s); 0 person(s) on site now" in op.out
+    today = ledger.now().date().isoformat()
+    op.ok("ledger", "show", "--site", "site-a", "--day", today, "--tz", "UTC")
+    assert "0 person(s) on site now" in op.out and "time not used" in op.out
+    assert "(on site)" not in op.out
+
+    # a "clock set" whose aux is below the uptime of an event of its boot already stored
+    # would move the boot's events (here 3 days back): refused, estimates kept, alarmed
+    bound = t(T0)
+    evs = [_raw(10, E.K_BOOT, bound, E.F_FLOOR),
+           _raw(11, E.K_DECISION, bound + 5000, E.F_FLOOR, UID1, E.R_GRANT)]
+    ledger.ingest(db, "gate-02", "site-a", [(E.unpack(e)["seq"], e) for e in evs])
+    clk = _raw(12, E.K_CLOCK, bound - 3 * 86400 + 6000, E.F_CLOCK_SET, aux=100)
+    r = ledger.ingest(db, "gate-02", "site-a", [(12, clk)])
+    assert r["flagged"] == 1
+    got = db.all("SELECT seq, time_basis, flag FROM events WHERE reader_id = 'gate-02' ORDER BY seq")
+    assert [(s, b) for s, b, _ in got] == [(10, "estimated"), (11, "estimated"), (12, "reader")]
+    assert "clock set refused" in got[2][2]
+    (at, note), = _ledger_at(db, "BB-2401-000001")[-1:]
+    assert at == ledger.iso(T0 + dt.timedelta(seconds=5000)) and "estimated" in note
+    assert db.scalar("SELECT COUNT(*) FROM alarms WHERE kind = 'ledger'") == 3

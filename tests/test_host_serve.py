@@ -22,7 +22,8 @@ from host_sync.db import Db
 from host_sync.registry import Registry
 from host_sync.timeutil import from_reader_seconds
 from tests.broker import Broker
-from tests.host_kit import Operator, ProtocolReader, database, pg_unavailable, pnr_for, org_for
+from tests.host_kit import (Operator, ProtocolReader, backdate, database, pg_unavailable, pnr_for,
+                            org_for)
 
 pytest.importorskip("host_sync.syncer", reason="the sync engine (host_sync/syncer.py) is not here")
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,6 +124,9 @@ def test_serve_pushes_blocks_and_collects_events(tmp_path):
 
             # events: stored once, acknowledged each time, in the ledger at once
             t0 = 200_000_000  # 2026-05-03 in reader time
+            bd = Db(url)
+            backdate(bd)  # the readers were put up before that day (no event before its reader)
+            bd.close()
             evs = [_ev(1, UIDS[1], t0), _ev(2, UIDS[2], t0 + 60), _ev(3, UIDS[1], t0 + 8 * 3600)]
             r1.send_events(evs)
             r1.wait(lambda r: 3 in r.evacks, what="EVACK 3")

@@ -20,7 +20,7 @@ from gv import events as E
 from host_sync import accounts, alarms, ledger
 from host_sync.db import Db
 from host_sync.web.app import Config, create_app
-from tests.host_kit import Operator, database, org_for, pnr_for
+from tests.host_kit import Operator, backdate, database, org_for, pnr_for
 from tests.web_kit import Receiver
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -220,6 +220,7 @@ def test_ledger_day_on_site_now_and_exports(console):
     o, db, app = console
     at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(minutes=5)
     uid = bytes.fromhex("04a1b2c3d4e5f6")
+    backdate(db, ledger.iso(at - dt.timedelta(days=1)))  # readers and cards older than the passage
     ledger.ingest(db, "gate-01", "site-a", [(1, _event(1, E.K_DECISION, E.R_GRANT, E.OK, uid, at))])
     c = client(app)
     sign_in(c, "vera")
@@ -236,12 +237,33 @@ def test_ledger_day_on_site_now_and_exports(console):
     assert "ledger exported" in o.out and "web:vera" in o.out
 
 
+def test_a_flagged_passage_shows_its_reason_on_the_ledger_page_and_in_the_export(console):
+    # a grant for a card blocked before the passage (a stale allowlist, or a forged event):
+    # entered, on site, and flagged with why, on the page and in the CSV
+    o, db, app = console
+    at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(minutes=5)
+    o.ok("cards", "block", ANNA)
+    backdate(db, ledger.iso(at - dt.timedelta(days=1)))
+    ledger.ingest(db, "gate-01", "site-a", [(1, _event(1, E.K_DECISION, E.R_GRANT, E.OK,
+                                                        bytes.fromhex("04a1b2c3d4e5f6"), at))])
+    c = client(app)
+    sign_in(c, "vera")
+    page = c.get("/ledger", params={"site": "site-a"}).text
+    assert "On site now: 1" in page and "flagged: card blocked at that time" in page
+    assert '<td class="flag">card blocked at that time</td>' in page
+    from zoneinfo import ZoneInfo
+    day = at.astimezone(ZoneInfo("Europe/Stockholm")).date().isoformat()
+    csv_ = c.get("/ledger/export.csv", params={"site": "site-a", "day": day}).text
+    assert "card blocked at that time" in csv_ and "flagged" in csv_.splitlines()[0]
+
+
 def test_on_site_now_is_the_same_whichever_day_the_page_shows(console):
     # a shift begun 10 hours ago (maybe yesterday) and still open: on site now on today's page,
     # on yesterday's and on a day a week ago, as the ledger's own 'on site' query says
     o, db, app = console
     t = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     uid = bytes.fromhex("04a1b2c3d4e5f6")
+    backdate(db, ledger.iso(t - dt.timedelta(days=2)))  # readers and cards older than the shift
     ledger.ingest(db, "gate-01", "site-a", [(1, _event(1, E.K_DECISION, E.R_GRANT, E.OK, uid,
                                                         t - dt.timedelta(hours=10)))])
     c = client(app)

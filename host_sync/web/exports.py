@@ -13,8 +13,8 @@ from host_sync.timeutil import now
 # DejaVu covers every name a card portal sends; without it the core font (Latin-1) is used
 _FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
           "/usr/share/fonts/dejavu/DejaVuSans.ttf")
-COLS = (("Name", 44), ("Personal ID", 30), ("Contractor", 42), ("Org. no", 26), ("Card", 32),
-        ("Start", 30), ("End", 30), ("Readers", 24), ("Corrected", 18))
+COLS = (("Name", 40), ("Personal ID", 28), ("Contractor", 36), ("Org. no", 24), ("Card", 30),
+        ("Start", 30), ("End", 30), ("Readers", 22), ("Corrected", 16), ("Flagged", 21))
 
 
 def ledger_pdf(site: dict, day: dt.date, tz_name: str, rows: Sequence[Sequence[str]]) -> bytes:
@@ -58,7 +58,7 @@ def ledger_pdf(site: dict, day: dt.date, tz_name: str, rows: Sequence[Sequence[s
         if pdf.will_page_break(6):
             pdf.add_page()
             header()
-        cells = (r[3], r[4], r[1], r[2], r[5], r[6], r[7], r[8], "yes" if r[9] else "")
+        cells = (r[3], r[4], r[1], r[2], r[5], r[6], r[7], r[8], "yes" if r[9] else "", r[10])
         for (name, w), c in zip(COLS, cells):
             s = text(str(c))
             while s and pdf.get_string_width(s) > w - 2:
