@@ -15,6 +15,8 @@
              two clients hold its credentials
   ledger     raised by the ingest (host_sync.ledger), not the scan: a grant the registry would
              not have given, an event time that can be none, a refused "clock set"
+  conflict   raised by the ingest: two different events under one number from a reader (a
+             copy of its secret may be in use); both are kept
 
 A condition alarm (lagging, offline, memory) is raised once while the condition lasts and
 cleared when it ends; an event alarm (duress, lockouts) is cleared at once. Either stays on every
@@ -56,7 +58,7 @@ from host_sync.timeutil import iso, now, now_iso, parse_iso
 
 log = logging.getLogger("host_sync.alarms")
 
-KINDS = ("duress", "lockouts", "lagging", "offline", "memory", "ledger")
+KINDS = ("duress", "lockouts", "lagging", "offline", "memory", "ledger", "conflict")
 SINK_KINDS = ("webhook", "smtp", "mqtt")
 LOCKOUTS_N = 3
 LOCKOUTS_WINDOW_S = 600.0
@@ -67,6 +69,12 @@ SEND_TIMEOUT_S = 10.0
 
 
 # -- raising ------------------------------------------------------------------------------------
+def event_key(reader_id: str, gen: int, seq: int) -> str:
+    """An event's part of an alarm key: reader:seq, and the reader's numbering generation from
+    the second on (a board added under a removed reader's id numbers from 1 again)."""
+    return "%s:%d" % (reader_id, seq) if int(gen) <= 1 else "%s:g%d:%d" % (reader_id, gen, seq)
+
+
 def _open(db: Db, key: str) -> int | None:
     return db.scalar("SELECT id FROM alarms WHERE key = ? AND cleared_at IS NULL", (key,))
 
@@ -108,15 +116,15 @@ def scan(db: Db, lag_limit_s: float = 60.0, offline_after_s: float = OFFLINE_AFT
     cursor = db.scalar("SELECT value FROM settings WHERE name = 'alarm_event_cursor'")
     if cursor is None:  # the first scan: alarms from now on, not the whole history
         cursor = iso(t - dt.timedelta(minutes=10))
-    rows = db.all("SELECT reader_id, seq, site_id, at, received_at, kind, reason, card_no, uid"
+    rows = db.all("SELECT reader_id, seq, site_id, at, received_at, kind, reason, card_no, uid, gen"
                   " FROM events WHERE received_at >= ? AND kind IN (?, ?)"
                   " ORDER BY received_at LIMIT 5000", (cursor, evc.K_ALARM, evc.K_LOCKOUT))
     last = cursor
-    for rid, seq, site, at, received, kind, reason, card_no, uid in rows:
+    for rid, seq, site, at, received, kind, reason, card_no, uid, gen in rows:
         last = max(last, received)
         if kind == evc.K_ALARM:
             who = card_no or ("UID %s" % uid if uid else "unknown card")
-            aid = raise_alarm(db, "duress", "duress:%s:%d" % (rid, seq),
+            aid = raise_alarm(db, "duress", "duress:%s" % event_key(rid, gen, seq),
                               "DURESS PIN at %s (site %s), card %s, %s UTC: the door was opened under"
                               " threat" % (rid, site, who, at[:19].replace("T", " ")),
                               site, rid, at=received)
@@ -130,7 +138,7 @@ def scan(db: Db, lag_limit_s: float = 60.0, offline_after_s: float = OFFLINE_AFT
                 recent = db.scalar("SELECT MAX(at) FROM alarms WHERE kind = 'lockouts' AND"
                                    " reader_id = ?", (rid,))
                 if recent is None or parse_iso(recent) < t - dt.timedelta(seconds=LOCKOUTS_WINDOW_S):
-                    aid = raise_alarm(db, "lockouts", "lockouts:%s:%d" % (rid, seq),
+                    aid = raise_alarm(db, "lockouts", "lockouts:%s" % event_key(rid, gen, seq),
                                       "%d lockouts at %s (site %s) within %d minutes: someone may"
                                       " be trying cards or PINs" % (n, rid, site,
                                                                     LOCKOUTS_WINDOW_S // 60),

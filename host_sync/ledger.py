@@ -1,6 +1,7 @@
 """Events from the readers and the staff ledger (personalliggare) built from them.
 
-Events are stored once per (reader, sequence number): a re-sent batch changes nothing. A
+Events are stored once per (reader, numbering generation, sequence number): a re-sent batch
+changes nothing, and a different event under a number already taken is kept aside and alarmed. A
 granted passage of a registered card becomes a ledger entry at once, with the site's ID number
 (from the tax agency), the contractor's name and organisation number and the person's name and
 personal identity number as they are at that moment. Entries are never edited (the database
@@ -49,9 +50,11 @@ _STATUS_NAMES = {rec_codec.ACTIVE: "active", rec_codec.INACTIVE: "inactive",
 
 
 def ingest(db: Db, reader_id: str, site_id: str, batch: Iterable[tuple[int, bytes]]) -> dict:
-    """Store a reader's events; idempotent by (reader, seq). Returns counts
-    {"stored", "duplicate", "rejected", "ledger"} and "rejected_seqs" (undecodable events,
-    which are logged by the caller and acknowledged so they do not block the queue).
+    """Store a reader's events; idempotent by (reader, generation, seq) and the event's bytes.
+    Returns counts {"stored", "duplicate", "rejected", "ledger", "flagged", "conflict"} and
+    "rejected_seqs" (undecodable events, which are logged by the caller and acknowledged so
+    they do not block the queue). The same bytes again are a resend (a duplicate); different
+    bytes under a number already stored are kept in event_conflicts and alarmed, never dropped.
 
     An event made while the reader's clock was not set is stored with its best estimate (the
     reader's lower bound, else the reception time, said in time_basis) and its ledger entry
@@ -59,9 +62,10 @@ def ingest(db: Db, reader_id: str, site_id: str, batch: Iterable[tuple[int, byte
     and their entries are made then; a new boot (or a gap in the numbers, where a boot could
     hide) makes the waiting entries with the estimate and a note saying so."""
     out = {"stored": 0, "duplicate": 0, "rejected": 0, "ledger": 0, "flagged": 0,
-           "rejected_seqs": []}
+           "conflict": 0, "rejected_seqs": []}
     received = now()
-    ctx = _Ctx(db, reader_id, site_id)
+    ctx = _Ctx(db, reader_id, site_id, reader_gen(db, reader_id))
+    conflicts: list[int] = []
     with db.tx():
         site = db.one("SELECT tax_site_id FROM sites WHERE id = ?", (site_id,))
         ctx.tax = site[0] if site else ""
@@ -102,15 +106,49 @@ def ingest(db: Db, reader_id: str, site_id: str, batch: Iterable[tuple[int, byte
             else:
                 flag = clock_flag
             cur = db.execute(
-                "INSERT INTO events (reader_id, seq, site_id, at, received_at, kind, result, reason,"
-                " uid, card_no, aux, clock_set, raw, time_basis, held, flag)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT (reader_id, seq) DO NOTHING",
-                (reader_id, seq, site_id, iso(at), iso(received), d["kind"], d["result"],
+                "INSERT INTO events (reader_id, gen, seq, site_id, at, received_at, kind, result,"
+                " reason, uid, card_no, aux, clock_set, raw, time_basis, held, flag)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (reader_id, gen, seq) DO NOTHING",
+                (reader_id, ctx.gen, seq, site_id, iso(at), iso(received), d["kind"], d["result"],
                  d["reason"], uid, card[0] if card else None, d["aux"],
                  1 if d["clock_set"] else 0, raw.hex(), basis, 1 if held else 0, flag))
             if cur.rowcount == 0:
-                out["duplicate"] += 1
+                had = db.scalar("SELECT raw FROM events WHERE reader_id = ? AND gen = ? AND seq = ?",
+                                (reader_id, ctx.gen, seq))
+                if had == raw.hex():
+                    out["duplicate"] += 1  # the same bytes again: a resend
+                    continue
+                # a different event under a number already taken: one of the two was not made
+                # by this board (a copy of its secret), so neither is dropped; this one is kept
+                # aside, dates nothing, and a passage in it is entered flagged
+                why = "another event #%d from %s differs (a copy of its secret may be in use)" % (
+                    seq, reader_id)
+                if passage and not time_flag and not flag:
+                    flag = ctx.refusal(uid, at)
+                cflag = why + ("; " + flag if flag else "")
+                cur = db.execute(
+                    "INSERT INTO event_conflicts (reader_id, gen, seq, site_id, at, received_at,"
+                    " kind, result, reason, uid, card_no, raw, flag) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                    " ON CONFLICT (reader_id, gen, seq, raw) DO NOTHING",
+                    (reader_id, ctx.gen, seq, site_id, iso(at), iso(received), d["kind"],
+                     d["result"], d["reason"], uid, card[0] if card else None, raw.hex(), cflag))
+                if cur.rowcount == 0:
+                    out["duplicate"] += 1  # that conflicting event again
+                    continue
+                out["conflict"] += 1
+                conflicts.append(seq)
+                if passage and time_flag:
+                    _entry(db, uuid.uuid4().hex[:12], "flagged", site_id, ctx.tax, card[1:],
+                           card[0], received, reader_id, "the reader said %s UTC" % iso(at)[:19],
+                           cflag)
+                    out["ledger"] += 1
+                elif passage:
+                    note = "" if basis == "reader" else (
+                        "time estimated: the reader's clock was not set (%s)"
+                        % ("at least this late" if basis == "estimated" else "time received"))
+                    out["ledger"] += _passage(db, site_id, ctx.tax, card, at, reader_id, note,
+                                              cflag)
                 continue
             out["stored"] += 1
             if flag:
@@ -130,14 +168,29 @@ def ingest(db: Db, reader_id: str, site_id: str, batch: Iterable[tuple[int, byte
                 out["ledger"] += 1
             elif passage and not held:
                 out["ledger"] += _passage(db, site_id, ctx.tax, card, at, reader_id, flag=flag)
+        if conflicts:
+            _conflict_alarm(ctx, conflicts)
     return out
+
+
+def _conflict_alarm(ctx: _Ctx, seqs: list[int]) -> None:
+    """One alarm (and audit row) per upload that brought events under numbers already taken."""
+    span = ("#%d" % seqs[0]) if len(seqs) == 1 else ("#%d..#%d (%d events)"
+                                                     % (seqs[0], seqs[-1], len(seqs)))
+    msg = ("two different events with one number from %s (site %s): %s; a copy of its secret"
+           " may be in use. Both are kept (events export lists both)" % (ctx.reader_id,
+                                                                          ctx.site_id, span))
+    ctx.db.execute("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?,?,?,?,?)",
+                   (now_iso(), "host-sync", "event conflict", ctx.reader_id, msg))
+    alarms.raise_alarm(ctx.db, "conflict", "conflict:%s" % ctx.event_key(seqs[0]), msg,
+                       ctx.site_id, ctx.reader_id)
 
 
 class _Ctx:
     """What one ingest looks up more than once: the site's tax id, cards by UID."""
 
-    def __init__(self, db: Db, reader_id: str, site_id: str):
-        self.db, self.reader_id, self.site_id = db, reader_id, site_id
+    def __init__(self, db: Db, reader_id: str, site_id: str, gen: int = 1):
+        self.db, self.reader_id, self.site_id, self.gen = db, reader_id, site_id, gen
         self.tax = ""
         self.added: dt.datetime | None = None  # when the registry added the reader
         self._cards: dict[str, tuple | None] = {}  # uid -> (card_no, holder, pnr, employer, org)
@@ -192,13 +245,17 @@ class _Ctx:
             return "card expired at that time"
         return ""
 
+    def event_key(self, seq: int) -> str:
+        """reader:seq, with the generation from the second on (alarm keys stay unique)."""
+        return alarms.event_key(self.reader_id, self.gen, seq)
+
     def alarm(self, seq: int, flag: str, who: str, at: dt.datetime) -> None:
         """A flagged event: a log line, an audit row and an alarm (which logs and audits too)."""
         self.db.execute("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?,?,?,?,?)",
                         (now_iso(), "host-sync", "event flagged", self.reader_id,
                          "event #%d%s at %s UTC: %s" % (seq, (" card " + who) if who else "",
                                                         iso(at)[:19], flag)))
-        alarms.raise_alarm(self.db, "ledger", "ledger:%s:%d" % (self.reader_id, seq),
+        alarms.raise_alarm(self.db, "ledger", "ledger:%s" % self.event_key(seq),
                            "%s (site %s), event #%d%s: %s; a copy of the reader's secret may be"
                            " in use, or the reader's allowlist or clock is wrong"
                            % (self.reader_id, self.site_id, seq,
@@ -219,16 +276,16 @@ def _date_boot(ctx: _Ctx, clock_seq: int, offset: int) -> int:
     without a clock (their t and the event's aux share one time base). Only the boot's own boot
     event and those after it, with no number missing in between, are this boot's for sure."""
     db = ctx.db
-    boot = db.scalar("SELECT MAX(seq) FROM events WHERE reader_id = ? AND kind = ? AND seq < ?",
-                     (ctx.reader_id, evc.K_BOOT, clock_seq))
+    boot = db.scalar("SELECT MAX(seq) FROM events WHERE reader_id = ? AND gen = ? AND kind = ?"
+                     " AND seq < ?", (ctx.reader_id, ctx.gen, evc.K_BOOT, clock_seq))
     start = int(boot) if boot is not None else 1  # without its boot event: only from seq 1 on
-    rows = db.all("SELECT seq, raw, held FROM events WHERE reader_id = ? AND seq >= ? AND seq < ?"
-                  " AND clock_set = 0 AND time_basis <> 'dated' ORDER BY seq",
-                  (ctx.reader_id, start, clock_seq))
+    rows = db.all("SELECT seq, raw, held FROM events WHERE reader_id = ? AND gen = ? AND seq >= ?"
+                  " AND seq < ? AND clock_set = 0 AND time_basis <> 'dated' ORDER BY seq",
+                  (ctx.reader_id, ctx.gen, start, clock_seq))
     if not rows:
         return 0
-    have = db.scalar("SELECT COUNT(*) FROM events WHERE reader_id = ? AND seq >= ? AND seq < ?",
-                     (ctx.reader_id, start, clock_seq))
+    have = db.scalar("SELECT COUNT(*) FROM events WHERE reader_id = ? AND gen = ? AND seq >= ?"
+                     " AND seq < ?", (ctx.reader_id, ctx.gen, start, clock_seq))
     if int(have or 0) != clock_seq - start:
         return _release(ctx, clock_seq)  # a gap could hide another boot: estimates stay
     n = 0
@@ -236,7 +293,7 @@ def _date_boot(ctx: _Ctx, clock_seq: int, offset: int) -> int:
         d = evc.unpack(bytes.fromhex(raw))
         at = from_reader_seconds(d["t"] + offset)
         db.execute("UPDATE events SET at = ?, time_basis = 'dated', held = 0 WHERE reader_id = ?"
-                   " AND seq = ?", (iso(at), ctx.reader_id, seq))
+                   " AND gen = ? AND seq = ?", (iso(at), ctx.reader_id, ctx.gen, seq))
         card = ctx.card(d["uid"].hex())
         if held and card:
             n += _flagged_passage(ctx, seq, card, d["uid"].hex(), at)
@@ -249,13 +306,13 @@ def _clock_refusal(ctx: _Ctx, clock_seq: int, d: dict) -> str:
     it would move events made on the reader's lower bound back before that bound (the bound is
     a time that had passed: the real time is at least it)."""
     db = ctx.db
-    boot = db.scalar("SELECT MAX(seq) FROM events WHERE reader_id = ? AND kind = ? AND seq < ?",
-                     (ctx.reader_id, evc.K_BOOT, clock_seq))
+    boot = db.scalar("SELECT MAX(seq) FROM events WHERE reader_id = ? AND gen = ? AND kind = ?"
+                     " AND seq < ?", (ctx.reader_id, ctx.gen, evc.K_BOOT, clock_seq))
     start = int(boot) if boot is not None else 1
     offset = d["t"] - d["aux"]
-    for seq, raw in db.all("SELECT seq, raw FROM events WHERE reader_id = ? AND seq >= ? AND"
-                           " seq < ? AND clock_set = 0 ORDER BY seq",
-                           (ctx.reader_id, start, clock_seq)):
+    for seq, raw in db.all("SELECT seq, raw FROM events WHERE reader_id = ? AND gen = ? AND"
+                           " seq >= ? AND seq < ? AND clock_set = 0 ORDER BY seq",
+                           (ctx.reader_id, ctx.gen, start, clock_seq)):
         e = evc.unpack(bytes.fromhex(raw))
         if e["t"] > d["aux"]:
             return ("clock set refused: it says the clock read %d before, below event #%d's %d"
@@ -272,8 +329,8 @@ def _flagged_passage(ctx: _Ctx, seq: int, card: Sequence[str], uid: str, at: dt.
     flag, its audit row and alarm when the registry would not have let the card in)."""
     flag = ctx.refusal(uid, at)
     if flag:
-        ctx.db.execute("UPDATE events SET flag = ? WHERE reader_id = ? AND seq = ?",
-                       (flag, ctx.reader_id, seq))
+        ctx.db.execute("UPDATE events SET flag = ? WHERE reader_id = ? AND gen = ? AND seq = ?",
+                       (flag, ctx.reader_id, ctx.gen, seq))
         ctx.alarm(seq, flag, card[0], at)
     return _passage(ctx.db, ctx.site_id, ctx.tax, card, at, ctx.reader_id, note, flag)
 
@@ -281,12 +338,12 @@ def _flagged_passage(ctx: _Ctx, seq: int, card: Sequence[str], uid: str, at: dt.
 def _release(ctx: _Ctx, before_seq: int) -> int:
     """Make the waiting entries of events before before_seq with their estimated times."""
     db = ctx.db
-    rows = db.all("SELECT seq, at, uid, time_basis FROM events WHERE reader_id = ? AND held = 1"
-                  " AND seq < ? ORDER BY seq", (ctx.reader_id, before_seq))
+    rows = db.all("SELECT seq, at, uid, time_basis FROM events WHERE reader_id = ? AND gen = ?"
+                  " AND held = 1 AND seq < ? ORDER BY seq", (ctx.reader_id, ctx.gen, before_seq))
     n = 0
     for seq, at, uid, basis in rows:
-        db.execute("UPDATE events SET held = 0 WHERE reader_id = ? AND seq = ?",
-                   (ctx.reader_id, seq))
+        db.execute("UPDATE events SET held = 0 WHERE reader_id = ? AND gen = ? AND seq = ?",
+                   (ctx.reader_id, ctx.gen, seq))
         card = ctx.card(uid)
         if card:
             note = ("time estimated: the reader's clock was not set (at least this late)"
@@ -303,10 +360,10 @@ def release_stale(db: Db, older_than: dt.timedelta = dt.timedelta(hours=1)) -> i
     cutoff = iso(now() - older_than)
     n = 0
     with db.tx():
-        for reader_id, site_id, top in db.all(
-                "SELECT reader_id, site_id, MAX(seq) FROM events WHERE held = 1 AND received_at < ?"
-                " GROUP BY reader_id, site_id", (cutoff,)):
-            ctx = _Ctx(db, reader_id, site_id)
+        for reader_id, gen, site_id, top in db.all(
+                "SELECT reader_id, gen, site_id, MAX(seq) FROM events WHERE held = 1 AND"
+                " received_at < ? GROUP BY reader_id, gen, site_id", (cutoff,)):
+            ctx = _Ctx(db, reader_id, site_id, int(gen))
             site = db.one("SELECT tax_site_id FROM sites WHERE id = ?", (site_id,))
             ctx.tax = site[0] if site else ""
             n += _release(ctx, int(top) + 1)
@@ -316,9 +373,24 @@ def release_stale(db: Db, older_than: dt.timedelta = dt.timedelta(hours=1)) -> i
 def events_lost(db: Db, reader_id: str) -> int:
     """Events the reader lost to ring overflow, in all: its 'events dropped' events carry the
     running total (docs/events-format.md), so the largest one seen is the answer, and a note
-    lost with the events it counted is made good by the next one."""
-    return int(db.scalar("SELECT MAX(aux) FROM events WHERE reader_id = ? AND kind = ?",
-                         (reader_id, evc.K_DROPPED)) or 0)
+    lost with the events it counted is made good by the next one. The reader's present board
+    only (its generation): a board added under a removed reader's id counts from nothing."""
+    return int(db.scalar("SELECT MAX(aux) FROM events WHERE reader_id = ? AND gen = ? AND kind = ?",
+                         (reader_id, reader_gen(db, reader_id), evc.K_DROPPED)) or 0)
+
+
+def reader_gen(db: Db, reader_id: str) -> int:
+    """The reader's numbering generation (migration 11): its events are keyed by it."""
+    return int(db.scalar("SELECT gen FROM readers WHERE id = ?", (reader_id,)) or 1)
+
+
+def next_gen(db: Db, reader_id: str) -> int:
+    """The generation a reader added under this id starts: one past any its events had, so a
+    fresh board's numbers never meet a removed board's."""
+    g = db.scalar("SELECT MAX(g) FROM (SELECT MAX(gen) AS g FROM events WHERE reader_id = ?"
+                  " UNION ALL SELECT MAX(gen) AS g FROM event_conflicts WHERE reader_id = ?) x",
+                  (reader_id, reader_id))
+    return int(g or 0) + 1
 
 
 def _passage(db: Db, site_id: str, tax_site_id: str, card: Sequence[str], at: dt.datetime,
@@ -522,11 +594,17 @@ EVENT_HEADER = ("at", "reader", "seq", "kind", "result", "reason", "card_number"
 
 def event_rows(db: Db, site_id: str, t_from: dt.datetime, t_to: dt.datetime,
                tz: dt.tzinfo) -> list[list[Any]]:
+    # events kept aside under a number another event had (event_conflicts) are listed too, with
+    # time_basis "conflict" and their flag
     rows = db.all("SELECT e.at, e.reader_id, e.seq, e.kind, e.result, e.reason, e.card_no,"
-                  " c.holder, e.uid, e.aux, e.clock_set, e.time_basis, e.received_at, e.flag FROM events e"
-                  " LEFT JOIN cards c ON c.card_no = e.card_no"
-                  " WHERE e.site_id = ? AND e.at >= ? AND e.at < ? ORDER BY e.at, e.reader_id, e.seq",
-                  (site_id, iso(t_from), iso(t_to)))
+                  " c.holder, e.uid, e.aux, e.clock_set, e.time_basis, e.received_at, e.flag"
+                  " FROM events e LEFT JOIN cards c ON c.card_no = e.card_no"
+                  " WHERE e.site_id = ? AND e.at >= ? AND e.at < ?"
+                  " UNION ALL SELECT e.at, e.reader_id, e.seq, e.kind, e.result, e.reason,"
+                  " e.card_no, c.holder, e.uid, 0, 0, 'conflict', e.received_at, e.flag"
+                  " FROM event_conflicts e LEFT JOIN cards c ON c.card_no = e.card_no"
+                  " WHERE e.site_id = ? AND e.at >= ? AND e.at < ? ORDER BY 1, 2, 3",
+                  (site_id, iso(t_from), iso(t_to), site_id, iso(t_from), iso(t_to)))
     return [[_fmt_t(parse_iso(r[0]), tz), r[1], r[2], evc.KINDS.get(r[3], r[3]),
              evc.RESULTS.get(r[4], r[4]), evc.REASONS.get(r[5], r[5]), r[6] or "", r[7] or "",
              r[8], r[9], "yes" if r[10] else "no", r[11], _fmt_t(parse_iso(r[12]), tz), r[13]]

@@ -292,6 +292,66 @@ _V10 = [
     "CREATE INDEX change_records_key ON change_records (site_id, key8, version)",
 ]
 
+# A reader's numbering is one board's: a reader id removed and added again (a fresh board) starts
+# a new generation (readers.gen, one more than any the id's events had), and events are keyed by
+# (reader, generation, seq), so the new board's 1, 2, 3 are not the old board's. An event whose
+# number is taken by a different event of the same generation is kept in event_conflicts (a copy
+# of the reader's secret in use, or a reader's log rewound), never dropped. SQLite cannot change
+# a primary key in place: the table is rebuilt.
+_EV_COLS = ("reader_id, seq, site_id, at, received_at, kind, result, reason, uid, card_no, aux,"
+            " clock_set, raw, time_basis, held, flag")
+_V11 = [
+    "ALTER TABLE readers ADD COLUMN gen INTEGER NOT NULL DEFAULT 1",
+    {"sqlite": """CREATE TABLE events_v11 (
+        reader_id TEXT NOT NULL,
+        gen INTEGER NOT NULL DEFAULT 1,
+        seq BIGINT NOT NULL,
+        site_id TEXT NOT NULL,
+        at TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        kind INTEGER NOT NULL,
+        result INTEGER NOT NULL,
+        reason INTEGER NOT NULL,
+        uid TEXT NOT NULL DEFAULT '',
+        card_no TEXT,
+        aux BIGINT NOT NULL DEFAULT 0,
+        clock_set INTEGER NOT NULL DEFAULT 1,
+        raw TEXT NOT NULL,
+        time_basis TEXT NOT NULL DEFAULT 'reader',
+        held INTEGER NOT NULL DEFAULT 0,
+        flag TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (reader_id, gen, seq))""",
+     "postgresql": "ALTER TABLE events ADD COLUMN gen INTEGER NOT NULL DEFAULT 1"},
+    {"sqlite": "INSERT INTO events_v11 (%s, gen) SELECT %s, 1 FROM events" % (_EV_COLS, _EV_COLS),
+     "postgresql": "ALTER TABLE events DROP CONSTRAINT events_pkey"},
+    {"sqlite": "DROP TABLE events",
+     "postgresql": "ALTER TABLE events ADD PRIMARY KEY (reader_id, gen, seq)"},
+    {"sqlite": "ALTER TABLE events_v11 RENAME TO events",
+     "postgresql": "DROP INDEX events_held"},
+    {"sqlite": "CREATE INDEX events_site_at ON events (site_id, at)"},
+    {"sqlite": "CREATE INDEX events_received ON events (received_at)"},
+    {"sqlite": "CREATE INDEX events_reader_at ON events (reader_id, at)"},
+    {"sqlite": "CREATE INDEX events_card_at ON events (card_no, at)"},
+    {"sqlite": "CREATE INDEX events_at ON events (at)"},
+    "CREATE INDEX events_held ON events (reader_id, gen, held, seq)",
+    """CREATE TABLE event_conflicts (
+        id {serial},
+        reader_id TEXT NOT NULL,
+        gen INTEGER NOT NULL,
+        seq BIGINT NOT NULL,
+        site_id TEXT NOT NULL,
+        at TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        kind INTEGER NOT NULL,
+        result INTEGER NOT NULL,
+        reason INTEGER NOT NULL,
+        uid TEXT NOT NULL DEFAULT '',
+        card_no TEXT,
+        raw TEXT NOT NULL,
+        flag TEXT NOT NULL DEFAULT '',
+        UNIQUE (reader_id, gen, seq, raw))""",
+]
+
 MIGRATIONS = [
     (1, "registry, allowlist versions, events, staff ledger", _V1),
     (2, "live pushes claimed by one serve instance", _V2),
@@ -303,4 +363,5 @@ MIGRATIONS = [
     (8, "site time zones, replacement cards", _V8),
     (9, "events by time alone (the console's events page)", _V9),
     (10, "flagged events and ledger entries, allowlist history by card key", _V10),
+    (11, "reader numbering generations, conflicting events kept", _V11),
 ]

@@ -481,12 +481,17 @@ class Registry:
             self.site(site_id)
             if self.db.scalar("SELECT 1 FROM readers WHERE id = ?", (reader_id,)):
                 raise InvalidInput("reader %s already exists" % reader_id)
+            # a fresh board numbers its events from 1: under an id a removed reader had, it
+            # starts a new generation so its numbers are not taken for the old board's
+            from host_sync.ledger import next_gen
+            gen = next_gen(self.db, reader_id)
             self.db.execute(
-                "INSERT INTO readers (id, site_id, secret, broker_password, created_at)"
-                " VALUES (?,?,?,?,?)",
-                (reader_id, site_id, secrets.token_hex(32), secrets.token_urlsafe(24), now_iso()))
-            self.audit("reader added", reader_id, "site=%s (secret and broker account issued)"
-                       % site_id)
+                "INSERT INTO readers (id, site_id, secret, broker_password, created_at, gen)"
+                " VALUES (?,?,?,?,?,?)",
+                (reader_id, site_id, secrets.token_hex(32), secrets.token_urlsafe(24), now_iso(),
+                 gen))
+            self.audit("reader added", reader_id, "site=%s (secret and broker account issued)%s"
+                       % (site_id, "; event numbering generation %d" % gen if gen > 1 else ""))
         return self.reader(reader_id)
 
     def reader(self, reader_id: str) -> dict:
@@ -823,6 +828,7 @@ class Registry:
         renamed reader gets a new secret and broker account (the old config stops working) and
         needs its new config deployed and the broker config rewritten. Its events and ledger
         entries keep the id they were made under; pending commands follow."""
+        from host_sync.ledger import next_gen
         new_id = ids.reader_id(new_id)
         with self.db.tx():
             old = self.reader(reader_id)
@@ -830,10 +836,11 @@ class Registry:
                 raise InvalidInput("reader %s already exists" % new_id)
             self.db.execute(
                 "INSERT INTO readers (id, site_id, secret, broker_password, firmware, applied_version,"
-                " applied_at, last_seen, online, health, lag_since, created_at)"
+                " applied_at, last_seen, online, health, lag_since, created_at, gen)"
                 " SELECT ?, site_id, ?, ?, firmware, applied_version, applied_at, last_seen, 0, health,"
-                " lag_since, created_at FROM readers WHERE id = ?",
-                (new_id, secrets.token_hex(32), secrets.token_urlsafe(24), reader_id))
+                " lag_since, created_at, ? FROM readers WHERE id = ?",
+                (new_id, secrets.token_hex(32), secrets.token_urlsafe(24),
+                 next_gen(self.db, new_id), reader_id))
             self.db.execute("UPDATE commands SET reader_id = ? WHERE reader_id = ?", (new_id, reader_id))
             self.db.execute("DELETE FROM readers WHERE id = ?", (reader_id,))
             self.bump_credentials()  # serve drops the old id's session within a second

@@ -106,6 +106,9 @@ class RegistryData:
         res = ledger.ingest(self.db, reader_id, site, batch)
         if res["duplicate"]:
             log.info("reader %s resent %d stored event(s)", reader_id, res["duplicate"])
+        if res["conflict"]:  # kept aside and alarmed by the ingest; said here too
+            log.warning("reader %s sent %d event(s) under numbers other events have: a copy of"
+                        " its secret may be in use", reader_id, res["conflict"])
         self.db.execute("UPDATE readers SET last_seen = ? WHERE id = ?", (now_iso(), reader_id))
         return res["stored"]
 

@@ -310,3 +310,85 @@ def test_event_times_that_can_be_none_are_no_shift_times_and_a_bad_clock_set_dat
     (at, note), = _ledger_at(db, "BB-2401-000001")[-1:]
     assert at == ledger.iso(T0 + dt.timedelta(seconds=5000)) and "estimated" in note
     assert db.scalar("SELECT COUNT(*) FROM alarms WHERE kind = 'ledger'") == 3
+
+
+def test_a_different_event_under_a_taken_number_is_kept_and_alarmed_not_dropped(site):
+    # A thief with gate-01's secret pre-fills seq 4..33 with fake refusals; the real gate-01's
+    # 4..6 (Anna's passage among them) come later. Same bytes would be a resend; these differ.
+    op, db = site
+    ledger.ingest(db, "gate-01", "site-a", [(s, ev(s, T0 - dt.timedelta(hours=1), UID2,
+                                               E.R_REFUSE, E.BLOCKED)) for s in (1, 2, 3)])
+    fake = [(s, ev(s, T0, UID2, E.R_REFUSE, E.BLOCKED)) for s in range(4, 34)]
+    assert ledger.ingest(db, "gate-01", "site-a", fake)["stored"] == 30
+    real = [(4, ev(4, T0, UID1)), (5, ev(5, T0 + dt.timedelta(minutes=2), UID2, E.R_REFUSE,
+                                          E.BLOCKED)), (6, ev(6, T0 + dt.timedelta(hours=8), UID1))]
+    r = ledger.ingest(db, "gate-01", "site-a", real)
+    assert r["conflict"] == 3 and r["duplicate"] == 0 and r["stored"] == 0 and r["ledger"] == 2
+    assert db.scalar("SELECT COUNT(*) FROM event_conflicts WHERE reader_id = 'gate-01'") == 3
+    (msg,), = db.all("SELECT message FROM alarms WHERE kind = 'conflict'")
+    assert "two different events with one number from gate-01" in msg and "#4..#6" in msg
+    assert "secret may be in use" in msg
+    assert db.scalar("SELECT COUNT(*) FROM audit WHERE action = 'event conflict'") == 1
+    # Anna's real passage is in the ledger, flagged
+    got = db.all("SELECT kind, flag FROM ledger WHERE card_no = 'BB-2401-000001' ORDER BY id")
+    assert [k for k, _ in got] == ["in", "out"]
+    assert got[0][1].startswith("another event #4 from gate-01 differs")
+    assert got[1][1].startswith("another event #6 from gate-01 differs")
+    op.ok("ledger", "show", "--site", "site-a", "--day", "2026-03-02")
+    assert "Anna Svensson" in op.out and "FLAGGED: another event #4 from gate-01 differs" in op.out
+    # the same bytes again, of either, are resends: nothing new, no new alarm
+    r = ledger.ingest(db, "gate-01", "site-a", real + fake[:3])
+    assert r["duplicate"] == 6 and r["conflict"] == 0 and r["ledger"] == 0
+    assert db.scalar("SELECT COUNT(*) FROM alarms WHERE kind = 'conflict'") == 1
+    op.ok("events", "export", "--site", "site-a", "--from", "2026-03-02", "--to", "2026-03-03")
+    seq4 = [e for e in csv.DictReader(io.StringIO(op.out)) if e["seq"] == "4"]
+    assert sorted(e["time_basis"] for e in seq4) == ["conflict", "reader"]
+
+
+def test_a_reader_added_again_after_removal_numbers_a_new_generation(site):
+    # gate-01 is removed (stolen) and added again with a fresh board, which numbers from 1:
+    # its 1..3 are new events, not resends of the old board's 1..3.
+    op, db = site
+    old = [(1, ev(1, T0, UID1)), (2, ev(2, T0 + dt.timedelta(hours=8), UID1)),
+           (3, ev(3, T0, UID2))]
+    assert ledger.ingest(db, "gate-01", "site-a", old)["stored"] == 3
+    assert op("readers", "remove", "gate-01", "--reason", "stolen") in (0, 5)
+    assert op("readers", "add", "gate-01", "--site", "site-a") in (0, 5)
+    backdate(db, "2026-03-03T00:00:00.000000Z")  # the new board was put up that night
+    day2 = T0 + dt.timedelta(days=1)
+    new = [(1, ev(1, day2, UID1)), (2, ev(2, day2 + dt.timedelta(hours=8), UID1)),
+           (3, ev(3, day2, UID2))]
+    r = ledger.ingest(db, "gate-01", "site-a", new)
+    assert r["stored"] == 3 and r["duplicate"] == 0 and r["conflict"] == 0 and r["ledger"] == 3
+    assert ledger.reader_gen(db, "gate-01") == 2
+    assert db.all("SELECT gen, COUNT(*) FROM events WHERE reader_id = 'gate-01' GROUP BY gen"
+                  " ORDER BY gen") == [(1, 3), (2, 3)]
+    assert ledger.ingest(db, "gate-01", "site-a", new)["duplicate"] == 3
+    op.ok("ledger", "show", "--site", "site-a", "--day", "2026-03-03", "--tz", "UTC")
+    assert "06:55" in op.out and "14:55" in op.out and "Bo Ek" in op.out
+
+
+def test_migration_11_keeps_the_events_under_the_first_generation(tmp_path, monkeypatch):
+    # a registry of migration 10 with an event: after 11 it is generation 1, and a resend of it
+    # is still a resend
+    from host_sync import db as dbm
+    for kind in ("sqlite", "postgresql"):
+        with database(kind, tmp_path / kind) as url:
+            monkeypatch.setattr(dbm, "MIGRATIONS", dbm.MIGRATIONS[:10])
+            d = Db(url)
+            d.execute("INSERT INTO events (reader_id, seq, site_id, at, received_at, kind, result,"
+                      " reason, raw) VALUES ('gate-01', 7, 'site-a', 'x', 'x', 1, 2, 3, ?)",
+                      (ev(7, T0, UID1).hex(),))
+            d.close()
+            monkeypatch.undo()
+            d = Db(url)
+            try:
+                assert d.schema_version() >= 11
+                assert d.all("SELECT reader_id, gen, seq FROM events") == [("gate-01", 1, 7)]
+                with pytest.raises(Exception):
+                    with d.tx():
+                        d.execute("INSERT INTO events (reader_id, gen, seq, site_id, at,"
+                                  " received_at, kind, result, reason, raw) VALUES"
+                                  " ('gate-01', 1, 7, 's', 'x', 'x', 1, 2, 3, '')")
+            finally:
+                d.close()
