@@ -587,10 +587,12 @@ def purge(db: Db, before: dt.date, actor: str, apply: bool) -> dict:
     cut = iso(dt.datetime(before.year, before.month, before.day, tzinfo=UTC))
     n_ledger = int(db.scalar("SELECT COUNT(*) FROM ledger WHERE at < ?", (cut,)) or 0)
     n_events = int(db.scalar("SELECT COUNT(*) FROM events WHERE at < ?", (cut,)) or 0)
+    n_events += int(db.scalar("SELECT COUNT(*) FROM event_conflicts WHERE at < ?", (cut,)) or 0)
     if apply:
         with db.tx():
             db.execute("DELETE FROM ledger WHERE at < ?", (cut,))
             db.execute("DELETE FROM events WHERE at < ?", (cut,))
+            db.execute("DELETE FROM event_conflicts WHERE at < ?", (cut,))
             db.execute("INSERT INTO audit (at, actor, action, subject, detail) VALUES (?,?,?,?,?)",
                        (now_iso(), actor, "ledger purged", "before %s" % before.isoformat(),
                         "ledger=%d events=%d" % (n_ledger, n_events)))

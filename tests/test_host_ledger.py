@@ -120,17 +120,20 @@ def test_purge_keeps_two_years_after_the_calendar_year(site):
     kept = dt.datetime(today.year - 2, 12, 31, 7, tzinfo=dt.timezone.utc)
     backdate(db, ledger.iso(old - dt.timedelta(days=1)))  # a site three years old
     ledger.ingest(db, "gate-01", "site-a", [(1, ev(1, old, UID1)), (2, ev(2, kept, UID1))])
-    assert db.scalar("SELECT COUNT(*) FROM ledger") == 2
+    ledger.ingest(db, "gate-01", "site-a", [(1, ev(1, old, UID2))])  # kept aside: a conflict
+    assert db.scalar("SELECT COUNT(*) FROM event_conflicts") == 1
+    assert db.scalar("SELECT COUNT(*) FROM ledger") == 3
     limit = dt.date(today.year - 2, 1, 1)
     assert op("ledger", "purge", "--before", (limit + dt.timedelta(days=1)).isoformat(),
               "--apply") == 3
     assert "at least 2 years" in op.err
     op.ok("ledger", "purge", "--before", limit.isoformat())
-    assert "would purge 1 ledger entry" in op.out
-    assert db.scalar("SELECT COUNT(*) FROM ledger") == 2
+    assert "would purge 2 ledger entries and 2 event(s)" in op.out
+    assert db.scalar("SELECT COUNT(*) FROM ledger") == 3
     op.ok("ledger", "purge", "--before", limit.isoformat(), "--apply")
     assert db.scalar("SELECT COUNT(*) FROM ledger") == 1
     assert db.scalar("SELECT COUNT(*) FROM events") == 1
+    assert db.scalar("SELECT COUNT(*) FROM event_conflicts") == 0
     assert "ledger purged" in op.ok("audit")
 
 
