@@ -91,6 +91,19 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "micropython: runs inside the MicroPython unix port")
 
 
+# The files whose tests take a minute or more (a 50-reader site, the demo's gate day, a reader
+# filling its flash, production boards, power cuts), slowest first: run first, so that with
+# `-n 2` the last minutes are short tests on both workers, not one long test on one of them.
+SLOW_FIRST = ("test_site_e2e.py", "test_demo.py", "test_site_full_flash.py",
+              "test_production_profile.py", "test_site_clock.py", "test_readme_site.py",
+              "test_deploy_hello.py", "test_install_badconfig.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda it: rank.get(it.path.name, len(SLOW_FIRST)))  # stable: else as collected
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
