@@ -206,17 +206,23 @@ class IdleLink(Link):  # a link that never connects: the engine's own tasks run 
             await asyncio.sleep_ms(1000)
 
 
+def through_log(blocks):
+    """A reader with nothing in place (as on encrypted flash) and a 64-record delta log, its
+    engine on a link that never connects: (dev, allowlist, engine, host)."""
+    dev = flashdev.FlashDev(blocks=blocks)
+    flashdev.format_and_mount(dev, "/flash")
+    al = Allowlist("/flash/al", dev, in_place=False, log_records=64).open()
+    s = Sync(Config(CFG), al, client=IdleLink())
+    asyncio.run(s._on_connect())
+    return dev, al, s, Host(s)
+
+
 def test_a_delta_that_needs_the_log_folded_waits_for_the_compactor_not_the_gate():
     # Not in place (encrypted flash), a small log: a delta that overflows it used to fold the
     # whole log inside the message handler, the gate waiting for every page write. The running
     # engine refuses it as busy without a write, folds the log a step at a time in its
     # compactor, and then asks for it again.
-    dev = flashdev.FlashDev(blocks=128)
-    flashdev.format_and_mount(dev, "/flash")
-    al = Allowlist("/flash/al", dev, in_place=False, log_records=64).open()
-    s = Sync(Config(CFG), al, client=IdleLink())
-    asyncio.run(s._on_connect())
-    h = Host(s)
+    dev, al, s, h = through_log(128)
 
     def body(frm, to, first, n):
         return P.delta_body(to, frm, to, [rec(i) for i in range(first, first + n)])
@@ -270,13 +276,8 @@ def test_a_fold_the_flash_has_no_room_for_backs_off_as_flash_full():
     # The fold rewrites shards before it drops the old ones: on a flash too full for that, the
     # reader does not loop (busy, fold, fail, SYNC, busy...): it backs off and says flash full,
     # as for any update refused for room, and asks again once there is room.
-    dev = flashdev.FlashDev(blocks=64)
-    flashdev.format_and_mount(dev, "/flash")
-    al = Allowlist("/flash/al", dev, in_place=False, log_records=64).open()
-    s = Sync(Config(CFG), al, client=IdleLink())
-    asyncio.run(s._on_connect())
+    dev, al, s, h = through_log(64)
     s.retry_ms = (200, 400)
-    h = Host(s)
     recs = [rec(i) for i in range(400)]
     for o in range(0, 400, 100):
         h.send(P.T_SNAP, P.snap_body(1, 1, 400, o, 100, b"".join(recs[o:o + 100])))
