@@ -139,16 +139,10 @@ def ingest(db: Db, reader_id: str, site_id: str, batch: Iterable[tuple[int, byte
                 out["conflict"] += 1
                 conflicts.append(seq)
                 if passage and time_flag:
-                    _entry(db, uuid.uuid4().hex[:12], "flagged", site_id, ctx.tax, card[1:],
-                           card[0], received, reader_id, "the reader said %s UTC" % iso(at)[:19],
-                           cflag)
-                    out["ledger"] += 1
+                    out["ledger"] += _at_reception(ctx, card, at, received, cflag)
                 elif passage:
-                    note = "" if basis == "reader" else (
-                        "time estimated: the reader's clock was not set (%s)"
-                        % ("at least this late" if basis == "estimated" else "time received"))
-                    out["ledger"] += _passage(db, site_id, ctx.tax, card, at, reader_id, note,
-                                              cflag)
+                    out["ledger"] += _passage(db, site_id, ctx.tax, card, at, reader_id,
+                                              _estimate_note(basis), cflag)
                 continue
             out["stored"] += 1
             if flag:
@@ -162,15 +156,29 @@ def ingest(db: Db, reader_id: str, site_id: str, batch: Iterable[tuple[int, byte
                 else:
                     out["ledger"] += _date_boot(ctx, seq, d["t"] - d["aux"])
             if passage and time_flag:
-                # no shift time: an entry at reception, outside every shift, says what came
-                _entry(db, uuid.uuid4().hex[:12], "flagged", site_id, ctx.tax, card[1:], card[0],
-                       received, reader_id, "the reader said %s UTC" % iso(at)[:19], flag)
-                out["ledger"] += 1
+                out["ledger"] += _at_reception(ctx, card, at, received, flag)
             elif passage and not held:
                 out["ledger"] += _passage(db, site_id, ctx.tax, card, at, reader_id, flag=flag)
         if conflicts:
             _conflict_alarm(ctx, conflicts)
     return out
+
+
+def _at_reception(ctx: _Ctx, card: Sequence[str], at: dt.datetime, received: dt.datetime,
+                  flag: str) -> int:
+    """A passage whose time can be none: an entry at its reception, outside every shift (never
+    on site), saying what the reader said."""
+    _entry(ctx.db, uuid.uuid4().hex[:12], "flagged", ctx.site_id, ctx.tax, card[1:], card[0],
+           received, ctx.reader_id, "the reader said %s UTC" % iso(at)[:19], flag)
+    return 1
+
+
+def _estimate_note(basis: str) -> str:
+    """An entry's note for an event time the reader's clock did not give ("" when it did)."""
+    if basis == "reader":
+        return ""
+    return "time estimated: the reader's clock was not set (%s)" % (
+        "at least this late" if basis == "estimated" else "time received")
 
 
 def _conflict_alarm(ctx: _Ctx, seqs: list[int]) -> None:
@@ -285,9 +293,7 @@ def _date_boot(ctx: _Ctx, clock_seq: int, offset: int) -> int:
     without a clock (their t and the event's aux share one time base). Only the boot's own boot
     event and those after it, with no number missing in between, are this boot's for sure."""
     db = ctx.db
-    boot = db.scalar("SELECT MAX(seq) FROM events WHERE reader_id = ? AND gen = ? AND kind = ?"
-                     " AND seq < ?", (ctx.reader_id, ctx.gen, evc.K_BOOT, clock_seq))
-    start = int(boot) if boot is not None else 1  # without its boot event: only from seq 1 on
+    start = _boot_start(ctx, clock_seq)
     rows = db.all("SELECT seq, raw, held FROM events WHERE reader_id = ? AND gen = ? AND seq >= ?"
                   " AND seq < ? AND clock_set = 0 AND time_basis <> 'dated' ORDER BY seq",
                   (ctx.reader_id, ctx.gen, start, clock_seq))
@@ -309,15 +315,21 @@ def _date_boot(ctx: _Ctx, clock_seq: int, offset: int) -> int:
     return n
 
 
+def _boot_start(ctx: _Ctx, clock_seq: int) -> int:
+    """The first number of the boot a "clock set" event at clock_seq belongs to: its boot
+    event's (without one stored: only from seq 1 on)."""
+    boot = ctx.db.scalar("SELECT MAX(seq) FROM events WHERE reader_id = ? AND gen = ? AND kind = ?"
+                         " AND seq < ?", (ctx.reader_id, ctx.gen, evc.K_BOOT, clock_seq))
+    return int(boot) if boot is not None else 1
+
+
 def _clock_refusal(ctx: _Ctx, clock_seq: int, d: dict) -> str:
     """Why a "clock set" event may not date its boot's events ("" when it may): its aux (what
     the clock read just before) is below the uptime of an event of the boot already stored, or
     it would move events made on the reader's lower bound back before that bound (the bound is
     a time that had passed: the real time is at least it)."""
     db = ctx.db
-    boot = db.scalar("SELECT MAX(seq) FROM events WHERE reader_id = ? AND gen = ? AND kind = ?"
-                     " AND seq < ?", (ctx.reader_id, ctx.gen, evc.K_BOOT, clock_seq))
-    start = int(boot) if boot is not None else 1
+    start = _boot_start(ctx, clock_seq)
     offset = d["t"] - d["aux"]
     for seq, raw in db.all("SELECT seq, raw FROM events WHERE reader_id = ? AND gen = ? AND"
                            " seq >= ? AND seq < ? AND clock_set = 0 ORDER BY seq",
@@ -355,10 +367,7 @@ def _release(ctx: _Ctx, before_seq: int) -> int:
                    (ctx.reader_id, ctx.gen, seq))
         card = ctx.card(uid)
         if card:
-            note = ("time estimated: the reader's clock was not set (at least this late)"
-                    if basis == "estimated" else
-                    "time estimated: the reader's clock was not set (time received)")
-            n += _flagged_passage(ctx, seq, card, uid, parse_iso(at), note)
+            n += _flagged_passage(ctx, seq, card, uid, parse_iso(at), _estimate_note(basis))
     return n
 
 

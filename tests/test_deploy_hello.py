@@ -40,38 +40,37 @@ def test_connected_but_unseen_points_at_the_host_side():
     assert "printed nothing" in diagnose([], CFG, "x")
 
 
-def test_console_tap_reads_what_the_board_prints():
+def _tapped(writes: list[bytes], lines: int, **kw) -> list[str]:
+    """What a ConsoleTap on a pty took of `writes` (each written after a pause, as a board's
+    output arrives in pieces), once it has `lines` lines or 5 s have passed."""
     import serial  # pyserial, what mpremote's transport holds
 
     master, slave = os.openpty()
     port = serial.Serial(os.ttyname(slave), 115200, timeout=5)
-    tap = ConsoleTap(port).start()
-    os.write(master, b"boot\r\nwifi: joined 'x' as 10.0.0.2\r\npartial")
+    tap = ConsoleTap(port, **kw).start()
+    for i, w in enumerate(writes):
+        if i:
+            time.sleep(0.3)
+        os.write(master, w)
     deadline = time.monotonic() + 5
-    while len(tap.lines) < 2 and time.monotonic() < deadline:
+    while len(tap.lines) < lines and time.monotonic() < deadline:
         time.sleep(0.05)
     tap.stop()
     os.close(master)
     os.close(slave)
-    assert list(tap.lines) == ["boot", "wifi: joined 'x' as 10.0.0.2"]
+    return list(tap.lines)
+
+
+def test_console_tap_reads_what_the_board_prints():
+    assert _tapped([b"boot\r\nwifi: joined 'x' as 10.0.0.2\r\npartial"], 2) == [
+        "boot", "wifi: joined 'x' as 10.0.0.2"]
 
 
 def test_console_tap_drops_the_raw_repls_ok_before_the_boards_first_line():
-    import serial
-
-    master, slave = os.openpty()
-    port = serial.Serial(os.ttyname(slave), 115200, timeout=5)
-    tap = ConsoleTap(port, skip=b"OK").start()
-    os.write(master, b"O")  # the OK split across reads, then the board booting
-    time.sleep(0.3)
-    os.write(master, b"Kets Jun  8 2016\r\nmqtt: 10.1.2.3:8883: OSError: [Errno 111] ECONNREFUSED\r\n")
-    deadline = time.monotonic() + 5
-    while len(tap.lines) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    tap.stop()
-    os.close(master)
-    os.close(slave)
-    assert list(tap.lines) == ["ets Jun  8 2016", "mqtt: 10.1.2.3:8883: OSError: [Errno 111] ECONNREFUSED"]
+    # the OK split across reads, then the board booting
+    got = _tapped([b"O", b"Kets Jun  8 2016\r\nmqtt: 10.1.2.3:8883: OSError: [Errno 111] "
+                         b"ECONNREFUSED\r\n"], 2, skip=b"OK")
+    assert got == ["ets Jun  8 2016", "mqtt: 10.1.2.3:8883: OSError: [Errno 111] ECONNREFUSED"]
 
 
 def test_no_registry_is_said_not_created(tmp_path):
